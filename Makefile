@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install
+# what they need; nothing else has to be installed by hand.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: on a CPU machine this is the CPU wheel (no CUDA downloads)
+	$(BIN)/pip install -q "torch==2.13.0"
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation "deepspeed>=0.15,<0.20"
+	$(BIN)/pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: venv
+	$(BIN)/eve-platform demo
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .eve-platform .pytest_cache
