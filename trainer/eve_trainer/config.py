@@ -239,23 +239,28 @@ def config_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[
     return keys
 
 
+def check_key(key: str, where: str = "") -> None:
+    """ConfigError with the closest valid keys when `key` is not a config key."""
+    known = config_keys()
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown config key {key!r}{where}{hint} (`eve-platform config keys` lists all keys)"
+        )
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """['optim.lr=1e-4', 'data.urls=[a,b]'] -> nested dict of raw values (strings parsed as YAML)."""
     import yaml
 
     nested: dict[str, Any] = {}
-    known = config_keys()
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} is not of the form key=value (e.g. optim.lr=1e-4)")
         key, raw = pair.split("=", 1)
         key = key.strip()
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"unknown config key {key!r}{hint} (`eve-platform config keys` lists all keys)"
-            )
+        check_key(key)
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:

@@ -1,0 +1,265 @@
+"""The pipeline core: a pure state machine shared by the local backend and the operator.
+
+    decide(spec, status, observation, now) -> Decision(status, actions)
+
+It reads what the shell observed (the current stage job's state, whether the stage's
+stage-complete manifest exists and verifies) and returns the new status plus the actions
+the shell must carry out (submit a job, suspend it, emit an event). It performs no I/O,
+so every transition is unit-tested as data.
+
+A stage is done only when its stage-complete manifest verifies: a PyTorchJob reports
+Succeeded as soon as the Master exits, even while workers still run or upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from eve_operator.spec import PipelineSpec
+
+JobState = Literal["Absent", "Pending", "Running", "Succeeded", "Failed", "Suspended"]
+StageState = Literal["Pending", "Submitted", "Running", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+#: How long a job may report Succeeded without a verified stage-complete manifest
+#: before the attempt counts as failed (uploads by the last ranks may still be running).
+COMPLETE_GRACE_S = 600.0
+
+
+class StageStatus(BaseModel):
+    name: str
+    state: StageState = "Pending"
+    attempt: int = 0
+    job_name: str | None = Field(None, alias="jobName")
+    init_from: str | None = Field(None, alias="initFrom")
+    checkpoint: str | None = None
+    mlflow_run_id: str | None = Field(None, alias="mlflowRunId")
+    message: str = ""
+    started_at: float | None = Field(None, alias="startedAt")
+    finished_at: float | None = Field(None, alias="finishedAt")
+
+    model_config = {"populate_by_name": True}
+
+
+class PipelineStatus(BaseModel):
+    phase: Phase = "Pending"
+    current_stage: str | None = Field(None, alias="currentStage")
+    stages: list[StageStatus] = Field(default_factory=list)
+    message: str = ""
+    mlflow_run_id: str | None = Field(None, alias="mlflowRunId")
+    """The pipeline's parent MLflow run; stage runs nest under it."""
+
+    model_config = {"populate_by_name": True}
+
+    def stage(self, name: str) -> StageStatus:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def done(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class StageComplete:
+    """A verified stage-complete manifest, as the shell found it."""
+
+    export_url: str
+    mlflow_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    job: JobState = "Absent"
+    job_message: str = ""
+    job_finished_at: float | None = None
+    complete: StageComplete | None = None
+    """The current stage's verified stage-complete manifest, if any."""
+    previous_export: StageComplete | None = None
+    """The previous stage's verified export, looked up when the pipeline starts mid-chain."""
+
+
+# -- actions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitJob:
+    stage: str
+    attempt: int
+    job_name: str
+    init_from: str | None
+    previous_run_id: str | None
+
+
+@dataclass(frozen=True)
+class SetSuspended:
+    job_name: str
+    suspended: bool
+
+
+@dataclass(frozen=True)
+class Emit:
+    reason: str
+    message: str
+    type: Literal["Normal", "Warning"] = "Normal"
+
+
+Action = SubmitJob | SetSuspended | Emit
+
+
+@dataclass
+class Decision:
+    status: PipelineStatus
+    actions: list[Action] = field(default_factory=list)
+
+
+def job_name(pipeline: str, stage: str, attempt: int) -> str:
+    """Deterministic child names: <pipeline>-<stage>, then -r<attempt> for retries.
+
+    Kept within 50 characters (PyTorchJob pods and Services append -master-0 etc.).
+    """
+    base = f"{pipeline}-{stage}"
+    suffix = f"-r{attempt}" if attempt > 1 else ""
+    if len(base) + len(suffix) > 50:
+        digest = hashlib.sha256(base.encode()).hexdigest()[:6]
+        base = f"{base[: 50 - len(suffix) - 7].rstrip('-')}-{digest}"
+    return base + suffix
+
+
+def initial_status(spec: PipelineSpec) -> PipelineStatus:
+    return PipelineStatus(stages=[StageStatus(name=s) for s in spec.chain()])
+
+
+def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observation,
+           now: float) -> Decision:
+    """One reconciliation step. `status` is not modified; a new one is returned."""
+    status = status.model_copy(deep=True)
+    if not status.stages:
+        status = initial_status(spec)
+    d = Decision(status)
+    if status.done:
+        return d
+
+    current = next((s for s in status.stages if s.state != "Succeeded"), None)
+    if current is None:  # every stage succeeded (status written by an older decide)
+        status.phase, status.current_stage = "Succeeded", None
+        return d
+    status.current_stage = current.name
+
+    # The current stage's export verifies: the stage is done, whatever the job says.
+    if obs.complete is not None:
+        _finish_stage(name, spec, status, current, obs.complete, now, d)
+        return d
+
+    if current.attempt == 0:
+        return _start_first(name, spec, status, current, obs, now, d)
+
+    if spec.suspend and obs.job not in ("Suspended", "Absent"):
+        status.phase = "Suspended"
+        d.actions += [SetSuspended(current.job_name or "", True),
+                      Emit("Suspended", f"stage {current.name} suspended")]
+        return d
+    if not spec.suspend and obs.job == "Suspended":
+        status.phase = "Running"
+        d.actions += [SetSuspended(current.job_name or "", False),
+                      Emit("Resumed", f"stage {current.name} resumed")]
+        return d
+
+    match obs.job:
+        case "Absent":  # lost before or after create (operator restart): creating again is safe
+            d.actions.append(_submit(name, status, current, current.attempt))
+        case "Pending" | "Suspended":
+            status.phase = "Suspended" if obs.job == "Suspended" else "Running"
+        case "Running":
+            status.phase = "Running"
+            if current.state != "Running":
+                current.state = "Running"
+                d.actions.append(Emit("StageRunning", f"stage {current.name} is running ({current.job_name})"))
+        case "Succeeded":
+            waited = now - (obs.job_finished_at or now)
+            if waited > COMPLETE_GRACE_S:
+                _retry_or_fail(name, spec, status, current, now, d,
+                               f"job {current.job_name} succeeded but no verified stage-complete "
+                               f"manifest appeared within {COMPLETE_GRACE_S:.0f}s")
+            else:
+                current.message = "job succeeded; waiting for the verified stage-complete manifest"
+        case "Failed":
+            _retry_or_fail(name, spec, status, current, now, d,
+                           f"job {current.job_name} failed: {obs.job_message or 'no reason given'}")
+    return d
+
+
+def _start_first(name: str, spec: PipelineSpec, status: PipelineStatus, current: StageStatus,
+                 obs: Observation, now: float, d: Decision) -> Decision:
+    """Submit a stage for the first time, working out where it starts from."""
+    first = current.name == status.stages[0].name
+    if first:
+        if spec.init_from:
+            current.init_from = spec.init_from
+        elif (prev := spec.previous_stage(current.name)) is not None:
+            if obs.previous_export is None:
+                return _fail(status, current, now, d,
+                             f"stage {current.name} needs an init checkpoint: no complete {prev} "
+                             f"export found for pipeline {name}; run `eve-platform submit "
+                             f"stage={prev}` first or pass init_from=<export URL>")
+            current.init_from = obs.previous_export.export_url
+            d.actions.append(Emit("InitFound", f"{current.name} starts from {current.init_from}"))
+    status.phase = "Suspended" if spec.suspend else "Running"
+    current.started_at = current.started_at or now
+    d.actions.append(_submit(name, status, current, 1))
+    return d
+
+
+def _submit(name: str, status: PipelineStatus, stage: StageStatus, attempt: int) -> SubmitJob:
+    stage.attempt = attempt
+    stage.state = "Submitted"
+    stage.job_name = job_name(name, stage.name, attempt)
+    prev_run = None
+    i = [s.name for s in status.stages].index(stage.name)
+    if i > 0:
+        prev_run = status.stages[i - 1].mlflow_run_id
+    return SubmitJob(stage.name, attempt, stage.job_name, stage.init_from, prev_run)
+
+
+def _finish_stage(name: str, spec: PipelineSpec, status: PipelineStatus, current: StageStatus,
+                  complete: StageComplete, now: float, d: Decision) -> None:
+    current.state, current.finished_at = "Succeeded", now
+    current.checkpoint, current.mlflow_run_id = complete.export_url, complete.mlflow_run_id
+    current.message = "stage-complete manifest verified"
+    d.actions.append(Emit("StageSucceeded", f"stage {current.name} complete: {complete.export_url}"))
+    following = [s for s in status.stages if s.state != "Succeeded"]
+    if not following:
+        status.phase, status.current_stage = "Succeeded", None
+        status.message = f"all stages complete; final checkpoint {complete.export_url}"
+        d.actions.append(Emit("PipelineSucceeded", status.message))
+        return
+    nxt = following[0]
+    nxt.init_from, nxt.started_at = complete.export_url, now
+    status.current_stage = nxt.name
+    status.phase = "Suspended" if spec.suspend else "Running"
+    d.actions.append(_submit(name, status, nxt, 1))
+    d.actions.append(Emit("StageSubmitted", f"stage {nxt.name} starts from {complete.export_url}"))
+
+
+def _retry_or_fail(name: str, spec: PipelineSpec, status: PipelineStatus, current: StageStatus,
+                   now: float, d: Decision, reason: str) -> None:
+    if current.attempt < spec.max_attempts:
+        current.message = reason
+        d.actions.append(Emit("StageRetry", f"{reason}; attempt {current.attempt + 1} of "
+                              f"{spec.max_attempts} resumes from the last checkpoint", "Warning"))
+        d.actions.append(_submit(name, status, current, current.attempt + 1))
+        return
+    _fail(status, current, now, d, f"{reason} (attempt {current.attempt} of {spec.max_attempts})")
+
+
+def _fail(status: PipelineStatus, current: StageStatus, now: float, d: Decision, reason: str) -> Decision:
+    current.state, current.finished_at, current.message = "Failed", now, reason
+    status.phase, status.message = "Failed", reason
+    d.actions.append(Emit("PipelineFailed", reason, "Warning"))
+    return d
