@@ -45,10 +45,12 @@ class ResourcesSpec(_Model):
     memory: str = Field("400Gi", description="Memory request per pod.")
     shm_size: str = Field("64Gi", alias="shmSize", description="Size of the memory-backed /dev/shm.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Extra pod tolerations.")
+    nproc_per_node: int | None = Field(None, alias="nprocPerNode", ge=1, le=128,
+                                       description="Processes per pod; default one per GPU (1 on CPU).")
 
     @property
     def procs_per_node(self) -> int:
-        return max(self.gpus_per_node, 1)
+        return self.nproc_per_node or max(self.gpus_per_node, 1)
 
 
 class SchedulingSpec(_Model):
