@@ -290,8 +290,12 @@ def resolve(stage: str, preset: str = "tiny", overrides: list[str] | dict[str, A
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a cross-field rule: its message names the fields
+            lines.append(msg)
+            continue
+        key = ".".join(str(p) for p in e["loc"])
         value = e.get("input")
         shown = value if not isinstance(value, dict) else "{...}"
-        lines.append(f"{key}={shown!r}: {e['msg']}")
+        lines.append(f"{key}={shown!r}: {msg}")
     return "invalid config: " + "; ".join(lines)

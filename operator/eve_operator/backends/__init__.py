@@ -1,0 +1,1 @@
+"""Where stage jobs run: local processes or Kubernetes PyTorchJobs."""

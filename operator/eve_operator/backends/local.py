@@ -1,0 +1,380 @@
+"""The local backend: the embedded default when there is no cluster.
+
+A stage job becomes N local processes (torchrun-style env: RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT) running `python -m eve_trainer`; the object store defaults to a
+directory and MLflow to a SQLite file, both under the state directory (EVE_PLATFORM_HOME,
+default ./.eve-platform). The same pure state machine as the operator drives it.
+
+    .eve-platform/
+      pipelines/<name>/pipeline.json           spec + status + runner pid
+      pipelines/<name>/logs/<stage>/attempt-<k>/rank-<r>.log
+      pipelines/<name>/runner.log              the runner's own output when detached
+      store/                                   default object store (file://)
+      mlflow.db                                default MLflow tracking store
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eve_trainer import layout
+from eve_trainer.storage import open_store
+
+from eve_operator.jobspec import JobSpec, build_job_spec
+from eve_operator.pipeline import (
+    Decision, Emit, JobState, Observation, PipelineStatus, SetSuspended, StageComplete, SubmitJob,
+    decide, initial_status,
+)
+from eve_operator.spec import PipelineSpec
+
+POLL_S = 0.5
+
+
+def home() -> Path:
+    return Path(os.environ.get("EVE_PLATFORM_HOME", ".eve-platform")).resolve()
+
+
+def default_output() -> str:
+    return f"file://{home() / 'store'}"
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def pipeline_dir(name: str) -> Path:
+    return home() / "pipelines" / name
+
+
+def log_dir(name: str, stage: str, attempt: int) -> Path:
+    return pipeline_dir(name) / "logs" / stage / f"attempt-{attempt}"
+
+
+# -- records ---------------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    """What `eve-platform status/list/describe` read for a local pipeline."""
+
+    name: str
+    spec: PipelineSpec
+    status: PipelineStatus = field(default_factory=PipelineStatus)
+    runner_pid: int | None = None
+    created_at: float = field(default_factory=time.time)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"apiVersion": "eve-platform.io/v1alpha1", "kind": "EvePipeline",
+                "metadata": {"name": self.name, "creationTimestamp": self.created_at,
+                             "backend": "local"},
+                "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                "status": self.status.model_dump(mode="json", by_alias=True),
+                "runnerPid": self.runner_pid, "events": self.events[-200:]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        return cls(name=data["metadata"]["name"], spec=PipelineSpec.model_validate(data["spec"]),
+                   status=PipelineStatus.model_validate(data["status"]),
+                   runner_pid=data.get("runnerPid"), created_at=data["metadata"]["creationTimestamp"],
+                   events=data.get("events", []))
+
+    def save(self) -> None:
+        path = pipeline_dir(self.name) / "pipeline.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        os.replace(tmp, path)
+
+    @property
+    def runner_alive(self) -> bool:
+        return self.runner_pid is not None and _alive(self.runner_pid)
+
+
+def load(name: str) -> Record | None:
+    path = pipeline_dir(name) / "pipeline.json"
+    if not path.is_file():
+        return None
+    return Record.from_json(json.loads(path.read_text()))
+
+
+def list_records() -> list[Record]:
+    root = home() / "pipelines"
+    if not root.is_dir():
+        return []
+    records = [load(p.name) for p in sorted(root.iterdir()) if (p / "pipeline.json").is_file()]
+    return sorted((r for r in records if r), key=lambda r: r.created_at)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+# -- a stage job as local processes ----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalJob:
+    """One stage attempt: world_size processes of `python -m eve_trainer` on this machine."""
+
+    def __init__(self, job: JobSpec, logs: Path):
+        self.job, self.logs = job, logs
+        self.procs: list[subprocess.Popen] = []
+        self.finished_at: float | None = None
+        self.message = ""
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        world = self.job.world_size
+        for rank in range(world):
+            env = dict(os.environ, **self.job.env, RANK=str(rank), WORLD_SIZE=str(world),
+                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            if self.job.resources.gpus_per_node == 0:
+                env["CUDA_VISIBLE_DEVICES"] = ""
+            cmd = [sys.executable, "-m", "eve_trainer", *self.job.command[1:]]
+            log = open(self.logs / f"rank-{rank}.log", "ab")  # noqa: SIM115 - owned by the child
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                               start_new_session=True))
+            log.close()
+
+    def state(self) -> JobState:
+        codes = [p.poll() for p in self.procs]
+        failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            self.terminate()
+            rank, code = failed[0]
+            tail = _tail(self.logs / f"rank-{rank}.log", 3)
+            self.message = f"rank {rank} exited with code {code}" + (f": {tail}" if tail else "")
+            self.finished_at = self.finished_at or time.time()
+            return "Failed"
+        if all(c == 0 for c in codes):
+            self.finished_at = self.finished_at or time.time()
+            return "Succeeded"
+        return "Running"
+
+    def set_suspended(self, suspended: bool) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGSTOP if suspended else signal.SIGCONT)
+
+    def terminate(self, grace_s: float = 30.0) -> None:
+        """SIGTERM (the trainer checkpoints and exits 143), then SIGKILL after the grace."""
+        for p in self.procs:
+            if p.poll() is None:
+                _signal_group(p.pid, signal.SIGCONT)
+                _signal_group(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                _signal_group(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+# -- MLflow parent run -----------------------------------------------------------------------
+
+
+def _create_parent_run(spec: PipelineSpec, name: str) -> str | None:
+    uri = spec.mlflow.tracking_uri
+    if not uri:
+        return None
+    tags = {"eve.pipeline": name, "eve.preset": spec.preset, "eve.backend": "local"}
+    try:
+        if uri.startswith(("http://", "https://")):
+            from eve_operator.tracking import create_pipeline_run
+
+            return create_pipeline_run(uri, spec.mlflow.experiment, name, tags)
+        from mlflow.tracking import MlflowClient  # file/sqlite stores need the client library
+
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(spec.mlflow.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(spec.mlflow.experiment)
+        return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    except Exception as err:  # noqa: BLE001 - tracking never stops training
+        print(f"warning: MLflow at {uri} unavailable ({err}); continuing without a pipeline run",
+              file=sys.stderr)
+        return None
+
+
+def _finish_parent_run(spec: PipelineSpec, run_id: str | None, phase: str) -> None:
+    uri = spec.mlflow.tracking_uri
+    if not uri or not run_id:
+        return
+    status = "FINISHED" if phase == "Succeeded" else "FAILED"
+    try:
+        if uri.startswith(("http://", "https://")):
+            from eve_operator.tracking import finish_run
+
+            finish_run(uri, run_id, status)
+        else:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).set_terminated(run_id, status)
+    except Exception as err:  # noqa: BLE001
+        print(f"warning: could not close MLflow run {run_id}: {err}", file=sys.stderr)
+
+
+# -- the runner ----------------------------------------------------------------------------
+
+
+class LocalRunner:
+    """Runs one pipeline to the end: observe -> decide -> act, every POLL_S."""
+
+    def __init__(self, record: Record, on_event: Callable[[Emit], None] | None = None,
+                 on_tick: Callable[[Record, LocalJob | None], None] | None = None):
+        self.record, self.on_event, self.on_tick = record, on_event, on_tick
+        self.store = open_store(record.spec.output, endpoint_url=record.spec.s3.endpoint_url)
+        self.job: LocalJob | None = None
+        self._verified: dict[str, StageComplete] = {}
+        self._cancelled = False
+
+    def cancel(self, *_: Any) -> None:
+        self._cancelled = True
+
+    def _complete(self, stage: str) -> StageComplete | None:
+        if stage not in self._verified:
+            manifest = layout.stage_complete(self.store, self.record.name, stage)
+            if manifest is None:
+                return None
+            url = f"{self.record.spec.output.rstrip('/')}/{layout.export_prefix(self.record.name, stage)}"
+            self._verified[stage] = StageComplete(url, manifest.mlflow_run_id)
+        return self._verified[stage]
+
+    def observe(self) -> Observation:
+        status, spec = self.record.status, self.record.spec
+        current = next((s for s in status.stages if s.state != "Succeeded"), None)
+        if current is None:
+            return Observation()
+        previous = None
+        if current.attempt == 0 and (prev := spec.previous_stage(current.name)) and not spec.init_from:
+            previous = self._complete(prev)
+        job_state: JobState = "Absent"
+        message, finished = "", None
+        if self.job is not None and self.job.job.stage == current.name:
+            job_state, message, finished = self.job.state(), self.job.message, self.job.finished_at
+        complete = self._complete(current.name) if current.attempt == 0 or job_state != "Running" else None
+        return Observation(job_state, message, finished, complete, previous)
+
+    def act(self, decision: Decision) -> None:
+        for action in decision.actions:
+            if isinstance(action, SubmitJob):
+                job = build_job_spec(self.record.name, self.record.spec, action,
+                                     parent_run_id=self.record.status.mlflow_run_id)
+                self.job = LocalJob(job, log_dir(self.record.name, action.stage, action.attempt))
+                self.job.start()
+            elif isinstance(action, SetSuspended) and self.job is not None:
+                self.job.set_suspended(action.suspended)
+            elif isinstance(action, Emit):
+                self.record.events.append({"time": time.time(), "type": action.type,
+                                           "reason": action.reason, "message": action.message})
+                if self.on_event:
+                    self.on_event(action)
+
+    def run(self) -> PipelineStatus:
+        rec = self.record
+        rec.runner_pid = os.getpid()
+        if not rec.status.stages:
+            rec.status = initial_status(rec.spec)
+        if rec.status.mlflow_run_id is None:
+            rec.status.mlflow_run_id = _create_parent_run(rec.spec, rec.name)
+        rec.save()
+        try:
+            while not rec.status.done:
+                if self._cancelled:
+                    self._stop("cancelled by the user")
+                    break
+                decision = decide(rec.name, rec.spec, rec.status, self.observe(), time.time())
+                rec.status = decision.status
+                self.act(decision)
+                rec.save()
+                if self.on_tick:
+                    self.on_tick(rec, self.job)
+                if not rec.status.done:
+                    time.sleep(POLL_S)
+        except BaseException:
+            self._stop("runner interrupted")
+            raise
+        finally:
+            rec.runner_pid = None
+            rec.save()
+            _finish_parent_run(rec.spec, rec.status.mlflow_run_id, rec.status.phase)
+        return rec.status
+
+    def _stop(self, why: str) -> None:
+        if self.job is not None:
+            self.job.terminate()
+        rec = self.record
+        if not rec.status.done:
+            rec.status.phase, rec.status.message = "Failed", why
+            for s in rec.status.stages:
+                if s.state in ("Submitted", "Running"):
+                    s.state, s.message, s.finished_at = "Failed", why, time.time()
+            self.act(Decision(rec.status, [Emit("PipelineFailed", why, "Warning")]))
+        rec.save()
+
+
+def run_detached(name: str) -> int:
+    """Start the runner of a saved pipeline in the background; returns its pid."""
+    path = pipeline_dir(name)
+    log = open(path / "runner.log", "ab")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen([sys.executable, "-m", "eve_operator.backends.local", name],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, EVE_PLATFORM_HOME=str(home())))
+    log.close()
+    return proc.pid
+
+
+def _main() -> None:
+    record = load(sys.argv[1])
+    if record is None:
+        raise SystemExit(f"no local pipeline {sys.argv[1]!r} under {home()}")
+    runner = LocalRunner(record, on_event=lambda e: print(f"[{e.type}] {e.reason}: {e.message}", flush=True))
+    signal.signal(signal.SIGTERM, runner.cancel)
+    status = runner.run()
+    raise SystemExit(0 if status.phase == "Succeeded" else 1)
+
+
+if __name__ == "__main__":
+    _main()

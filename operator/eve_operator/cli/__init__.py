@@ -1,0 +1,1 @@
+"""The eve-platform command line."""

@@ -1,0 +1,93 @@
+"""Output for humans (tables, kubectl style) and machines (-o json|yaml)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import Enum
+from typing import Any
+
+import yaml
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+def emit(data: Any, fmt: Format) -> None:
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def age(created: float | str | None) -> str:
+    if created is None:
+        return "-"
+    if isinstance(created, str):
+        from datetime import datetime
+
+        created = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    secs = max(int(time.time() - created), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def table(headers: list[str], rows: list[list[Any]], empty: str) -> None:
+    if not rows:
+        print(empty)
+        return
+    cells = [[("-" if v in (None, "") else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("   ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in cells:
+        print("   ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def pipeline_rows(objs: list[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for obj in objs:
+        status = obj.get("status") or {}
+        stages = status.get("stages") or []
+        done = sum(1 for s in stages if s.get("state") == "Succeeded")
+        rows.append([obj["metadata"]["name"], obj["metadata"].get("backend", "kubernetes"),
+                     status.get("phase", "Pending"), status.get("currentStage"),
+                     f"{done}/{len(stages)}" if stages else "-",
+                     age(obj["metadata"].get("creationTimestamp"))])
+    return rows
+
+
+PIPELINE_HEADERS = ["NAME", "BACKEND", "PHASE", "STAGE", "DONE", "AGE"]
+STAGE_HEADERS = ["STAGE", "STATE", "ATTEMPT", "JOB", "CHECKPOINT", "MLFLOW RUN", "MESSAGE"]
+
+
+def stage_rows(obj: dict[str, Any]) -> list[list[Any]]:
+    return [[s["name"], s.get("state"), s.get("attempt") or "-", s.get("jobName"), s.get("checkpoint"),
+             s.get("mlflowRunId"), (s.get("message") or "")[:80]]
+            for s in (obj.get("status") or {}).get("stages") or []]
+
+
+def describe(obj: dict[str, Any]) -> None:
+    meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
+    print(f"Name:        {meta['name']}")
+    print(f"Backend:     {meta.get('backend', 'kubernetes')}"
+          + (f"   Namespace: {meta['namespace']}" if meta.get("namespace") else ""))
+    print(f"Phase:       {status.get('phase', 'Pending')}")
+    print(f"Stage:       {status.get('currentStage') or '-'}")
+    print(f"Preset:      {spec.get('preset')}   Output: {spec.get('output')}")
+    if status.get("mlflowRunId"):
+        print(f"MLflow run:  {status['mlflowRunId']} ({(spec.get('mlflow') or {}).get('trackingUri')})")
+    if status.get("message"):
+        print(f"Message:     {status['message']}")
+    print("\nStages:")
+    table(STAGE_HEADERS, stage_rows(obj), "  (none yet)")
+    events = obj.get("events") or []
+    print("\nEvents:")
+    table(["AGE", "TYPE", "REASON", "MESSAGE"],
+          [[age(e.get("time")), e.get("type"), e.get("reason"), e.get("message")] for e in events[-15:]],
+          "  <none>")

@@ -1,0 +1,108 @@
+"""`eve-platform submit stage=<name> [key=value ...]`: from words to a PipelineSpec.
+
+Pipeline keys (stage, until, name, preset, data, ...) shape the pipeline; every other key
+is a trainer override, validated against the typed trainer config. A trainer key may be
+prefixed with a stage name to apply to that stage only: `sft.optim.lr=1e-5`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from eve_trainer.config import STAGES, ConfigError, check_key, config_keys, format_validation_error
+
+from eve_operator.spec import PipelineSpec, validate_name
+
+#: Pipeline keys -> the PipelineSpec path they set.
+PIPELINE_KEYS: dict[str, str] = {
+    "stage": "start",
+    "until": "until",
+    "preset": "preset",
+    "hd": "hd",
+    "init_from": "init_from",
+    "output": "output",
+    "data": "data",
+    "image": "image",
+    "endpoint_url": "s3.endpoint_url",
+    "credentials_secret": "s3.credentials_secret",
+    "tracking_uri": "mlflow.tracking_uri",
+    "experiment": "mlflow.experiment",
+    "nodes": "resources.nodes",
+    "gpus_per_node": "resources.gpus_per_node",
+    "nproc_per_node": "resources.nproc_per_node",
+    "gpu_product": "resources.gpu_product",
+    "gang_scheduler": "scheduling.gang_scheduler",
+    "queue": "scheduling.queue",
+    "priority_class": "scheduling.priority_class",
+    "max_attempts": "max_attempts",
+    "suspend": "suspend",
+}
+
+
+def _value(raw: str) -> Any:
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if isinstance(value, (dict,)) else value
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[parts[-1]] = value
+
+
+def all_keys() -> list[str]:
+    return sorted(PIPELINE_KEYS) + ["name"] + config_keys() + [f"<stage>.{k}" for k in ("data",)]
+
+
+def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
+                 ) -> tuple[str | None, PipelineSpec]:
+    """words -> (name or None, validated PipelineSpec). Raises ConfigError naming the key."""
+    tree: dict[str, Any] = dict(defaults or {})
+    name = None
+    for word in words:
+        if "=" not in word:
+            raise ConfigError(f"{word!r} is not of the form key=value (e.g. stage=prealign)")
+        key, raw = (part.strip() for part in word.split("=", 1))
+        value = _value(raw)
+        if key == "name":
+            name = validate_name(str(value))
+        elif key in PIPELINE_KEYS:
+            if key == "data" and isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            _set(tree, PIPELINE_KEYS[key], value)
+        elif (stage := key.split(".", 1)[0]) in STAGES and "." in key:
+            sub = key.split(".", 1)[1]
+            if sub == "data":
+                tree.setdefault("stages", {}).setdefault(stage, {})["data"] = (
+                    [v for v in value.split(",") if v] if isinstance(value, str) else value)
+            else:
+                check_key(sub, f" (in {key})")
+                tree.setdefault("stages", {}).setdefault(stage, {}).setdefault("overrides", {})[sub] = value
+        else:
+            _check_trainer_key(key)
+            tree.setdefault("overrides", {})[key] = value
+    if "start" not in tree:
+        raise ConfigError(f"missing stage=<name>; choose one of {', '.join(STAGES)} "
+                          "(e.g. `eve-platform submit stage=prealign`)")
+    try:
+        return name, PipelineSpec.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err).replace("invalid config", "invalid pipeline")) from None
+
+
+def _check_trainer_key(key: str) -> None:
+    try:
+        check_key(key)
+    except ConfigError:
+        known = list(PIPELINE_KEYS) + ["name"] + config_keys()
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown key {key!r}{hint} (`eve-platform config keys` lists all keys)") from None
