@@ -7,15 +7,19 @@ OpenAPI schema is generated from it (eve_operator.crd). Validation happens once,
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from eve_trainer.config import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage
 
 GangScheduler = Literal["volcano", "scheduler-plugins", "kueue", "none"]
 OverrideValue = str | int | float | bool | list[str] | list[int] | list[float] | None
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: A Kubernetes quantity ("32", "400Gi"); YAML may give a bare number (`cpu: 32`).
+Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool)
+                                          else v)]
+_INT_OR_STRING = {"x-kubernetes-int-or-string": True}
 
 
 class _Model(BaseModel):
@@ -41,9 +45,10 @@ class ResourcesSpec(_Model):
     gpu_product: str | None = Field(
         "NVIDIA-A100-SXM4-80GB", alias="gpuProduct",
         description="nvidia.com/gpu.product node label to select; empty for any.")
-    cpu: str = Field("32", description="CPU request per pod.")
-    memory: str = Field("400Gi", description="Memory request per pod.")
-    shm_size: str = Field("64Gi", alias="shmSize", description="Size of the memory-backed /dev/shm.")
+    cpu: Quantity = Field("32", description="CPU request per pod.", json_schema_extra=_INT_OR_STRING)
+    memory: Quantity = Field("400Gi", description="Memory request per pod.", json_schema_extra=_INT_OR_STRING)
+    shm_size: Quantity = Field("64Gi", alias="shmSize", description="Size of the memory-backed /dev/shm.",
+                               json_schema_extra=_INT_OR_STRING)
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Extra pod tolerations.")
     nproc_per_node: int | None = Field(None, alias="nprocPerNode", ge=1, le=128,
                                        description="Processes per pod; default one per GPU (1 on CPU).")
@@ -109,6 +114,9 @@ class PipelineSpec(_Model):
         for name in self.stages:
             if name not in chain:
                 raise ValueError(f"stages.{name} is not in the chain {' -> '.join(chain)}")
+        if self.scheduling.gang_scheduler == "kueue" and not self.scheduling.queue:
+            raise ValueError("scheduling.queue is required with scheduling.gangScheduler=kueue "
+                             "(the Kueue LocalQueue the stage jobs are submitted to)")
         return self
 
     def full_chain(self) -> tuple[str, ...]:
