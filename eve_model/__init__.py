@@ -1,0 +1,26 @@
+"""eve_model: a PyTorch re-implementation of EVE v1 (encoder-free VLM, arXiv 2406.11832).
+
+See docs/model.md for the mapping to the paper and the published checkpoints.
+"""
+
+from .config import EveConfig
+from .constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .modeling import EveCausalLMOutput, EveForCausalLM, EveModel
+from .presets import PRESETS, get_preset
+from .processing import EveImageProcessor
+from .stages import STAGES, set_trainable
+
+__all__ = [
+    "DEFAULT_IMAGE_TOKEN",
+    "IGNORE_INDEX",
+    "IMAGE_TOKEN_INDEX",
+    "PRESETS",
+    "STAGES",
+    "EveCausalLMOutput",
+    "EveConfig",
+    "EveForCausalLM",
+    "EveImageProcessor",
+    "EveModel",
+    "get_preset",
+    "set_trainable",
+]

@@ -1,0 +1,255 @@
+"""EveForCausalLM: transformers' Llama + PEL (vision_tower, mm_projector) + PAL + frozen CLIP teacher.
+
+Module tree and parameter names follow the published checkpoint (eve-v1.md 4.3)::
+
+    model.embed_tokens / model.layers.* / model.norm / lm_head      Llama (transformers, SDPA)
+    model.vision_tower.*                                            PEL: conv + CA1 + CLS/CA2 + SPL
+    model.mm_projector.{0,2}.*                                      PEL output MLP (mlp2x_gelu)
+    model.vision_tower_compressor.*                                 PAL (if requires_cliploss)
+    model.vision_clip.backbone.vision_model.*                       CLIP teacher (if requires_cliploss)
+
+The reference registers the teacher a second time as ``vision_tower_compressor.clip_layer``; here
+it is registered once (``loading.py`` accepts both prefixes), so the state dict has no duplicate.
+
+Forward = splice (``prepare_multimodal_inputs``) + Llama + LM loss + alignment loss (eve-v1.md 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaForCausalLM, LlamaModel
+from transformers.utils import ModelOutput
+
+from .config import EveConfig
+from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .patch_aligner import ClipTeacher, PatchAligner
+from .patch_embedding import VisionTokenizer
+
+VISION_MODULES = ("vision_tower", "mm_projector", "vision_tower_compressor")
+
+
+@dataclass
+class EveCausalLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None  # lm_loss + align_loss (None without labels)
+    lm_loss: torch.Tensor | None = None
+    align_loss: torch.Tensor | None = None  # 0 when the teacher is off or images_clip is None
+    logits: torch.Tensor | None = None  # [B, T', V] over the spliced sequence
+    attention_mask: torch.Tensor | None = None  # [B, T'] after the splice
+    labels: torch.Tensor | None = None  # [B, T'] after the splice
+
+
+@dataclass
+class MultimodalInputs:
+    inputs_embeds: torch.Tensor  # [B, T', D]
+    attention_mask: torch.Tensor  # [B, T'] long
+    labels: torch.Tensor | None  # [B, T']
+    image_spans: list[tuple[int, int, int, int]]  # (row, start, h, w) per image sample
+    image_rows: list[int]  # batch rows that carry an image
+    dummy: torch.Tensor | None  # zero touching the PEL when the batch has no image
+
+
+class _EveInitMixin:
+    """Vision modules get PyTorch's default init, as in the reference's ``initialize_vision_modules``
+    (they are built after the Vicuna weights are loaded, outside HF's ``_init_weights``)."""
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if getattr(module, "_eve_torch_init", False):
+            if isinstance(module, VisionTokenizer):
+                nn.init.normal_(module.class_embedding)
+                nn.init.normal_(module.split_embedding)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            return
+        super()._init_weights(module)
+
+
+def build_projector(config: EveConfig) -> nn.Sequential:
+    """mlp2x_gelu: Linear(mm_hidden, hidden) -> GELU -> Linear(hidden, hidden); names .0 / .2."""
+    return nn.Sequential(nn.Linear(config.mm_hidden_size, config.hidden_size), nn.GELU(),
+                         nn.Linear(config.hidden_size, config.hidden_size))
+
+
+class EveModel(_EveInitMixin, LlamaModel):
+    config_class = EveConfig
+
+    def __init__(self, config: EveConfig) -> None:
+        super().__init__(config)
+        config.validate_vision()
+        self.vision_tower = VisionTokenizer(config.mm_hidden_size, config.patch_stride, config.conv_stride,
+                                            config.vision_num_heads)
+        self.mm_projector = build_projector(config)
+        if config.requires_cliploss:
+            teacher = config.teacher_config()
+            self.vision_tower_compressor = PatchAligner(
+                config.hidden_size, teacher.hidden_size, config.num_hidden_layers, config.align_layer_stride,
+                config.vision_num_heads, config.patch_ratio)
+            self.vision_clip = ClipTeacher(teacher, config.mm_vision_select_layer, config.mm_vision_select_feature)
+        for name in VISION_MODULES:
+            for module in getattr(self, name, nn.Module()).modules():
+                module._eve_torch_init = True
+        self.post_init()
+
+    @property
+    def has_aligner(self) -> bool:
+        return hasattr(self, "vision_tower_compressor")
+
+
+class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
+    config_class = EveConfig
+    _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower_compressor\.clip_layer\..*"]
+
+    def __init__(self, config: EveConfig) -> None:
+        super(LlamaForCausalLM, self).__init__(config)  # PreTrainedModel init, not Llama's body
+        self.model = EveModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor, name: str, size: int, batch: int) -> None:
+        if images.dim() != 4 or images.shape[1] != 4:
+            raise ValueError(f"{name}: expected [B, 4, {size}, {size}] (RGB + mask channel), got "
+                             f"{tuple(images.shape)}; the channel count must be 4")
+        if images.shape[0] != batch:
+            raise ValueError(f"{name}: batch size {images.shape[0]} != input_ids batch size {batch}")
+        hw = tuple(images.shape[-2:])
+        if hw != (size, size):
+            what = "larger than" if max(hw) > size else "different from"
+            raise ValueError(f"{name}: canvas {hw} is {what} the configured canvas ({size}, {size}); "
+                             f"allowed: exactly [B, 4, {size}, {size}] (use EveImageProcessor)")
+
+    def encode_images(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """PEL: images [n, 4, S, S] -> per-image [1 + h*(w+1), D] LLM-space tokens and (h, w)."""
+        pt = self.model.vision_tower(images)
+        feats = self.model.mm_projector(pt.tokens)  # [sum len, D]  projector over the whole sequence
+        return list(feats.split(pt.lengths)), pt.grid_hw
+
+    def prepare_multimodal_inputs(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
+                                  labels: torch.LongTensor | None, images: torch.Tensor | None) -> MultimodalInputs:
+        """Replace each IMAGE_TOKEN_INDEX by the sample's visual tokens (labels IGNORE_INDEX there),
+        drop padding, right-pad to the longest spliced sample, extend the attention mask."""
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        is_img = input_ids == IMAGE_TOKEN_INDEX
+        n_placeholders = is_img.sum(1)
+        if (n_placeholders > 1).any():
+            row = int((n_placeholders > 1).nonzero()[0])
+            raise ValueError(f"input_ids[{row}]: {int(n_placeholders[row])} IMAGE_TOKEN_INDEX placeholders; "
+                             "allowed: at most one per sample")
+        has_ph = (n_placeholders == 1).cpu()
+        if images is None:
+            if has_ph.any():
+                raise ValueError(f"input_ids hold {int(has_ph.sum())} IMAGE_TOKEN_INDEX placeholders but "
+                                 "images is None (0 images with a valid mask)")
+            has_img = has_ph
+        else:
+            self._check_images(images, "images", self.config.image_size, b)
+            has_img = self.model.vision_tower._patch_mask(images).flatten(1).any(1).cpu()
+            if (has_img != has_ph).any():
+                bad = int((has_img != has_ph).nonzero()[0])
+                detail = ("its mask channel has no valid patch but input_ids has a placeholder"
+                          if has_ph[bad] else "it has a valid mask but input_ids has no placeholder")
+                raise ValueError(
+                    f"input_ids hold {int(has_ph.sum())} IMAGE_TOKEN_INDEX placeholders but images has "
+                    f"{int(has_img.sum())} samples with a valid mask (sample {bad}: {detail})")
+
+        rows = has_ph.nonzero().flatten().tolist()
+        dummy = None
+        feats: list[torch.Tensor] = []
+        grids: list[tuple[int, int]] = []
+        if rows:
+            feats, grids = self.encode_images(images[rows])
+        elif images is not None:
+            # Text-only batch: run the PEL on one blank canvas (dummy crop) so every PEL parameter
+            # stays in the graph with a zero contribution (the reference's ZeRO-3 guard).
+            dummy = sum(f.sum() for f in self.encode_images(images[:1])[0]) * 0.0
+
+        embeds = self.model.embed_tokens(input_ids.clamp(min=0))  # [B, T, D]
+        keep = attention_mask.bool()
+        new_embeds, new_labels, spans = [], [], []
+        it = iter(zip(rows, feats, grids))
+        for i in range(b):
+            e, ids = embeds[i][keep[i]], input_ids[i][keep[i]]
+            lab = labels[i][keep[i]] if labels is not None else None
+            if has_ph[i]:
+                _, vis, (h, w) = next(it)
+                p = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0])
+                e = torch.cat([e[:p], vis.to(e.dtype), e[p + 1:]])
+                if lab is not None:
+                    lab = torch.cat([lab[:p], lab.new_full((vis.shape[0],), IGNORE_INDEX), lab[p + 1:]])
+                spans.append((i, p, h, w))
+            new_embeds.append(e)
+            new_labels.append(lab)
+        lengths = [e.shape[0] for e in new_embeds]
+        tmax = max(lengths)
+        out_embeds = embeds.new_zeros(b, tmax, embeds.shape[-1])
+        out_mask = attention_mask.new_zeros(b, tmax)
+        out_labels = None if labels is None else labels.new_full((b, tmax), IGNORE_INDEX)
+        for i, (e, n) in enumerate(zip(new_embeds, lengths)):
+            out_embeds[i, :n] = e
+            out_mask[i, :n] = 1
+            if out_labels is not None:
+                out_labels[i, :n] = new_labels[i]
+        return MultimodalInputs(out_embeds, out_mask, out_labels, spans, rows, dummy)
+
+    # ------------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, images: torch.Tensor | None = None,
+                images_clip: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
+                **kwargs) -> EveCausalLMOutput:
+        """input_ids [B, T] (<=1 IMAGE_TOKEN_INDEX each), images [B,4,S,S], images_clip [B,4,Sc,Sc].
+
+        ``num_items_in_batch``: divide the summed token loss by this instead of the local count
+        (gradient accumulation).  Extra kwargs are rejected to keep the contract narrow.
+        """
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        if kwargs:
+            raise ValueError(f"unexpected arguments {sorted(kwargs)}; allowed: input_ids, attention_mask, "
+                             "labels, images, images_clip, num_items_in_batch")
+        mm = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
+        align = self.model.has_aligner and self.config.requires_cliploss and images_clip is not None
+        out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask,
+                         use_cache=False, output_hidden_states=align)
+        logits = self.lm_head(out.last_hidden_state)  # [B, T', V]
+
+        zero = logits.new_zeros((), dtype=torch.float32)
+        align_loss = zero
+        if align:
+            self._check_images(images_clip, "images_clip", self.config.image_size_clip, input_ids.shape[0])
+            aligner = self.model.vision_tower_compressor
+            if mm.image_rows:
+                clip_in = images_clip[mm.image_rows]
+                pc = self.config.patch_stride_clip
+                teacher_valid = F.avg_pool2d(clip_in[:, 3:].float(), pc, pc).flatten(1) > 0.5  # [n, Gc*Gc]
+                teacher_feats = self.model.vision_clip(clip_in[:, :3])  # [n, Gc*Gc, C]
+                align_loss = aligner(out.hidden_states, mm.image_spans, teacher_feats, teacher_valid)
+            else:
+                align_loss = aligner.dummy_loss()
+        elif self.model.has_aligner and self.training:
+            align_loss = self.model.vision_tower_compressor.dummy_loss()
+
+        lm_loss = loss = None
+        if mm.labels is not None:
+            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+            shift_labels = mm.labels[:, 1:].reshape(-1)
+            total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+            denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum()
+            lm_loss = total / denom
+            loss = lm_loss + align_loss.float()
+            if mm.dummy is not None:
+                loss = loss + mm.dummy.float()
+        return EveCausalLMOutput(loss=loss, lm_loss=lm_loss, align_loss=align_loss, logits=logits,
+                                 attention_mask=mm.attention_mask, labels=mm.labels)
+
+    # ------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "EveForCausalLM":
+        super().train(mode)
+        if self.model.has_aligner:
+            self.model.vision_clip.eval()  # frozen teacher: always eval
+        return self

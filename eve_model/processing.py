@@ -1,0 +1,123 @@
+"""Image preprocessing of EVE v1 (``train.py`` l.698-765, ``mm_utils.process_images``; eve-v1.md 2.1).
+
+The layout is computed in teacher (CLIP) space and scaled by ``ratio = image_size // image_size_clip``:
+
+1. longest side -> ``image_size_clip``; short side -> ``ceil(Sc * short / long / pc) * pc``
+   (whole teacher patches, pc = patch_stride_clip), centred with a padding of whole patches
+   ``pre = ((Gc - n_valid) // 2) * pc``;
+2. the EVE view uses the same layout times ``ratio`` (longest side = image_size, short side a
+   multiple of ``pc * ratio``: 28 at 672, 56 at 1344);
+3. both views are pasted on a square canvas filled with the mean colour, CLIP-normalised, and get a
+   4th channel: 1 on the image, 0 on the padding.  ``None`` (text-only) gives a blank canvas, mask 0.
+
+Integer arithmetic replaces the reference's float ``ceil`` (identical except for float round-off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import CLIP_MEAN, CLIP_STD, EveConfig
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Placement of an image on the teacher canvas (pixels at image_size_clip scale)."""
+
+    width: int  # resized width
+    height: int  # resized height
+    left: int  # padding before, x
+    top: int  # padding before, y
+
+
+class EveImageProcessor:
+    """PIL image (or None) -> (image [4,S,S], image_clip [4,Sc,Sc]) float32 tensors."""
+
+    def __init__(self, image_size: int = 672, image_size_clip: int = 336, patch_stride: int = 14,
+                 conv_stride: int = 2, patch_stride_clip: int = 14,
+                 image_mean: tuple[float, ...] = CLIP_MEAN, image_std: tuple[float, ...] = CLIP_STD) -> None:
+        if image_size % image_size_clip:
+            raise ValueError(f"image_size={image_size} must be a multiple of image_size_clip={image_size_clip}")
+        if image_size_clip % patch_stride_clip:
+            raise ValueError(
+                f"image_size_clip={image_size_clip} must be a multiple of patch_stride_clip={patch_stride_clip}"
+            )
+        self.image_size = image_size
+        self.image_size_clip = image_size_clip
+        self.patch_stride = patch_stride
+        self.conv_stride = conv_stride
+        self.patch_stride_clip = patch_stride_clip
+        self.ratio = image_size // image_size_clip
+        if (patch_stride_clip * self.ratio) % (patch_stride * conv_stride):
+            raise ValueError(
+                f"image_size={image_size}: image_size/image_size_clip*patch_stride_clip="
+                f"{patch_stride_clip * self.ratio} must be a multiple of patch_stride*conv_stride="
+                f"{patch_stride * conv_stride}"
+            )
+        self.image_mean = np.asarray(image_mean, dtype=np.float32)
+        self.image_std = np.asarray(image_std, dtype=np.float32)
+        self.fill = tuple(int(m * 255) for m in image_mean)  # (122, 116, 104) for CLIP
+
+    @classmethod
+    def from_config(cls, config: EveConfig) -> "EveImageProcessor":
+        config.validate_vision()
+        return cls(config.image_size, config.image_size_clip, config.patch_stride, config.conv_stride,
+                   config.patch_stride_clip, tuple(config.image_mean), tuple(config.image_std))
+
+    # ------------------------------------------------------------------------------------------
+    def layout(self, width: int, height: int) -> Layout:
+        """Teacher-space layout of a width x height image."""
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got width={width}, height={height}")
+        sc, pc = self.image_size_clip, self.patch_stride_clip
+        grid = sc // pc
+
+        def short_side(short: int, long: int) -> int:
+            return -(-sc * short // (long * pc)) * pc  # ceil(sc*short/long/pc)*pc, exact
+
+        if width >= height:
+            w, h = sc, short_side(height, width)
+        else:
+            w, h = short_side(width, height), sc
+        left = ((grid - w // pc) // 2) * pc
+        top = ((grid - h // pc) // 2) * pc
+        return Layout(w, h, left, top)
+
+    def grid(self, width: int, height: int) -> tuple[int, int]:
+        """(h, w) visual-token grid of a width x height image."""
+        lay = self.layout(width, height)
+        unit = self.patch_stride * self.conv_stride
+        return lay.height * self.ratio // unit, lay.width * self.ratio // unit
+
+    def num_image_tokens(self, width: int, height: int) -> int:
+        """Visual tokens spliced into the LLM for a width x height image: 1 + h*(w+1)."""
+        h, w = self.grid(width, height)
+        return 1 + h * (w + 1)
+
+    # ------------------------------------------------------------------------------------------
+    def _canvas(self, image: Image.Image | None, lay: Layout | None, scale: int, size: int) -> torch.Tensor:
+        canvas = Image.new("RGB", (size, size), self.fill)
+        mask = np.zeros((size, size), dtype=np.float32)
+        if image is not None and lay is not None:
+            w, h, x0, y0 = lay.width * scale, lay.height * scale, lay.left * scale, lay.top * scale
+            canvas.paste(image.resize((w, h), Image.Resampling.BICUBIC), (x0, y0))
+            mask[y0 : y0 + h, x0 : x0 + w] = 1.0
+        pixels = (np.asarray(canvas, dtype=np.float32) / 255.0 - self.image_mean) / self.image_std  # [S,S,3]
+        out = np.concatenate([pixels.transpose(2, 0, 1), mask[None]], axis=0)  # [4, S, S]
+        return torch.from_numpy(np.ascontiguousarray(out))
+
+    def __call__(self, image: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image [4, image_size, image_size], image_clip [4, image_size_clip, image_size_clip])."""
+        if image is None:
+            lay = None
+        elif isinstance(image, Image.Image):
+            image = image.convert("RGB")
+            lay = self.layout(*image.size)
+        else:
+            raise ValueError(f"image: expected a PIL.Image.Image or None, got {type(image).__name__}")
+        return (self._canvas(image, lay, self.ratio, self.image_size),
+                self._canvas(image, lay, 1, self.image_size_clip))
