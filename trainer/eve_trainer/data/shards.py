@@ -1,0 +1,167 @@
+"""WebDataset tar shards: a writer with size rollover and a streaming reader with offsets.
+
+Shards are plain POSIX tars in WebDataset layout (`<key>.jpg`, `<key>.json` next to each
+other), so `webdataset.WebDataset` reads them too. Our own reader exists because the
+loader needs, for every sample, the byte offset of its first tar header: a checkpointed
+position is "shard + byte offset", and resuming is one ranged GET from there instead of
+re-reading the shard (webdataset itself cannot resume mid-shard).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from eve_trainer.data.index import ShardInfo
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+READ_BUFFER = 1 << 20
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """`dir/000123.seg.json` -> (`dir/000123`, `seg.json`), the WebDataset key rule."""
+    head, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), (ext.lower() if dot else "")
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Append samples; a new shard starts when the current one would pass `shard_size`
+    bytes or `max_samples`. Each finished shard is uploaded (or moved) into `store`
+    and recorded as a ShardInfo. Tar headers are fixed (mtime 0, uid 0) so the same input
+    gives byte-identical shards."""
+
+    def __init__(self, store: Any, pattern: str = "shard-{:06d}.tar", shard_size: int = 256 << 20,
+                 max_samples: int | None = None, start_index: int = 0):
+        self.store, self.pattern = store, pattern
+        self.shard_size, self.max_samples = shard_size, max_samples
+        self.index = start_index
+        self.shards: list[ShardInfo] = []
+        self._tar: tarfile.TarFile | None = None
+        self._path: Path | None = None
+        self._count = 0
+        self._local_root: Path | None = getattr(store, "root", None)
+
+    def _open(self) -> None:
+        name = self.pattern.format(self.index)
+        if self._local_root is not None:  # write in place, rename when complete
+            self._path = self._local_root / (name + ".tmp")
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            fd, tmp = tempfile.mkstemp(suffix=".tar", prefix="eve-shard-")
+            os.close(fd)
+            self._path = Path(tmp)
+        self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)
+        self._count = 0
+
+    def write(self, key: str, parts: dict[str, bytes]) -> None:
+        size = sum(512 + -(-len(v) // 512) * 512 for v in parts.values())
+        if self._tar is not None and self._count and (
+                self._tar.offset + size > self.shard_size
+                or (self.max_samples and self._count >= self.max_samples)):
+            self.close_shard()
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None
+        for ext, data in parts.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            self._tar.addfile(info, io.BytesIO(data))
+        self._count += 1
+
+    def close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        assert self._path is not None
+        name = self.pattern.format(self.index)
+        nbytes = self._path.stat().st_size
+        if self._local_root is not None:
+            os.replace(self._path, self._local_root / name)
+        else:
+            try:
+                self.store.upload_file(self._path, name)
+            finally:
+                self._path.unlink(missing_ok=True)
+        self.shards.append(ShardInfo(name, self._count, nbytes))
+        self._tar, self._path = None, None
+        self.index += 1
+
+    def close(self) -> list[ShardInfo]:
+        self.close_shard()
+        return self.shards
+
+
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawSample:
+    key: str
+    parts: dict[str, bytes]
+    offset: int
+    """Absolute byte offset of the sample's first tar header in its shard."""
+
+
+def _missing_object(err: BaseException) -> bool:
+    while err is not None:
+        code = getattr(err, "response", {}).get("Error", {}).get("Code") if hasattr(err, "response") else None
+        if code in ("NoSuchKey", "404"):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class ShardReadError(Exception):
+    """The tar stream broke (truncated or corrupt); samples read so far were yielded."""
+
+
+def iter_tar(stream: IO[bytes], start: int = 0) -> Iterator[RawSample]:
+    """Samples of a tar stream that begins at byte `start` of its shard (a header boundary).
+
+    Consecutive members with the same key form one sample. A broken stream raises
+    ShardReadError after the complete samples before the break; the sample being
+    assembled at that moment is dropped, never yielded half.
+    """
+    from eve_trainer.storage import StorageError
+
+    current: RawSample | None = None
+    try:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_BUFFER) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = split_name(member.name)
+                fobj = tar.extractfile(member)
+                data = fobj.read() if fobj is not None else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name} is truncated")
+                if current is not None and key != current.key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = RawSample(key, {}, start + member.offset)
+                current.parts[ext] = data
+    except StorageError:
+        raise  # the store is unreachable even after retries: not a data problem
+    except FileNotFoundError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, RuntimeError) as err:
+        if _missing_object(err):
+            raise FileNotFoundError(str(err)) from err
+        raise ShardReadError(str(err) or type(err).__name__) from err
+    except Exception as err:
+        if _missing_object(err):  # botocore NoSuchKey
+            raise FileNotFoundError(str(err)) from err
+        raise
+    if current is not None:
+        yield current
