@@ -1,0 +1,227 @@
+"""Checkpoints in object storage: save, verify, resume, prune.
+
+Layout (eve_trainer.layout is the one definition of the paths):
+
+    <output>/<pipeline>/<stage>/checkpoints/step-<n>/
+        ds/...                        DeepSpeed model, optimizer and LR scheduler state (all ranks)
+        trainer-state/rank-<r>.pt     per rank: RNG states (python, numpy, torch), data loader position
+        config.json                   the resolved TrainConfig
+        manifest.json                 written last by rank 0: size + sha256 of every file
+
+Every rank saves into its own local temp dir, uploads its own files and reports their
+sha256; rank 0 writes the manifest once all ranks are done, so a checkpoint exists only
+when it is complete. Resume picks the newest checkpoint whose files match the manifest
+and falls back to older ones otherwise.
+
+The public save/load check `enable` and the collective bookkeeping, then call the
+`_save`/`_load` hooks; subclasses override the hooks, never the public methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from eve_trainer import distributed as D
+from eve_trainer import layout
+from eve_trainer.layout import FileEntry, Manifest
+from eve_trainer.storage import ObjectStore, join
+
+log = logging.getLogger("eve_trainer.checkpoint")
+
+DS_TAG = "ds"
+STATE_DIR = "trainer-state"
+CONFIG_FILE = "config.json"
+
+
+def state_file(rank: int) -> str:
+    return f"{STATE_DIR}/rank-{rank:05d}.pt"
+
+
+class Engine(Protocol):
+    """The part of a DeepSpeed engine the checkpointer uses."""
+
+    def save_checkpoint(self, save_dir: str, tag: str, client_state: dict[str, Any]) -> Any: ...
+    def load_checkpoint(self, load_dir: str, tag: str) -> tuple[str | None, dict[str, Any]]: ...
+
+
+@dataclass
+class Restored:
+    step: int
+    trainer_state: dict[str, Any]
+    manifest: Manifest
+
+
+class CheckpointManager:
+    def __init__(self, store: ObjectStore, *, pipeline: str, stage: str, rank: int, world_size: int,
+                 every_steps: int, keep_last: int, config_json: str, config_hash: str,
+                 enable: bool = True, max_upload_workers: int = 4):
+        self.store, self.pipeline, self.stage = store, pipeline, stage
+        self.rank, self.world_size = rank, world_size
+        self.every_steps, self.keep_last = every_steps, keep_last
+        self.config_json, self.config_hash = config_json, config_hash
+        self.enable = enable
+        self.max_upload_workers = max_upload_workers
+        self.last_saved_step: int | None = None
+        #: steps whose files did not match their manifest during the last load
+        self.skipped: list[int] = []
+
+    def url(self, step: int) -> str:
+        return f"{self.store.url}/{layout.checkpoint_prefix(self.pipeline, self.stage, step)}"
+
+    def due(self, step: int, *, last_step: bool = False) -> bool:
+        return self.enable and (last_step or step % self.every_steps == 0)
+
+    # -- public, collective: every rank calls these ----------------------------------------
+
+    def save(self, step: int, engine: Engine, trainer_state: dict[str, Any],
+             mlflow_run_id: str | None = None) -> Manifest | None:
+        """Write checkpoint `step`; rank 0 returns the committed manifest."""
+        if not self.enable or self.last_saved_step == step:
+            return None
+        manifest = self._save(step, engine, trainer_state, mlflow_run_id)
+        self.last_saved_step = step
+        return manifest
+
+    def load(self, engine: Engine) -> Restored | None:
+        """Restore the newest complete checkpoint into `engine`; None when there is none."""
+        if not self.enable:
+            return None
+        return self._load(engine)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _save(self, step: int, engine: Engine, trainer_state: dict[str, Any],
+              mlflow_run_id: str | None) -> Manifest | None:
+        import torch
+
+        prefix = layout.checkpoint_prefix(self.pipeline, self.stage, step)
+        if self.rank == 0:
+            # a stale attempt at this step (from a timeline we resumed before) must not mix in
+            self.store.delete_prefix(prefix)
+        D.barrier()
+        tmp = Path(tempfile.mkdtemp(prefix=f"eve-ckpt-r{self.rank}-"))
+        try:
+            engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step})
+            (tmp / "latest").unlink(missing_ok=True)  # we always load by explicit tag
+            (tmp / STATE_DIR).mkdir(exist_ok=True)
+            torch.save(trainer_state, tmp / state_file(self.rank))
+            if self.rank == 0:
+                (tmp / CONFIG_FILE).write_text(self.config_json)
+            entries = layout.entries_for_dir(tmp)
+            self._upload(tmp, prefix, [e.path for e in entries])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # the gather doubles as the barrier: each rank reports only after its uploads finished
+        gathered: list[list[FileEntry]] = D.all_gather_object(entries)
+        manifest = None
+        if self.rank == 0:
+            files = _merge_entries(gathered)
+            manifest = Manifest(kind="checkpoint", pipeline=self.pipeline, stage=self.stage, step=step,
+                                files=files, config_hash=self.config_hash, mlflow_run_id=mlflow_run_id,
+                                extra={"world_size": self.world_size})
+            self.store.put_bytes(join(prefix, layout.MANIFEST), manifest.to_json())
+            self._prune(keep_from=step)
+        D.barrier()
+        return manifest
+
+    def _load(self, engine: Engine) -> Restored | None:
+        import torch
+
+        self.skipped = []
+        candidates: list[int] = D.broadcast_object(
+            layout.list_checkpoint_steps(self.store, self.pipeline, self.stage) if self.rank == 0 else None)
+        for step in candidates:
+            prefix = layout.checkpoint_prefix(self.pipeline, self.stage, step)
+            # rank 0 checks that the manifest and all sizes are there; every rank then checks the
+            # sha256 of what it downloaded, so each byte is read once
+            manifest = D.broadcast_object(
+                layout.verify(self.store, prefix, layout.MANIFEST, deep=False) if self.rank == 0 else None)
+            tmp = Path(tempfile.mkdtemp(prefix=f"eve-restore-r{self.rank}-"))
+            try:
+                ok = manifest is not None and self._download_verified(prefix, manifest, tmp)
+                if not D.all_reduce_min(ok):
+                    self.skipped.append(step)
+                    log.warning("checkpoint %s is incomplete or corrupt (sha256 mismatch); trying an older one",
+                                self.url(step))
+                    continue
+                world = manifest.extra.get("world_size", self.world_size)
+                if world != self.world_size:
+                    from eve_trainer.config import ConfigError
+
+                    raise ConfigError(f"checkpoint {self.url(step)} was written by {world} ranks, this run has "
+                                      f"{self.world_size}; resume with the same world size")
+                engine.load_checkpoint(str(tmp), tag=DS_TAG)
+                state = torch.load(tmp / state_file(self.rank), map_location="cpu", weights_only=False)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.last_saved_step = step
+            return Restored(step=step, trainer_state=state, manifest=manifest)
+        return None
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _upload(self, root: Path, prefix: str, paths: list[str]) -> None:
+        # large files are multipart-parallel inside upload_file; small ones overlap here
+        self._parallel(lambda p: self.store.upload_file(root / p, join(prefix, p)), paths)
+
+    def _download_verified(self, prefix: str, manifest: Manifest, dest: Path) -> bool:
+        mine = state_file(self.rank)
+        wanted = [e for e in manifest.files
+                  if not (e.path.startswith(STATE_DIR + "/") and e.path != mine)]
+        if not any(e.path == mine for e in wanted):
+            return False
+
+        def fetch(entry: FileEntry) -> bool:
+            path = dest / entry.path
+            try:
+                self.store.download_file(join(prefix, entry.path), path)
+            except Exception as err:  # noqa: BLE001 - a missing object means an incomplete checkpoint
+                log.warning("cannot download %s/%s: %s", self.store.url, join(prefix, entry.path), err)
+                return False
+            return path.stat().st_size == entry.size and layout.sha256_file(path) == entry.sha256
+
+        return all(self._parallel(fetch, wanted))
+
+    def _parallel(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(self.max_upload_workers, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def _step_dirs(self) -> set[int]:
+        prefix = layout.checkpoints_prefix(self.pipeline, self.stage)
+        steps = set()
+        for key in self.store.list(prefix):
+            name = key[len(prefix):].strip("/").split("/")[0]
+            if name.startswith("step-") and name[5:].isdigit():
+                steps.add(int(name[5:]))
+        return steps
+
+    def _prune(self, keep_from: int) -> None:
+        """Keep the newest `keep_last` complete checkpoints up to `keep_from`; delete older ones
+        and half-written leftovers. A failed delete is logged, never fatal: it only costs space."""
+        complete = [s for s in layout.list_checkpoint_steps(self.store, self.pipeline, self.stage) if s <= keep_from]
+        keep = set(sorted(complete, reverse=True)[:self.keep_last])
+        for step in sorted(self._step_dirs()):
+            if step < keep_from and step not in keep:
+                try:
+                    self.store.delete_prefix(layout.checkpoint_prefix(self.pipeline, self.stage, step))
+                except Exception as err:  # noqa: BLE001
+                    log.warning("could not delete old checkpoint %s: %s", self.url(step), err)
+
+
+def _merge_entries(gathered: list[list[FileEntry]]) -> list[FileEntry]:
+    by_path: dict[str, FileEntry] = {}
+    for entries in gathered:
+        for entry in entries:
+            other = by_path.setdefault(entry.path, entry)
+            # two ranks writing the same relative path must have written the same bytes
+            assert other.sha256 == entry.sha256, f"ranks disagree on checkpoint file {entry.path}"
+    return sorted(by_path.values(), key=lambda e: e.path)

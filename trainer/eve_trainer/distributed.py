@@ -1,0 +1,121 @@
+"""Rank and world from the launcher's environment, and the process group.
+
+PyTorchJob and torchrun set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
+Some PyTorchJob setups (elastic, torchrun as entrypoint) only set the PET_* variables;
+the global rank is then derived from the node rank and the processes per node.
+One process drives one GPU; on CPU the backend is gloo.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eve_trainer.config import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DistInfo:
+        env = os.environ if env is None else env
+
+        def num(name: str, default: int) -> int:
+            raw = env.get(name)
+            if raw in (None, ""):
+                return default
+            try:
+                # elastic ranges like PET_NNODES=1:4 -> the upper bound is the job size
+                return int(str(raw).split(":")[-1])
+            except ValueError:
+                raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
+
+        local_rank = num("LOCAL_RANK", 0)
+        if "RANK" in env:
+            rank, world = num("RANK", 0), num("WORLD_SIZE", 1)
+        elif "PET_NNODES" in env or "PET_NPROC_PER_NODE" in env:
+            nproc, nnodes = num("PET_NPROC_PER_NODE", 1), num("PET_NNODES", 1)
+            rank, world = num("PET_NODE_RANK", 0) * nproc + local_rank, nnodes * nproc
+        else:
+            rank, world = 0, 1
+        if not 0 <= rank < world:
+            raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
+        return cls(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0) -> str:
+    """Start torch.distributed (also for world 1: DeepSpeed needs a group). Returns the device."""
+    import torch
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # DeepSpeed reads these itself; with PET_* only (or a single process) they are derived here
+    for var, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank)):
+        os.environ.setdefault(var, str(value))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank)
+        device, backend = f"cuda:{info.local_rank}", "nccl"
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        device, backend = "cpu", "gloo"
+    if dist.is_initialized():
+        return device
+    if info.world_size == 1:
+        # no rendezvous needed: a private in-memory store, so no port is taken
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    else:
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if not os.environ.get(var):
+                raise ConfigError(f"{var} is not set; a {info.world_size}-rank run needs a rendezvous address")
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, timeout=timeout)
+    return device
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_min(flag: bool) -> bool:
+    """True only when every rank passes True."""
+    return all(all_gather_object(bool(flag)))
+
+
+def destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,397 @@
+"""The trainer: one instance per rank, built from a resolved TrainConfig.
+
+    trainer = Trainer(cfg, dist_info, stop=StopFlag.install())
+    exit_code = trainer.train()      # resume -> loop {step, log, checkpoint} -> export
+    trainer.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eve_trainer import distributed as D
+from eve_trainer import flops, layout, optim
+from eve_trainer.checkpoint import CheckpointManager
+from eve_trainer.config import ConfigError, TrainConfig
+from eve_trainer.distributed import DistInfo
+from eve_trainer.export import export_stage
+from eve_trainer.metrics import BaseLogger, build_logger
+from eve_trainer.model_init import build_model, check_init_source
+from eve_trainer.progress import Progress
+from eve_trainer.storage import open_store
+
+log = logging.getLogger("eve_trainer")
+
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_SIGTERM = 0, 1, 2, 143
+
+
+class StopFlag:
+    """Set by SIGTERM (Kubernetes preemption / eviction): finish the step, checkpoint, exit 143."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.at: float | None = None
+
+    @classmethod
+    def install(cls) -> StopFlag:
+        flag = cls()
+
+        def handler(signum: int, frame: Any) -> None:
+            if not flag.requested:
+                flag.requested, flag.at = True, time.monotonic()
+
+        signal.signal(signal.SIGTERM, handler)
+        return flag
+
+
+@dataclass
+class StepResult:
+    loss: float
+    lm_loss: float
+    align_loss: float
+    lr: float
+    grad_norm: float
+    tokens: float
+    step_s: float
+    data_wait_s: float
+    stop: bool
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dist: DistInfo, *, stop: StopFlag | None = None,
+                 device: str | None = None):
+        self.cfg, self.dist = cfg, dist
+        self.stop = stop or StopFlag()
+        self.step = 0
+        self.started = False  # True once the first optimizer step ran: errors are no longer the user's
+        self.logger: BaseLogger = BaseLogger()
+        self.progress: Progress | None = None
+        self.engine: Any = None
+        self.resume_run_id: str | None = None
+        self.device = device or D.init_process_group(dist)
+        self.cuda = self.device.startswith("cuda")
+        self.bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and self.cuda)
+
+        from eve_model import EveImageProcessor, get_preset
+
+        self.store = open_store(cfg.output, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+        preset_kwargs = {"clip_teacher_path": cfg.model.teacher_path} if cfg.model.teacher_path else {}
+        self.model_config = get_preset(cfg.model.preset, **preset_kwargs)
+        self.init_kind = check_init_source(cfg, self.model_config)
+        self.grad_accum = cfg.gradient_accumulation(dist.world_size)
+
+        self.loader = self._build_loader(EveImageProcessor.from_config(self.model_config))
+        self.total_steps = self._total_steps()
+        self.checkpointer = CheckpointManager(
+            self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank, world_size=dist.world_size,
+            every_steps=cfg.checkpoint.every_steps, keep_last=cfg.checkpoint.keep_last,
+            config_json=cfg.model_dump_json(indent=2), config_hash=cfg.fingerprint())
+        # only rank 0 asks the store; every rank must agree on whether to load init weights
+        has_checkpoint = D.broadcast_object(
+            bool(layout.list_checkpoint_steps(self.store, cfg.pipeline, cfg.stage)) if dist.is_main else None)
+        self._seed_everything(cfg.seed)
+        self.model = build_model(cfg, self.model_config, init_kind=self.init_kind, load_weights=not has_checkpoint)
+        self.trainable = self._prepare_model()
+        self.engine, self.optimizer, self.scheduler = self._build_engine()
+        self.flops_per_token = flops.flops_per_token(
+            num_params=flops.count_params(self.model), num_layers=flops.text_dims(self.model_config)[0],
+            hidden_size=flops.text_dims(self.model_config)[1], seq_len=cfg.data.max_length)
+        self.peak_flops = flops.peak_flops(self.device)
+
+    # -- the story ---------------------------------------------------------------------------
+
+    def train(self) -> int:
+        self.progress = Progress(self.cfg.progress, total_steps=self.total_steps, enabled=self.dist.is_main)
+        resumed = self.resume()
+        self._start_tracking(resumed)
+        self._event("start", f"stage {self.cfg.stage}: step {self.step}/{self.total_steps}, world "
+                    f"{self.dist.world_size}, grad accumulation {self.grad_accum}, device {self.device}",
+                    step=self.step, total_steps=self.total_steps, resumed_from=resumed)
+        self.progress.start(self.step)
+        batches = iter(self.loader)
+        while self.step < self.total_steps:
+            result = self.train_step(batches)
+            self.step += 1
+            self.started = True
+            last = self.step == self.total_steps
+            if self.step % self.cfg.mlflow.log_every == 0 or last or result.stop:
+                self.log_step(result)
+            if result.stop:
+                return self.stop_with_checkpoint()
+            if self.checkpointer.due(self.step, last_step=last):
+                self.save_checkpoint()
+        if self.cfg.checkpoint.export:
+            self.export()
+        self._event("done", f"stage {self.cfg.stage} complete at step {self.step}", step=self.step)
+        self.logger.close("FINISHED")
+        return EXIT_OK
+
+    def train_step(self, batches: Any) -> StepResult:
+        """One optimizer step: grad_accum micro-batches, then the reduced metrics."""
+        import torch
+
+        t0 = time.perf_counter()
+        wait = 0.0
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, lm_loss, align_loss, tokens, stop
+        lrs = dict(zip((g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)),
+                       self.scheduler.get_last_lr()))  # the LRs this step uses
+        for _ in range(self.grad_accum):
+            t_wait = time.perf_counter()
+            batch = self._to_device(next(batches))
+            wait += time.perf_counter() - t_wait
+            out = self.engine(**batch)
+            self.engine.backward(out.loss)
+            self.engine.step()  # DeepSpeed steps the optimizer and the LR at the accumulation boundary
+            sums[0] += out.loss.detach().float().cpu().item()
+            sums[1] += _item(getattr(out, "lm_loss", None), out.loss)
+            sums[2] += _item(getattr(out, "align_loss", None), 0.0)
+            sums[3] += _num_tokens(out, batch)
+        sums[4] = float(self.stop.requested)
+        # one collective per step: the mean losses, the token count, and whether any rank got SIGTERM
+        reduced = self._all_reduce(sums)
+        n = self.grad_accum * self.dist.world_size
+        grad_norm = self.engine.get_global_grad_norm()
+        return StepResult(loss=reduced[0] / n, lm_loss=reduced[1] / n, align_loss=reduced[2] / n,
+                          lr=lrs.get("base", lrs.get("vision", math.nan)),
+                          grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
+                          tokens=reduced[3], step_s=time.perf_counter() - t0, data_wait_s=wait,
+                          stop=reduced[4] > 0, extra={"vision_lr": lrs["vision"]} if "vision" in lrs else {})
+
+    def log_step(self, r: StepResult) -> None:
+        metrics = {"loss": r.loss, "lm_loss": r.lm_loss, "align_loss": r.align_loss, "lr": r.lr,
+                   "grad_norm": r.grad_norm, **r.extra,
+                   "samples_per_s": self.cfg.global_batch_size / r.step_s,
+                   "tokens_per_s": r.tokens / r.step_s,
+                   "data_wait_fraction": r.data_wait_s / r.step_s, "step_time_s": r.step_s}
+        if self.peak_flops:
+            metrics["mfu"] = self.flops_per_token * metrics["tokens_per_s"] / (self.peak_flops * self.dist.world_size)
+        if self.cuda:
+            import torch
+
+            metrics["gpu_memory_max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            metrics["gpu_memory_reserved_gib"] = torch.cuda.memory_reserved() / 2**30
+        self.logger.log_metrics(metrics, step=self.step)
+        if self.progress is not None:
+            self.progress.step(self.step, metrics)
+
+    def save_checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        manifest = self.checkpointer.save(self.step, self.engine, self._trainer_state(), self.logger.run_id)
+        if manifest is not None:
+            size = sum(f.size for f in manifest.files)
+            self.logger.log_text(manifest.to_json().decode(), f"checkpoints/step-{self.step}/manifest.json")
+            self._event("checkpoint", f"checkpoint {self.checkpointer.url(self.step)} ({size / 2**20:.1f} MiB, "
+                        f"{time.perf_counter() - t0:.1f} s)", step=self.step, url=self.checkpointer.url(self.step),
+                        bytes=size, seconds=round(time.perf_counter() - t0, 3))
+
+    def stop_with_checkpoint(self) -> int:
+        """SIGTERM: checkpoint this step within the grace period, then exit 143 (retryable)."""
+        grace = self.cfg.checkpoint.grace_period_s
+        self._event("stopping", f"SIGTERM: writing a final checkpoint at step {self.step} (grace {grace:.0f} s)",
+                    step=self.step)
+        # past the grace period the kubelet SIGKILLs us anyway; leave on our own terms instead.
+        # The previous complete checkpoint stays valid: a manifest is only written at the very end.
+        watchdog = threading.Timer(grace, lambda: os._exit(EXIT_SIGTERM))
+        watchdog.daemon = True
+        watchdog.start()
+        self.save_checkpoint()
+        watchdog.cancel()
+        self.logger.close("KILLED", timeout_s=min(10.0, grace / 4))
+        return EXIT_SIGTERM
+
+    def export(self) -> None:
+        run_id = self.logger.wait_for_run(10.0)
+        url = f"{self.store.url}/{layout.export_prefix(self.cfg.pipeline, self.cfg.stage)}"
+        manifest = export_stage(
+            self.engine, store=self.store, pipeline=self.cfg.pipeline, stage=self.cfg.stage, step=self.step,
+            rank=self.dist.rank, zero_stage=self.cfg.deepspeed.zero_stage, config_hash=self.cfg.fingerprint(),
+            mlflow_run_id=run_id, extra={"init_from": self.cfg.init_from, "export_uri": url,
+                                         "checkpoint": self.checkpointer.url(self.step)})
+        if manifest is not None:
+            self.logger.set_tags({"eve.export_uri": url})
+            self.logger.log_text(manifest.to_json().decode(), "export/stage-complete.json")
+            self.logger.register_model(f"eve-{self.cfg.pipeline}-{self.cfg.stage}", url)
+            self._event("export", f"export {url} ({len(manifest.files)} files)", url=url)
+
+    def resume(self) -> int | None:
+        """Restore the newest complete checkpoint of this stage; the step it was taken at, or None."""
+        restored = self.checkpointer.load(self.engine)
+        for step in self.checkpointer.skipped:
+            self._event("checkpoint_skipped", f"checkpoint {self.checkpointer.url(step)} failed verification "
+                        "(missing file or sha256 mismatch); falling back", step=step)
+        if restored is None:
+            return None
+        state = restored.trainer_state
+        self.step = restored.step
+        self.loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"])
+        self.resume_run_id = restored.manifest.mlflow_run_id or state.get("mlflow_run_id")
+        self._event("resumed", f"resumed from {self.checkpointer.url(restored.step)}", step=restored.step)
+        return restored.step
+
+    def close(self, status: str = "FAILED") -> None:
+        """Safe on a half-built trainer."""
+        if self.progress is not None:
+            self.progress.close()
+        self.logger.close(status)
+
+    # -- building blocks -------------------------------------------------------------------------
+
+    def _build_loader(self, processor: Any) -> Any:
+        from eve_trainer.data import build_loader, load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.cfg.data.tokenizer, endpoint_url=self.cfg.storage.endpoint_url)
+        return build_loader(self.cfg.data, storage=self.cfg.storage, tokenizer=self.tokenizer, processor=processor,
+                            micro_batch_size=self.cfg.micro_batch_size, rank=self.dist.rank,
+                            world_size=self.dist.world_size, seed=self.cfg.seed)
+
+    def _total_steps(self) -> int:
+        if self.cfg.max_steps:
+            return self.cfg.max_steps
+        per_rank_batch = self.cfg.global_batch_size // self.dist.world_size
+        steps = self.cfg.epochs * self.loader.samples_per_epoch // per_rank_batch
+        if steps < 1:
+            raise ConfigError(f"data.urls hold {self.loader.samples_per_epoch} samples per rank, fewer than one "
+                              f"global batch ({self.cfg.global_batch_size}); lower global_batch_size or set max_steps")
+        return steps
+
+    def _prepare_model(self) -> list[str]:
+        from eve_model import set_trainable
+
+        trainable = set_trainable(self.model, self.cfg.stage)
+        if self.cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+        return trainable
+
+    def _build_engine(self) -> tuple[Any, Any, Any]:
+        import deepspeed
+
+        optimizer = optim.build_optimizer(self.model, self.cfg.optim)
+        scheduler = optim.build_scheduler(optimizer, self.cfg.optim, self.total_steps)
+        ds_config = optim.deepspeed_config(self.cfg, world_size=self.dist.world_size, bf16=self.bf16, cuda=self.cuda)
+        engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=ds_config, dist_init_required=False)
+        return engine, optimizer, scheduler
+
+    def _start_tracking(self, resumed: int | None) -> None:
+        cfg = self.cfg
+        tags = {"eve.pipeline": cfg.pipeline, "eve.stage": cfg.stage,
+                "eve.init_checkpoint": cfg.init_from or "random-init",
+                "eve.previous_run_id": cfg.mlflow.previous_run_id or "",
+                "eve.world_size": str(self.dist.world_size), "eve.model_preset": cfg.model.preset}
+        if commit := _git_commit():
+            tags["mlflow.source.git.commit"] = tags["eve.git_commit"] = commit
+        self.logger = build_logger(
+            tracking_uri=cfg.mlflow.tracking_uri, is_main=self.dist.is_main, experiment=cfg.mlflow.experiment,
+            run_name=f"{cfg.pipeline}/{cfg.stage}", tags=tags, parent_run_id=cfg.mlflow.parent_run_id,
+            resume_run_id=self.resume_run_id if resumed is not None else None,
+            system_metrics=cfg.mlflow.system_metrics)
+        self.logger.log_params({
+            **cfg.model_dump(mode="json"),
+            "derived": {"world_size": self.dist.world_size, "gradient_accumulation": self.grad_accum,
+                        "total_steps": self.total_steps, "trainable_params": _numel(self.model, trainable=True),
+                        "total_params": _numel(self.model), "flops_per_token": self.flops_per_token,
+                        "bf16": self.bf16}})
+        if resumed is not None:
+            self.logger.set_tags({"eve.resumed_from_step": str(resumed)})
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "loader": self.loader.state_dict(), "rng": _rng_state(),
+                "mlflow_run_id": self.logger.run_id}
+
+    def _seed_everything(self, seed: int) -> None:
+        import numpy as np
+        import torch
+
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # the same on every rank: identical initial weights
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device, non_blocking=True)
+                if value.is_floating_point() and self.bf16:
+                    value = value.to(torch.bfloat16)
+            out[key] = value
+        return out
+
+    def _all_reduce(self, values: Any) -> list[float]:
+        import torch.distributed as dist
+
+        if self.dist.world_size > 1:
+            values = values.to(self.device)
+            dist.all_reduce(values)
+        return values.cpu().tolist()
+
+    def _event(self, name: str, message: str, **fields: Any) -> None:
+        if self.progress is not None:
+            self.progress.event(name, message, **fields)
+        elif self.dist.is_main:
+            log.info(message)
+
+
+def _item(value: Any, default: Any) -> float:
+    if value is None:
+        value = default
+    return float(value.detach().float().cpu().item()) if hasattr(value, "detach") else float(value)
+
+
+def _num_tokens(out: Any, batch: dict[str, Any]) -> float:
+    """Sequence positions the model ran (image tokens included once spliced in)."""
+    logits = getattr(out, "logits", None)
+    if logits is not None and logits.dim() >= 2:
+        return float(logits.shape[0] * logits.shape[1])
+    return float(batch["input_ids"].numel())
+
+
+def _numel(model: Any, trainable: bool = False) -> int:
+    return sum(p.numel() or getattr(p, "ds_numel", 0) for p in model.parameters() if p.requires_grad or not trainable)
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _git_commit() -> str | None:
+    for var in ("EVE_GIT_COMMIT", "GIT_COMMIT"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
