@@ -5,6 +5,7 @@ See docs/model.md for the mapping to the paper and the published checkpoints.
 
 from .config import EveConfig
 from .constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .loading import LoadReport, from_llama_pretrained, load_clip_teacher, load_eve_checkpoint
 from .modeling import EveCausalLMOutput, EveForCausalLM, EveModel
 from .presets import PRESETS, get_preset
 from .processing import EveImageProcessor
@@ -17,6 +18,10 @@ __all__ = [
     "PRESETS",
     "STAGES",
     "EveCausalLMOutput",
+    "LoadReport",
+    "from_llama_pretrained",
+    "load_clip_teacher",
+    "load_eve_checkpoint",
     "EveConfig",
     "EveForCausalLM",
     "EveImageProcessor",
