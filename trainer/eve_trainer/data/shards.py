@@ -125,37 +125,114 @@ class ShardReadError(Exception):
     """The tar stream broke (truncated or corrupt); samples read so far were yielded."""
 
 
+class _Raw(io.RawIOBase):
+    """Adapts any `read(n)` stream (e.g. ResumableS3Stream) for io.BufferedReader."""
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # noqa: ANN001
+        data = self.stream.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def _octal(field: bytes) -> int:
+    field = field.rstrip(b"\0 ").lstrip(b" ")
+    if field and field[0] & 0x80:  # GNU base-256 for large sizes
+        return int.from_bytes(field[1:], "big")
+    return int(field or b"0", 8)
+
+
+def _parse_header(block: bytes, offset: int) -> tuple[str, int, bytes]:
+    """(name, size, typeflag) of a ustar/gnu header; checks the checksum."""
+    stored = _octal(block[148:156])
+    computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    if stored != computed:
+        raise ShardReadError(f"bad tar header checksum at byte {offset}")
+    name = block[0:100].split(b"\0", 1)[0]
+    if block[257:262] == b"ustar" and block[345] != 0:
+        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+    return name.decode("utf-8", "replace"), _octal(block[124:136]), block[156:157]
+
+
+def _pax_path(data: bytes) -> str | None:
+    pos = 0
+    while pos < len(data):
+        length = int(data[pos:data.index(b" ", pos)])
+        record = data[pos:pos + length]
+        key, _, value = record[record.index(b" ") + 1:-1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "replace")
+        pos += length
+    return None
+
+
+def _read(reader: IO[bytes], n: int, name: str, offset: int) -> bytes:
+    data = reader.read(n)
+    if len(data) < n:
+        raise ShardReadError(f"member {name} truncated at byte {offset + 512 + len(data)}")
+    return data
+
+
 def iter_tar(stream: IO[bytes], start: int = 0) -> Iterator[RawSample]:
     """Samples of a tar stream that begins at byte `start` of its shard (a header boundary).
 
-    Consecutive members with the same key form one sample. A broken stream raises
-    ShardReadError after the complete samples before the break; the sample being
-    assembled at that moment is dropped, never yielded half.
+    Consecutive members with the same key form one sample. A minimal strict tar parser
+    (ustar, GNU long names, pax paths), because tarfile silently treats a truncated or
+    corrupt header as the end of the archive. A broken stream raises ShardReadError
+    after the complete samples before the break; the sample being assembled at that
+    moment is dropped, never yielded half. A stream that ends without the end-of-archive
+    zero block counts as truncated.
     """
     from eve_trainer.storage import StorageError
 
+    reader = io.BufferedReader(_Raw(stream), buffer_size=READ_BUFFER)
+    offset = start
     current: RawSample | None = None
+    long_name: str | None = None
+    header_at: int | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_BUFFER) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = split_name(member.name)
-                fobj = tar.extractfile(member)
-                data = fobj.read() if fobj is not None else b""
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"member {member.name} is truncated")
-                if current is not None and key != current.key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = RawSample(key, {}, start + member.offset)
-                current.parts[ext] = data
-    except StorageError:
-        raise  # the store is unreachable even after retries: not a data problem
-    except FileNotFoundError:
+        while True:
+            block = reader.read(512)
+            if len(block) < 512:
+                raise ShardReadError(f"truncated at byte {offset + len(block)} (no end-of-archive marker)")
+            if block == bytes(512):
+                break
+            name, size, flag = _parse_header(block, offset)
+            if header_at is None:
+                header_at = offset
+            padded = -(-size // 512) * 512
+            if flag in (b"L", b"x"):
+                data = _read(reader, padded, name, offset)[:size]
+                offset += 512 + padded
+                if flag == b"L":
+                    long_name = data.rstrip(b"\0").decode("utf-8", "replace")
+                else:
+                    long_name = _pax_path(data) or long_name
+                continue
+            if long_name is not None:
+                name, long_name = long_name, None
+            member_at, header_at = header_at, None
+            if flag not in (b"0", b"\0", b"7"):  # directories, links, global pax headers
+                _read(reader, padded, name, offset)
+                offset += 512 + padded
+                continue
+            key, ext = split_name(name)
+            if current is not None and key != current.key:
+                yield current  # complete: a new key starts
+                current = None
+            data = _read(reader, padded, name, offset)[:size]
+            offset += 512 + padded
+            if current is None:
+                current = RawSample(key, {}, member_at)
+            current.parts[ext] = data
+    except (StorageError, FileNotFoundError, ShardReadError):
         raise
-    except (tarfile.TarError, EOFError, OSError, RuntimeError) as err:
+    except (EOFError, OSError, ValueError) as err:
         if _missing_object(err):
             raise FileNotFoundError(str(err)) from err
         raise ShardReadError(str(err) or type(err).__name__) from err
