@@ -1,0 +1,53 @@
+"""`eve-operator`: run the EvePipeline operator (kopf, standalone: one replica, no peering).
+
+    eve-operator --all-namespaces --metrics-port 8080 --health-port 8081
+    eve-operator --namespace team-a --namespace team-b
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="eve-operator", description=__doc__.split("\n")[0])
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="serve Prometheus /metrics here (0: off)")
+    parser.add_argument("--health-port", type=int, default=8081, help="serve /healthz here (0: off)")
+    parser.add_argument("--resync-seconds", type=float, default=30.0,
+                        help="safety-net reconcile period per pipeline (S3 manifests send no events)")
+    parser.add_argument("--verify", choices=("deep", "size"), default="deep",
+                        help="stage-complete check: re-hash every export file, or compare sizes only")
+    parser.add_argument("--standalone", action="store_true", default=True,
+                        help="always on: one replica, no kopf peering (deploy with strategy Recreate)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if not args.namespace and not args.all_namespaces:
+        parser.error("name the namespaces to watch: --namespace NS (repeatable) or --all-namespaces")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import kopf
+
+    from eve_operator import handlers  # registers the handlers
+
+    handlers.CONFIG.metrics_port = args.metrics_port
+    handlers.CONFIG.resync_s = args.resync_seconds
+    handlers.CONFIG.deep_verify = args.verify == "deep"
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        standalone=True,
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespace,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""kmock's Kubernetes emulator on loopback, served from its own thread and event loop.
+
+The operator (kopf, in another thread) and the tests (the official `kubernetes` client,
+synchronous) both talk to it over HTTP, as they would to a real API server. The emulator
+stores objects and streams watch events; it does no defaulting, no GC, no label
+selectors and no controllers, so the tests play the training-operator's part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import kmock
+import yaml
+
+GROUP, VERSION, PLURAL = "eve-platform.io", "v1alpha1", "evepipelines"
+RESOURCES: dict[str, kmock.ResourceInfo] = {
+    f"{GROUP}/{VERSION}/{PLURAL}": kmock.ResourceInfo(
+        kind="EvePipeline", singular="evepipeline", namespaced=True, shortnames={"evp"},
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, subresources={"status"}),
+    "kubeflow.org/v1/pytorchjobs": kmock.ResourceInfo(
+        kind="PyTorchJob", singular="pytorchjob", namespaced=True,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, subresources={"status"}),
+    "v1/secrets": kmock.ResourceInfo(kind="Secret", singular="secret", namespaced=True,
+                                     verbs={"create", "get", "list", "watch", "delete"}),
+    "v1/events": kmock.ResourceInfo(kind="Event", singular="event", namespaced=True,
+                                    verbs={"create", "get", "list", "watch", "patch"}),
+    "v1/pods": kmock.ResourceInfo(kind="Pod", singular="pod", namespaced=True,
+                                  verbs={"create", "get", "list", "watch"}, subresources={"log"}),
+    "v1/namespaces": kmock.ResourceInfo(kind="Namespace", singular="namespace", namespaced=False,
+                                        verbs={"get", "list", "watch"}),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
+        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False,
+        verbs={"create", "get", "list", "watch"}),
+}
+
+
+class _Emulator(kmock.KubernetesEmulator):
+    """What an API server fills in on create and kmock does not: generateName, uid, timestamps.
+
+    kopf posts Events with generateName and adds its finalizer with a JSON patch that
+    tests metadata.resourceVersion; the CLI's objects need a uid for ownerReferences.
+    """
+
+    _serial = itertools.count(1)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = f"{meta['generateName']}{next(self._serial):06d}"
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp",
+                            datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta.setdefault("resourceVersion", "1")
+            meta.setdefault("generation", 1)
+        return await super()._handle(request)
+
+
+class Emulator:
+    """A running KubernetesEmulator: `.url`, `.kubeconfig`, `.requests`, `.objects`."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+        self.kmock: _Emulator | None = None
+        self.url = ""
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as err:  # noqa: BLE001 - reported to the starting thread
+            self._error = err
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with _Emulator() as handler, kmock.Server(handler) as server:
+            for key, info in RESOURCES.items():
+                handler.resources[key] = info
+            self.kmock, self.url = handler, str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> Emulator:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error or not self.url:
+            raise RuntimeError(f"kmock did not start: {self._error!r}")
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run `fn(*args)` on the emulator's loop (its object store is not thread-safe)."""
+        async def wrapper() -> Any:
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
+
+    @property
+    def requests(self) -> list[Any]:
+        assert self.kmock is not None
+        return list(self.kmock._requests)
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "kmock"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock",
+                                                       "namespace": namespace}}],
+        }))
+        return path
+
+
+@contextmanager
+def running_emulator() -> Iterator[Emulator]:
+    emulator = Emulator().start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
