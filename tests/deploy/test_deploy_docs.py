@@ -22,6 +22,17 @@ def test_every_key_has_a_helm_docs_comment() -> None:
     assert len(leaves) > 60
     assert all(leaf.description for leaf in leaves)
 
+    def sections(values: dict, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        out = []
+        for key, value in values.items():
+            sub = path + (key,)
+            if gen_chart_docs._is_structured(value, docs.get(sub, gen_chart_docs.KeyDoc())):
+                out += [sub, *sections(value, sub)]
+        return out
+
+    undocumented = [".".join(p) for p in sections(yaml.safe_load(text)) if not docs[p].description]
+    assert not undocumented, f"sections without a `# --` comment: {undocumented}"
+
 
 def test_install_doc_walks_the_whole_way() -> None:
     doc = (ROOT / "docs" / "install.md").read_text()
