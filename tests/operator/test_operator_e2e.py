@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from conftest import NS, Cluster, Operator, base_spec, wait_for, write_export
@@ -30,3 +31,153 @@ def test_full_chain_prealign_pretrain_sft(cluster: Cluster, operator: Operator, 
     assert sorted(cluster.jobs()) == ["demo-prealign", "demo-pretrain", "demo-sft"]
     reasons = cluster.reasons("demo")
     assert reasons.count("StageSucceeded") == 3 and "PipelineSucceeded" in reasons
+
+
+def test_succeeded_without_manifest_waits_for_it(cluster: Cluster, operator: Operator, output: str,
+                                                 tmp_path: Path) -> None:
+    cluster.create_pipeline("wait", base_spec(output))
+    wait_for(lambda: "wait-prealign" in cluster.jobs())
+    cluster.set_condition("wait-prealign", "Succeeded")
+    wait_for(lambda: "waiting for the verified stage-complete manifest"
+             in cluster.status("wait")["stages"][0]["message"], what="the waiting message")
+    time.sleep(1.5)  # several resync passes: still no next stage
+    assert "wait-pretrain" not in cluster.jobs()
+    assert cluster.status("wait")["phase"] == "Running"
+    write_export(output, "wait", "prealign", tmp_path)  # no job event: the resync notices it
+    wait_for(lambda: "wait-pretrain" in cluster.jobs(), what="pretrain after the manifest")
+
+
+def test_a_corrupt_export_does_not_count(cluster: Cluster, operator: Operator, output: str,
+                                         tmp_path: Path) -> None:
+    from eve_trainer.storage import open_store
+
+    cluster.create_pipeline("corrupt", base_spec(output))
+    wait_for(lambda: "corrupt-prealign" in cluster.jobs())
+    write_export(output, "corrupt", "prealign", tmp_path)
+    open_store(output).put_bytes("corrupt/prealign/export/model.safetensors", b"truncated")
+    cluster.set_condition("corrupt-prealign", "Succeeded")
+    wait_for(lambda: "waiting" in cluster.status("corrupt")["stages"][0]["message"])
+    time.sleep(1.0)
+    assert "corrupt-pretrain" not in cluster.jobs()
+
+
+def test_failure_retries_then_fails_after_max_attempts(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("flaky", base_spec(output))  # maxAttempts: 2
+    wait_for(lambda: "flaky-prealign" in cluster.jobs())
+    cluster.set_condition("flaky-prealign", "Failed", message="job flaky-prealign has reached the backoff limit")
+    retry = wait_for(lambda: cluster.jobs().get("flaky-prealign-r2"), what="attempt 2")
+    assert retry["metadata"]["labels"]["eve-platform.io/attempt"] == "2"
+    assert wait_for(lambda: cluster.status("flaky")["stages"][0]["attempt"] == 2)
+    cluster.set_condition("flaky-prealign-r2", "Failed", message="OOMKilled on worker-3")
+    status = wait_for(lambda: cluster.status("flaky") if cluster.status("flaky")["phase"] == "Failed" else None)
+    assert "OOMKilled on worker-3" in status["message"] and "attempt 2 of 2" in status["message"]
+    assert sorted(cluster.jobs()) == ["flaky-prealign", "flaky-prealign-r2"]
+    events = {e["reason"]: e for e in cluster.events("flaky")}
+    assert events["StageRetry"]["type"] == "Warning" and events["PipelineFailed"]["type"] == "Warning"
+
+
+def test_operator_restart_mid_stage_creates_no_duplicate(cluster: Cluster, operator: Operator, output: str,
+                                                         tmp_path: Path) -> None:
+    cluster.create_pipeline("steady", base_spec(output))
+    wait_for(lambda: "steady-prealign" in cluster.jobs())
+    cluster.set_condition("steady-prealign", "Running")
+    wait_for(lambda: cluster.status("steady")["stages"][0]["state"] == "Running")
+    creates = _creates(cluster)
+    operator.restart()
+    time.sleep(1.5)  # resume + several resync passes
+    assert _creates(cluster) == creates == 1
+    assert sorted(cluster.jobs()) == ["steady-prealign"]
+    write_export(output, "steady", "prealign", tmp_path)
+    cluster.set_condition("steady-prealign", "Succeeded")
+    wait_for(lambda: "steady-pretrain" in cluster.jobs())
+    assert _creates(cluster) == 2
+
+
+def _creates(cluster: Cluster) -> int:
+    return sum(1 for r in cluster.requests() if r.method.value == "POST" and "/pytorchjobs" in str(r.url))
+
+
+def test_cross_field_invalid_spec_fails_at_once_naming_the_field(cluster: Cluster, operator: Operator,
+                                                                 output: str) -> None:
+    cluster.create_pipeline("bad", base_spec(output, start="sft", until="prealign"))
+    status = wait_for(lambda: cluster.status("bad") if cluster.status("bad").get("phase") == "Failed" else None)
+    assert "until='prealign' comes before start='sft'" in status["message"]
+    assert "InvalidSpec" in cluster.reasons("bad")
+    assert cluster.jobs() == {}
+
+
+def test_kueue_without_queue_is_invalid(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("noq", base_spec(output, scheduling={"gangScheduler": "kueue"}))
+    status = wait_for(lambda: cluster.status("noq") if cluster.status("noq").get("phase") == "Failed" else None)
+    assert "scheduling.queue is required" in status["message"]
+    assert cluster.jobs() == {}
+
+
+def test_unknown_override_key_fails_naming_the_key(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("typo", base_spec(output, overrides={"optim.lrr": 0.1}))
+    status = wait_for(lambda: cluster.status("typo") if cluster.status("typo").get("phase") == "Failed" else None)
+    assert "optim.lrr" in status["message"]
+    assert cluster.jobs() == {}
+
+
+def test_suspend_and_resume_patch_the_current_job(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("pause", base_spec(output))
+    wait_for(lambda: "pause-prealign" in cluster.jobs())
+    cluster.set_condition("pause-prealign", "Running")
+    wait_for(lambda: cluster.status("pause")["stages"][0]["state"] == "Running")
+    cluster.patch_spec("pause", {"suspend": True})
+    wait_for(lambda: cluster.jobs()["pause-prealign"]["spec"]["runPolicy"]["suspend"] is True, what="suspended")
+    assert wait_for(lambda: cluster.status("pause")["phase"] == "Suspended")
+    cluster.patch_spec("pause", {"suspend": False})
+    wait_for(lambda: cluster.jobs()["pause-prealign"]["spec"]["runPolicy"]["suspend"] is False, what="resumed")
+    assert wait_for(lambda: cluster.status("pause")["phase"] == "Running")
+    reasons = cluster.reasons("pause")
+    assert "Suspended" in reasons and "Resumed" in reasons
+
+
+def test_deleting_the_pipeline_deletes_its_jobs(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("gone", base_spec(output))
+    cluster.create_pipeline("kept", base_spec(output))
+    wait_for(lambda: {"gone-prealign", "kept-prealign"} <= set(cluster.jobs()))
+    cluster.delete_pipeline("gone")
+    wait_for(lambda: cluster.pipeline("gone") is None, what="the pipeline gone (finalizer released)")
+    wait_for(lambda: sorted(cluster.jobs()) == ["kept-prealign"], what="only the other pipeline's job left")
+
+
+def test_missing_secret_waits_then_submits(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("creds", base_spec(output, s3={"credentialsSecret": "s3-creds"}))
+    status = wait_for(lambda: cluster.status("creds") if "waiting" in cluster.status("creds").get("message", "")
+                      else None)
+    assert "Secret ml/s3-creds" in status["message"] and status["phase"] == "Pending"
+    assert "Waiting" in cluster.reasons("creds") and cluster.jobs() == {}
+    cluster.create_secret("s3-creds", {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    job = wait_for(lambda: cluster.jobs().get("creds-prealign"), what="the job once the Secret exists")
+    env = {e["name"]: e for e in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds",
+                                                                         "key": "AWS_SECRET_ACCESS_KEY"}
+    assert wait_for(lambda: cluster.status("creds")["message"] == "")
+
+
+def test_unreachable_s3_is_explained_and_nothing_is_submitted(cluster: Cluster, operator: Operator) -> None:
+    spec = base_spec("s3://nowhere/eve", s3={"endpointUrl": "http://127.0.0.1:9"})
+    cluster.create_pipeline("nos3", spec)
+    status = wait_for(lambda: cluster.status("nos3") if "waiting" in cluster.status("nos3").get("message", "")
+                      else None, timeout=30)
+    assert "cannot read s3://nowhere/eve" in status["message"]
+    assert "Waiting" in cluster.reasons("nos3") and cluster.jobs() == {}
+
+
+def test_mlflow_parent_run_is_passed_to_the_stage(cluster: Cluster, operator: Operator, output: str,
+                                                  mlflow_server) -> None:
+    cluster.create_pipeline("tracked", base_spec(output, mlflow={"trackingUri": mlflow_server.tracking_uri}))
+    job = wait_for(lambda: cluster.jobs().get("tracked-prealign"))
+    run_id = cluster.status("tracked")["mlflowRunId"]
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+    assert run_id and f"mlflow.parent_run_id={run_id}" in command
+
+
+def test_mlflow_down_continues_without_it(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("untracked", base_spec(output, mlflow={"trackingUri": "http://127.0.0.1:9"}))
+    wait_for(lambda: "untracked-prealign" in cluster.jobs())
+    assert cluster.status("untracked").get("mlflowRunId") is None
+    assert "MlflowUnavailable" in cluster.reasons("untracked")
