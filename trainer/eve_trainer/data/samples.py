@@ -65,6 +65,11 @@ class SampleBuilder:
         if prep.image_bytes is not None:
             try:
                 pil = Image.open(io.BytesIO(prep.image_bytes))
+                size = getattr(self.processor, "image_size", None)
+                if pil.format == "JPEG" and size:
+                    # DCT-domain downscale by 2/4/8 while both sides stay >= image_size: large
+                    # photos decode several times faster; the processor resizes anyway
+                    pil.draft("RGB", (size, size))
                 pil = pil.convert("RGB")
             except Exception as err:  # noqa: BLE001 - PIL raises many types for bad data
                 raise SampleError("corrupt_image", f"{type(err).__name__}: {err}") from None
