@@ -1,0 +1,191 @@
+"""The pure state machine: every transition of decide(), as data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from eve_operator.pipeline import (
+    COMPLETE_GRACE_S, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, SubmitJob, decide,
+    initial_status, job_name,
+)
+from eve_operator.spec import PipelineSpec
+
+NOW = 1_000_000.0
+EXPORT = "s3://ckpt/eve/demo/{}/export"
+
+
+def spec(**extra: Any) -> PipelineSpec:
+    return PipelineSpec.model_validate({"output": "s3://ckpt/eve", "maxAttempts": 2, **extra})
+
+
+def done(stage: str, run_id: str | None = None) -> StageComplete:
+    return StageComplete(EXPORT.format(stage), run_id)
+
+
+def step(sp: PipelineSpec, status: PipelineStatus, obs: Observation = Observation(), now: float = NOW):
+    d = decide("demo", sp, status, obs, now)
+    return d.status, d.actions
+
+
+def submits(actions: list) -> list[SubmitJob]:
+    return [a for a in actions if isinstance(a, SubmitJob)]
+
+
+def reasons(actions: list) -> list[str]:
+    return [a.reason for a in actions if isinstance(a, Emit)]
+
+
+def started(sp: PipelineSpec | None = None) -> PipelineStatus:
+    """A pipeline whose first stage was submitted."""
+    status, _ = step(sp or spec(), PipelineStatus())
+    return status
+
+
+def test_first_pass_submits_the_first_stage() -> None:
+    status, actions = step(spec(), PipelineStatus())
+    assert [s.name for s in status.stages] == ["prealign", "pretrain", "sft"]
+    assert status.phase == "Running" and status.current_stage == "prealign"
+    assert submits(actions) == [SubmitJob("prealign", 1, "demo-prealign", None, None)]
+    assert status.stages[0].state == "Submitted" and status.stages[0].started_at == NOW
+
+
+def test_init_from_is_used_by_the_first_stage() -> None:
+    status, actions = step(spec(initFrom="s3://llama/7b"), PipelineStatus())
+    assert submits(actions)[0].init_from == "s3://llama/7b"
+
+
+def test_mid_chain_start_uses_the_previous_export() -> None:
+    status, actions = step(spec(start="sft"), PipelineStatus(), Observation(previous_export=done("pretrain")))
+    assert submits(actions)[0].init_from == EXPORT.format("pretrain")
+    assert "InitFound" in reasons(actions)
+
+
+def test_mid_chain_start_without_a_previous_export_fails() -> None:
+    status, actions = step(spec(start="sft"), PipelineStatus())
+    assert status.phase == "Failed" and "no complete pretrain export" in status.message
+    assert not submits(actions) and reasons(actions) == ["PipelineFailed"]
+
+
+def test_suspended_spec_submits_suspended() -> None:
+    status, actions = step(spec(suspend=True), PipelineStatus())
+    assert status.phase == "Suspended" and len(submits(actions)) == 1
+
+
+def test_pending_job_keeps_running_phase() -> None:
+    status, actions = step(spec(), started(), Observation(job="Pending"))
+    assert status.phase == "Running" and status.stages[0].state == "Submitted" and actions == []
+
+
+def test_running_job_marks_the_stage_running_once() -> None:
+    status, actions = step(spec(), started(), Observation(job="Running"))
+    assert status.stages[0].state == "Running" and reasons(actions) == ["StageRunning"]
+    _, again = step(spec(), status, Observation(job="Running"))
+    assert again == []
+
+
+def test_absent_job_is_recreated_with_the_same_name() -> None:
+    status, actions = step(spec(), started(), Observation(job="Absent"))
+    assert submits(actions) == [SubmitJob("prealign", 1, "demo-prealign", None, None)]
+
+
+def test_verified_manifest_finishes_the_stage_and_submits_the_next() -> None:
+    status, actions = step(spec(), started(), Observation(job="Succeeded", complete=done("prealign", "run-1")))
+    first, second = status.stages[0], status.stages[1]
+    assert first.state == "Succeeded" and first.checkpoint == EXPORT.format("prealign")
+    assert first.mlflow_run_id == "run-1" and first.finished_at == NOW
+    assert submits(actions) == [SubmitJob("pretrain", 1, "demo-pretrain", EXPORT.format("prealign"), "run-1")]
+    assert status.current_stage == "pretrain" and reasons(actions) == ["StageSucceeded", "StageSubmitted"]
+
+
+def test_manifest_counts_even_if_the_job_is_gone() -> None:
+    status, actions = step(spec(), started(), Observation(job="Absent", complete=done("prealign")))
+    assert status.stages[0].state == "Succeeded" and submits(actions)[0].stage == "pretrain"
+
+
+def test_succeeded_job_without_manifest_waits_within_the_grace() -> None:
+    status, actions = step(spec(), started(), Observation(job="Succeeded", job_finished_at=NOW - 10))
+    assert status.phase == "Running" and "waiting" in status.stages[0].message
+    assert not submits(actions)
+
+
+def test_succeeded_job_without_manifest_after_the_grace_retries() -> None:
+    late = NOW - COMPLETE_GRACE_S - 1
+    status, actions = step(spec(), started(), Observation(job="Succeeded", job_finished_at=late))
+    assert submits(actions) == [SubmitJob("prealign", 2, "demo-prealign-r2", None, None)]
+    assert "StageRetry" in reasons(actions)
+
+
+def test_failed_job_retries_with_a_new_attempt_name() -> None:
+    status, actions = step(spec(), started(), Observation(job="Failed", job_message="OOMKilled"))
+    assert status.stages[0].attempt == 2 and status.stages[0].job_name == "demo-prealign-r2"
+    assert "OOMKilled" in status.stages[0].message and status.phase == "Running"
+    retry = [a for a in actions if isinstance(a, Emit) and a.reason == "StageRetry"][0]
+    assert retry.type == "Warning"
+
+
+def test_failed_job_at_max_attempts_fails_the_pipeline() -> None:
+    status, _ = step(spec(), started(), Observation(job="Failed", job_message="x"))
+    status, actions = step(spec(), status, Observation(job="Failed", job_message="backoff limit"))
+    assert status.phase == "Failed" and status.stages[0].state == "Failed"
+    assert "backoff limit" in status.message and "attempt 2 of 2" in status.message
+    assert reasons(actions) == ["PipelineFailed"] and not submits(actions)
+
+
+def test_suspend_then_resume() -> None:
+    status, actions = step(spec(suspend=True), started(), Observation(job="Running"))
+    assert status.phase == "Suspended" and SetSuspended("demo-prealign", True) in actions
+    status, actions = step(spec(suspend=True), status, Observation(job="Suspended"))
+    assert status.phase == "Suspended" and actions == []
+    status, actions = step(spec(), status, Observation(job="Suspended"))
+    assert status.phase == "Running" and SetSuspended("demo-prealign", False) in actions
+    assert reasons(actions) == ["Resumed"]
+
+
+def test_last_stage_complete_succeeds_the_pipeline() -> None:
+    sp = spec(until="prealign")
+    status, actions = step(sp, started(sp), Observation(job="Succeeded", complete=done("prealign")))
+    assert status.phase == "Succeeded" and status.current_stage is None
+    assert EXPORT.format("prealign") in status.message and reasons(actions)[-1] == "PipelineSucceeded"
+
+
+def test_done_pipelines_do_nothing() -> None:
+    for phase in ("Succeeded", "Failed"):
+        status = initial_status(spec()).model_copy(update={"phase": phase})
+        new, actions = step(spec(), status, Observation(job="Failed"))
+        assert new == status and actions == []
+
+
+def test_all_stages_succeeded_without_phase_is_succeeded() -> None:
+    status = initial_status(spec())
+    for s in status.stages:
+        s.state = "Succeeded"
+    new, actions = step(spec(), status)
+    assert new.phase == "Succeeded" and actions == []
+
+
+def test_decide_does_not_mutate_its_input() -> None:
+    status = started()
+    before = status.model_copy(deep=True)
+    step(spec(), status, Observation(job="Failed"))
+    assert status == before
+
+
+def test_status_dumps_with_camel_case_aliases() -> None:
+    dumped = started().model_dump(by_alias=True, mode="json")
+    assert dumped["currentStage"] == "prealign" and dumped["stages"][0]["jobName"] == "demo-prealign"
+    assert PipelineStatus.model_validate(dumped) == started()
+
+
+@pytest.mark.parametrize(("pipeline", "stage", "attempt", "expected"), [
+    ("demo", "prealign", 1, "demo-prealign"),
+    ("demo", "sft-hd", 3, "demo-sft-hd-r3"),
+])
+def test_job_names(pipeline: str, stage: str, attempt: int, expected: str) -> None:
+    assert job_name(pipeline, stage, attempt) == expected
+
+
+def test_long_job_names_are_hashed_within_50_characters() -> None:
+    name = job_name("a" * 40, "pretrain", 12)
+    assert len(name) <= 50 and name.endswith("-r12") and name == job_name("a" * 40, "pretrain", 12)
