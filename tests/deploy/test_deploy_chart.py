@@ -331,3 +331,14 @@ def test_kueue_values(chart: Helm) -> None:
     assert c["image"].endswith(":0.1.0-ci")
     values = yaml.safe_load((CHART / "ci" / "kueue-values.yaml").read_text())
     assert values["scheduling"]["gangScheduler"] == "kueue"
+
+
+@pytest.mark.parametrize("values", RENDER_CASES)
+def test_operator_args_are_accepted_by_eve_operator(chart: Helm, values: Path | None) -> None:
+    """The Deployment's args parse with the real `eve-operator` argument parser."""
+    run = pytest.importorskip("eve_operator.run")
+    (c,) = find(chart.template(*values_args(values)), "Deployment", RELEASE)[0]["spec"]["template"]["spec"]["containers"]
+    args = run.parse_args(c["args"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert (args.metrics_port, args.health_port) == (ports["metrics"], ports["health"])
+    assert args.all_namespaces or args.namespace
