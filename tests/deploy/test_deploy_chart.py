@@ -342,3 +342,14 @@ def test_operator_args_are_accepted_by_eve_operator(chart: Helm, values: Path | 
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert (args.metrics_port, args.health_port) == (ports["metrics"], ports["health"])
     assert args.all_namespaces or args.namespace
+
+
+def test_crd_template_renders_the_generated_file_unchanged(chart: Helm) -> None:
+    """fromYaml/toYaml must not alter the generated schema (numbers, nulls, ordering aside)."""
+    from deploy_support import crd_file
+
+    (crd,) = find(chart.template(), "CustomResourceDefinition")
+    source = crd_file()
+    assert crd["spec"] == source["spec"]
+    assert crd["metadata"]["name"] == source["metadata"]["name"]
+    assert source["metadata"].get("labels", {}).items() <= crd["metadata"]["labels"].items()
