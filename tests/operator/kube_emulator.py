@@ -47,7 +47,8 @@ class _Emulator(kmock.KubernetesEmulator):
     """What an API server fills in on create and kmock does not: generateName, uid, timestamps.
 
     kopf posts Events with generateName and adds its finalizer with a JSON patch that
-    tests metadata.resourceVersion; the CLI's objects need a uid for ownerReferences.
+    tests metadata.resourceVersion; the CLI's objects need a uid for ownerReferences;
+    and a create answers 201 Created.
     """
 
     _serial = itertools.count(1)
@@ -62,7 +63,10 @@ class _Emulator(kmock.KubernetesEmulator):
                             datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
             meta.setdefault("resourceVersion", "1")
             meta.setdefault("generation", 1)
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
+            response.set_status(201)  # the official client reads the body of a 201 only
+        return response
 
 
 class Emulator:

@@ -1,0 +1,205 @@
+"""The CLI's Kubernetes side: EvePipeline objects through the official client.
+
+Plain, synchronous functions on the current kube context (or in-cluster config). The
+operator does the work; these only create, read and delete the custom resources, and
+render exactly what would be created for --dry-run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from eve_operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from eve_operator.jobspec import build_job_spec
+from eve_operator.pipeline import Observation, PipelineStatus, StageComplete, SubmitJob, decide, job_name
+from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
+from eve_operator.spec import PipelineSpec, validate_name
+
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+
+
+class KubeConfigError(RuntimeError):
+    """No usable Kubernetes context; the message says what to do."""
+
+
+def _config() -> Any:
+    import kubernetes
+
+    cfg = kubernetes.client.Configuration()
+    if _SA_NAMESPACE.exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config(client_configuration=cfg)
+        return cfg
+    try:
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    except (kubernetes.config.ConfigException, FileNotFoundError, TypeError) as err:
+        raise KubeConfigError(
+            f"no Kubernetes context ({err}): point KUBECONFIG (or ~/.kube/config) at a cluster, "
+            "or run the pipeline on this machine with --local") from None
+    return cfg
+
+
+def _apis() -> tuple[Any, Any]:
+    import kubernetes
+
+    client = kubernetes.client.ApiClient(_config())
+    return kubernetes.client.CustomObjectsApi(client), kubernetes.client.CoreV1Api(client)
+
+
+def current_namespace(namespace: str | None = None) -> str:
+    """The given namespace, else the kube context's, else the pod's, else `default`."""
+    if namespace:
+        return namespace
+    if _SA_NAMESPACE.exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return _SA_NAMESPACE.read_text().strip()
+    import kubernetes
+
+    try:
+        _, active = kubernetes.config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG"))
+    except (kubernetes.config.ConfigException, FileNotFoundError, TypeError):
+        return "default"
+    return (active or {}).get("context", {}).get("namespace") or "default"
+
+
+def _api_error(err: Any, what: str) -> Exception:
+    if err.status == 404 and "the server could not find the requested resource" in str(err.body or "").lower():
+        return KubeConfigError("the EvePipeline CRD is not installed in this cluster: "
+                               "helm install eve-platform charts/eve-platform (or kubectl apply -k manifests/base)")
+    if err.status == 403:
+        return KubeConfigError(f"{what}: forbidden by RBAC ({err.reason}); ask for the eve-platform edit role")
+    return err
+
+
+# -- rendering (pure) ----------------------------------------------------------------------
+
+
+def render_pipeline(name: str, namespace: str | None, spec: PipelineSpec) -> dict[str, Any]:
+    """The EvePipeline object `create_pipeline` would create."""
+    validate_name(name)
+    return {
+        "apiVersion": API_VERSION, "kind": KIND,
+        "metadata": {"name": name, "namespace": current_namespace(namespace)},
+        "spec": spec.model_dump(by_alias=True, exclude_defaults=True, mode="json"),
+    }
+
+
+def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[dict[str, Any]]:
+    """The PyTorchJob(s) the operator would create first (ownerReferences are added then)."""
+    validate_name(name)
+    previous = None
+    if not spec.init_from and (prev := spec.previous_stage(spec.chain()[0])) is not None:
+        # looked up in S3 at run time; shown here as the URL it will have
+        from eve_trainer.layout import export_prefix
+
+        previous = StageComplete(f"{spec.output.rstrip('/')}/{export_prefix(name, prev)}")
+    decision = decide(name, spec, PipelineStatus(), Observation(previous_export=previous), 0.0)
+    ns = current_namespace(namespace)
+    return [build_pytorchjob(build_job_spec(name, spec, action), namespace=ns)
+            for action in decision.actions if isinstance(action, SubmitJob)]
+
+
+# -- the API --------------------------------------------------------------------------------
+
+
+def create_pipeline(name: str, namespace: str | None, spec: PipelineSpec) -> dict[str, Any]:
+    import kubernetes
+
+    body = render_pipeline(name, namespace, spec)
+    ns = body["metadata"]["namespace"]
+    custom, _ = _apis()
+    try:
+        return custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+    except kubernetes.client.ApiException as err:
+        if err.status == 409:
+            raise ValueError(f"EvePipeline {ns}/{name} already exists: pick another name or delete it "
+                             f"first (eve-platform cancel {name})") from None
+        raise _api_error(err, f"create EvePipeline {ns}/{name}") from None
+
+
+def get_pipeline(name: str, namespace: str | None) -> dict[str, Any] | None:
+    import kubernetes
+
+    ns = current_namespace(namespace)
+    custom, _ = _apis()
+    try:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+    except kubernetes.client.ApiException as err:
+        converted = _api_error(err, f"get EvePipeline {ns}/{name}")
+        if err.status == 404 and converted is err:
+            return None
+        raise converted from None
+
+
+def list_pipelines(namespace: str | None) -> list[dict[str, Any]]:
+    import kubernetes
+
+    ns = current_namespace(namespace)
+    custom, _ = _apis()
+    try:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items", [])
+    except kubernetes.client.ApiException as err:
+        raise _api_error(err, f"list EvePipelines in {ns}") from None
+    return sorted(items, key=lambda o: o["metadata"]["name"])
+
+
+def delete_pipeline(name: str, namespace: str | None) -> None:
+    """Delete the pipeline; its PyTorchJobs go with it (ownerReferences + the operator)."""
+    import kubernetes
+
+    ns = current_namespace(namespace)
+    custom, _ = _apis()
+    try:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
+                                               propagation_policy="Foreground")
+    except kubernetes.client.ApiException as err:
+        if err.status == 404:
+            raise ValueError(f"EvePipeline {ns}/{name} not found") from None
+        raise _api_error(err, f"delete EvePipeline {ns}/{name}") from None
+
+
+def stage_pods(name: str, namespace: str | None, stage: str) -> list[str]:
+    """Pods of the stage's current job, Master first, then Workers by index."""
+    ns = current_namespace(namespace)
+    obj = get_pipeline(name, ns)
+    if obj is None:
+        raise ValueError(f"EvePipeline {ns}/{name} not found")
+    stages = {s.get("name"): s for s in (obj.get("status") or {}).get("stages", [])}
+    job = (stages.get(stage) or {}).get("jobName") or job_name(name, stage, 1)
+    _, core = _apis()
+    pods = core.list_namespaced_pod(ns, label_selector=f"{JOB_NAME_LABEL}={job}").items
+
+    def order(pod: Any) -> tuple[int, int, str]:
+        labels = pod.metadata.labels or {}
+        role = 0 if labels.get(REPLICA_TYPE_LABEL) == "master" else 1
+        return role, int(labels.get(REPLICA_INDEX_LABEL, 0) or 0), pod.metadata.name
+
+    mine = [p for p in pods if (p.metadata.labels or {}).get(JOB_NAME_LABEL) == job]
+    return [p.metadata.name for p in sorted(mine, key=order)]
+
+
+def pod_logs(pod: str, namespace: str | None, follow: bool) -> Iterator[str]:
+    """The trainer container's log lines; with follow, until the pod ends."""
+    ns = current_namespace(namespace)
+    _, core = _apis()
+    response = core.read_namespaced_pod_log(pod, ns, container=CONTAINER, follow=follow,
+                                            _preload_content=False)
+    buffer = b""
+    try:
+        for chunk in response.stream(4096):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace")
+        if buffer:
+            yield buffer.decode(errors="replace")
+    finally:
+        response.release_conn()
+
+
+__all__ = ["KubeConfigError", "create_pipeline", "get_pipeline", "list_pipelines", "delete_pipeline",
+           "stage_pods", "pod_logs", "render_pipeline", "render_jobs", "current_namespace"]
