@@ -81,26 +81,34 @@ def build_model(cfg: TrainConfig, preset_config: Any, *, init_kind: str | None, 
 
     load_weights=False when resuming: the checkpoint overwrites every weight anyway.
     """
-    from eve_model import EveForCausalLM
+    from eve_model import EveForCausalLM, from_llama_pretrained, load_clip_teacher, load_eve_checkpoint
 
     if not load_weights or init_kind is None:
-        return EveForCausalLM(preset_config)
+        model = EveForCausalLM(preset_config)
+        if load_weights and preset_config.clip_teacher_path:
+            load_clip_teacher(model, preset_config.clip_teacher_path)
+        return model
     folder = fetch_dir(cfg.init_from, cfg)
     try:
         if init_kind == "llama":
-            return _from_llama(folder, preset_config)
-        return EveForCausalLM.from_pretrained(folder, config=preset_config)
-    except (RuntimeError, ValueError, OSError) as err:
+            model, report = from_llama_pretrained(folder, preset=cfg.model.preset,
+                                                  clip_teacher_path=preset_config.clip_teacher_path)
+        else:
+            model, report = load_eve_checkpoint(folder, config=preset_config)
+    except (RuntimeError, ValueError, OSError, KeyError) as err:
         raise ConfigError(f"init_from={cfg.init_from!r} cannot be loaded into model.preset={cfg.model.preset}: "
                           f"{str(err).splitlines()[0][:400]}") from None
+    total = len(model.state_dict())
+    llm_missing = [k for k in report.missing if init_kind == "eve" or not any(v in k for v in _VISION_KEYS)]
+    if report.unexpected or len(llm_missing) > total // 2:
+        raise ConfigError(f"init_from={cfg.init_from!r} does not match the EVE architecture: "
+                          f"{len(llm_missing)} of {total} weights missing, {len(report.unexpected)} unexpected "
+                          f"(e.g. {(llm_missing + report.unexpected)[:3]})")
+    if llm_missing:
+        log.warning("init_from=%s: %d weights not in the checkpoint keep their fresh init (e.g. %s)",
+                    cfg.init_from, len(llm_missing), llm_missing[:3])
+    return model
 
 
-def _from_llama(folder: Path, preset_config: Any) -> torch.nn.Module:
-    import eve_model
-
-    loader = getattr(eve_model, "from_llama", None) or getattr(eve_model, "load_llama", None)
-    if loader is not None:
-        return loader(folder, preset_config)
-    # EveForCausalLM is a LlamaForCausalLM: the LLM weights load by name, the vision parts
-    # (absent from the folder) keep their fresh init
-    return eve_model.EveForCausalLM.from_pretrained(folder, config=preset_config)
+#: parts a Llama folder cannot have: they start from fresh init in prealign
+_VISION_KEYS = ("vision_tower", "mm_projector", "vision_clip")

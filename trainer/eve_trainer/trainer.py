@@ -26,7 +26,7 @@ from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
 from eve_trainer.export import export_stage
 from eve_trainer.metrics import BaseLogger, build_logger
-from eve_trainer.model_init import build_model, check_init_source
+from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
 from eve_trainer.storage import open_store
 
@@ -86,7 +86,9 @@ class Trainer:
         from eve_model import EveImageProcessor, get_preset
 
         self.store = open_store(cfg.output, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
-        preset_kwargs = {"clip_teacher_path": cfg.model.teacher_path} if cfg.model.teacher_path else {}
+        preset_kwargs = {}
+        if cfg.model.teacher_path:  # the frozen CLIP teacher, as a local folder
+            preset_kwargs["clip_teacher_path"] = str(fetch_dir(cfg.model.teacher_path, cfg))
         self.model_config = get_preset(cfg.model.preset, **preset_kwargs)
         self.init_kind = check_init_source(cfg, self.model_config)
         self.grad_accum = cfg.gradient_accumulation(dist.world_size)
@@ -108,6 +110,8 @@ class Trainer:
             num_params=flops.count_params(self.model), num_layers=flops.text_dims(self.model_config)[0],
             hidden_size=flops.text_dims(self.model_config)[1], seq_len=cfg.data.max_length)
         self.peak_flops = flops.peak_flops(self.device)
+        #: test-only: seconds to sleep after each step, so a test can signal a run mid-stage
+        self._debug_step_delay_s = float(os.environ.get("EVE_DEBUG_STEP_DELAY_S", "0") or 0)
 
     # -- the story ---------------------------------------------------------------------------
 
@@ -131,6 +135,8 @@ class Trainer:
                 return self.stop_with_checkpoint()
             if self.checkpointer.due(self.step, last_step=last):
                 self.save_checkpoint()
+            if self._debug_step_delay_s:
+                time.sleep(self._debug_step_delay_s)
         if self.cfg.checkpoint.export:
             self.export()
         self._event("done", f"stage {self.cfg.stage} complete at step {self.step}", step=self.step)
