@@ -301,6 +301,7 @@ def test_mlflow_modes(chart: Helm) -> None:
     assert "mlflow.example.com" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     (pvc,) = find(sqlite, "PersistentVolumeClaim")
     assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     (ing,) = find(sqlite, "Ingress")
     assert ing["spec"]["rules"][0]["host"] == "mlflow.example.com"
     assert ing["spec"]["tls"][0]["secretName"] == "mlflow-tls"
