@@ -88,7 +88,7 @@ class Kube:
         self.ApiException = kubernetes.client.ApiException
 
     async def call(self, verb: str, resource: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        code = "200"
+        code = "201" if verb == "create" else "200"
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except self.ApiException as err:

@@ -1,0 +1,67 @@
+"""The `eve-operator` entry point, its metrics and health endpoints, and the torch-free rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+import kopf.testing
+import pytest
+from conftest import Cluster, base_spec, wait_for
+from fixtures.services import free_port
+
+from eve_operator import handlers, run
+
+
+def test_flags_map_to_kopf_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(handlers, "CONFIG", handlers.Config())
+    assert run.main(["-n", "team-a", "--namespace", "team-b", "--metrics-port", "9100", "--health-port", "9101",
+                     "--resync-seconds", "5", "--verify", "size"]) == 0
+    assert seen == {"standalone": True, "clusterwide": False, "namespaces": ["team-a", "team-b"],
+                    "liveness_endpoint": "http://0.0.0.0:9101/healthz"}
+    assert (handlers.CONFIG.metrics_port, handlers.CONFIG.resync_s, handlers.CONFIG.deep_verify) == (9100, 5.0, False)
+
+
+def test_a_scope_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run.parse_args([])
+    assert "--all-namespaces" in capsys.readouterr().err
+    assert run.parse_args(["--all-namespaces"]).all_namespaces
+
+
+def test_metrics_and_healthz(cluster: Cluster, s3_env: Any, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics_port, health_port = free_port(), free_port()
+    monkeypatch.setattr(handlers.CONFIG, "metrics_port", metrics_port)
+    args = ["run", "--standalone", "--all-namespaces", f"--liveness=http://127.0.0.1:{health_port}/healthz",
+            "-m", "eve_operator.handlers"]
+    with kopf.testing.KopfRunner(args, timeout=30):
+        cluster.create_pipeline("observed", base_spec(f"s3://{bucket}/eve"))
+        wait_for(lambda: "observed-prealign" in cluster.jobs())
+
+        def scrape() -> str:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
+            except OSError:
+                return ""
+
+        text = wait_for(lambda: (t := scrape()) and 'eve_operator_pipelines{phase="Running"} 1' in t and t)
+        assert 'eve_operator_api_requests_total{code="201",resource="pytorchjobs",verb="create"}' in text
+        assert "eve_operator_transition_seconds" in text
+        health = wait_for(lambda: _get(f"http://127.0.0.1:{health_port}/healthz"))
+        assert health.status == 200
+
+
+def _get(url: str) -> Any:
+    try:
+        return urllib.request.urlopen(url, timeout=2)
+    except OSError:
+        return None
+
+
+def test_operator_is_torch_free() -> None:
+    code = "import eve_operator.handlers, eve_operator.backends.kubernetes, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
