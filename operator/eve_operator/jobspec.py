@@ -119,7 +119,7 @@ def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
     return JobSpec(
         name=submit.job_name, pipeline=name, stage=submit.stage, attempt=submit.attempt,
         image=spec.image,
-        command=["eve-train", submit.stage, "--preset", spec.preset, *args],
+        command=["eve-train", "--preset", spec.preset, submit.stage, *args],
         env=env, secret_env=secret_env,
         nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
         scheduling=spec.scheduling, backoff_limit=spec.backoff_limit,

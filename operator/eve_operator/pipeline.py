@@ -83,6 +83,8 @@ class Observation:
     """The current stage's verified stage-complete manifest, if any."""
     previous_export: StageComplete | None = None
     """The previous stage's verified export, looked up when the pipeline starts mid-chain."""
+    job_permanent: bool = False
+    """The job failed for a reason a retry cannot fix (the trainer's exit code 2: bad input)."""
 
 
 # -- actions ----------------------------------------------------------------------------
@@ -189,6 +191,9 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
                                f"manifest appeared within {COMPLETE_GRACE_S:.0f}s")
             else:
                 current.message = "job succeeded; waiting for the verified stage-complete manifest"
+        case "Failed" if obs.job_permanent:
+            _fail(status, current, now, d, f"job {current.job_name} failed permanently: "
+                                           f"{obs.job_message or 'no reason given'}")
         case "Failed":
             _retry_or_fail(name, spec, status, current, now, d,
                            f"job {current.job_name} failed: {obs.job_message or 'no reason given'}")

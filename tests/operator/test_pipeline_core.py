@@ -189,3 +189,10 @@ def test_job_names(pipeline: str, stage: str, attempt: int, expected: str) -> No
 def test_long_job_names_are_hashed_within_50_characters() -> None:
     name = job_name("a" * 40, "pretrain", 12)
     assert len(name) <= 50 and name.endswith("-r12") and name == job_name("a" * 40, "pretrain", 12)
+
+
+def test_permanent_failure_fails_at_once_without_retry() -> None:
+    status, actions = step(spec(), started(), Observation(job="Failed", job_message="rank 0 exited with code 2",
+                                                          job_permanent=True))
+    assert status.phase == "Failed" and "permanently" in status.message
+    assert not [a for a in actions if isinstance(a, SubmitJob)]

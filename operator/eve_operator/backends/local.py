@@ -38,6 +38,7 @@ from eve_operator.pipeline import (
 from eve_operator.spec import PipelineSpec
 
 POLL_S = 0.5
+EXIT_USAGE = 2  # the trainer's exit code for bad input: retrying cannot help
 
 
 def home() -> Path:
@@ -146,6 +147,7 @@ class LocalJob:
         self.procs: list[subprocess.Popen] = []
         self.finished_at: float | None = None
         self.message = ""
+        self.permanent = False
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -171,6 +173,7 @@ class LocalJob:
             rank, code = failed[0]
             tail = _tail(self.logs / f"rank-{rank}.log", 3)
             self.message = f"rank {rank} exited with code {code}" + (f": {tail}" if tail else "")
+            self.permanent = code == EXIT_USAGE
             self.finished_at = self.finished_at or time.time()
             return "Failed"
         if all(c == 0 for c in codes):
@@ -291,11 +294,12 @@ class LocalRunner:
         if current.attempt == 0 and (prev := spec.previous_stage(current.name)) and not spec.init_from:
             previous = self._complete(prev)
         job_state: JobState = "Absent"
-        message, finished = "", None
+        message, finished, permanent = "", None, False
         if self.job is not None and self.job.job.stage == current.name:
-            job_state, message, finished = self.job.state(), self.job.message, self.job.finished_at
+            job_state, message = self.job.state(), self.job.message
+            finished, permanent = self.job.finished_at, self.job.permanent
         complete = self._complete(current.name) if current.attempt == 0 or job_state != "Running" else None
-        return Observation(job_state, message, finished, complete, previous)
+        return Observation(job_state, message, finished, complete, previous, job_permanent=permanent)
 
     def act(self, decision: Decision) -> None:
         for action in decision.actions:
