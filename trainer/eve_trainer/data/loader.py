@@ -52,9 +52,20 @@ class _SlotsDataset(_IterableBase):  # type: ignore[misc, valid-type]
 
 
 def _worker_init(_: int) -> None:
+    """One thread per worker; and keep glibc from returning every freed multi-MB image
+    buffer to the OS (mmap threshold), so the next batch reuses it instead of paying
+    page faults on ~60 MB of fresh memory per 672-px batch."""
+    import ctypes
+
     import torch
 
     torch.set_num_threads(1)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: keep the defaults
+        pass
 
 
 class EveLoader:

@@ -91,5 +91,19 @@ def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         k = len(s["input_ids"])
         input_ids[i, :k], labels[i, :k], attention_mask[i, :k] = s["input_ids"], s["labels"], 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "images": torch.stack([s["image"] for s in samples]),
-            "images_clip": torch.stack([s["image_clip"] for s in samples])}
+            "images": _stack([s["image"] for s in samples]),
+            "images_clip": _stack([s["image_clip"] for s in samples])}
+
+
+def _stack(tensors: list[Any]) -> Any:
+    """torch.stack; inside a DataLoader worker straight into shared memory (as
+    default_collate does), saving the copy the worker->trainer queue would make."""
+    import torch
+    import torch.utils.data as tud
+
+    out = None
+    if tud.get_worker_info() is not None:
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, 0, out=out)
