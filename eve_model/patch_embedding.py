@@ -7,9 +7,10 @@ names match the published checkpoint (``patch_embedding``, ``class_embedding``,
 
 Two implementations of the same function live here:
 
-* ``VisionTokenizer.forward`` - batched.  The conv runs once on the padded canvas batch; the valid
-  2x2 windows of every sample are gathered with one index tensor into a packed
-  ``[num_windows, 4, C]`` batch, CA1 runs on that, CA2 runs on a padded ``[B, N_max, C]`` view with a
+* ``VisionTokenizer.forward`` - batched.  The pixel patches of the valid 2x2 windows of every
+  sample are gathered with one index tensor and embedded by one matmul with the conv weight (a
+  stride=kernel conv is exactly that), so padding costs nothing; CA1 runs on the packed
+  ``[num_windows, 4, C]`` batch, CA2 runs on a padded ``[B, N_max, C]`` view with a
   key-padding mask, and CLS/SPL are placed by a single permutation gather.  CA1 and CA2 use the
   algebraically equivalent "absorbed" form: the key projection is folded into the query
   (``q . (W_k x) = (W_k^T q) . x``) and the value projection is applied after the softmax-weighted
@@ -202,9 +203,10 @@ class VisionTokenizer(nn.Module):
         boxes, grid = self._grids(images)
         dev, s, c = images.device, self.conv_stride, self.hidden_size
         b = images.shape[0]
-        feats = self.patch_embedding(images[:, :3].to(self.dtype))  # [B, C, G, G]
-        g = feats.shape[-1]
-        flat = feats.permute(0, 2, 3, 1).reshape(-1, c)  # [B*G*G, C]
+        p, g = self.patch_stride, images.shape[-1] // self.patch_stride
+        # Patches as rows [B*G*G, 3*p*p] in the conv weight's (channel, ky, kx) order.
+        patches = images[:, :3].to(self.dtype).reshape(b, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
+        patches = patches.reshape(b * g * g, 3 * p * p)
 
         # Packed windows, row-major within each sample, samples in order.
         hmax, wmax = int(grid[:, 0].max()), int(grid[:, 1].max())
@@ -217,7 +219,9 @@ class VisionTokenizer(nn.Module):
         rows = boxes[wb, 0, None] + wy[:, None] * s + dy  # [Nw, s*s]
         cols = boxes[wb, 1, None] + wx[:, None] * s + dx
         src = ((wb[:, None] * g + rows) * g + cols).to(dev)
-        windows = flat.index_select(0, src.reshape(-1)).view(-1, s * s, c)  # [Nw, s*s, C]
+        # The conv (stride = kernel) as a matmul over the valid patches only: padding costs nothing.
+        pixels = patches.index_select(0, src.reshape(-1))  # [Nw*s*s, 3*p*p]
+        windows = (pixels @ self.patch_embedding.weight.view(c, -1).t()).view(-1, s * s, c)  # [Nw, s*s, C]
         ca1 = self.local_attention(windows)  # [Nw, C]
 
         # CA2 on a padded [B, Nmax, C] view of the packed CA1 outputs.
