@@ -30,6 +30,9 @@ from .patch_aligner import ClipTeacher, PatchAligner
 from .patch_embedding import VisionTokenizer
 
 VISION_MODULES = ("vision_tower", "mm_projector", "vision_tower_compressor")
+# Arguments generate() passes to forward for the plain-Llama decoding steps.
+_DECODE_KWARGS = {"cache", "past_key_values", "use_cache", "cache_position", "logits_to_keep", "return_dict",
+                  "output_attentions", "output_hidden_states"}
 
 
 @dataclass
@@ -129,9 +132,13 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         return list(feats.split(pt.lengths)), pt.grid_hw
 
     def prepare_multimodal_inputs(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
-                                  labels: torch.LongTensor | None, images: torch.Tensor | None) -> MultimodalInputs:
+                                  labels: torch.LongTensor | None, images: torch.Tensor | None,
+                                  padding_side: str = "right") -> MultimodalInputs:
         """Replace each IMAGE_TOKEN_INDEX by the sample's visual tokens (labels IGNORE_INDEX there),
-        drop padding, right-pad to the longest spliced sample, extend the attention mask."""
+        drop padding, re-pad to the longest spliced sample (right for training as in the reference,
+        left for generation), extend the attention mask."""
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side={padding_side!r}; allowed: 'right', 'left'")
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -191,27 +198,38 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         out_mask = attention_mask.new_zeros(b, tmax)
         out_labels = None if labels is None else labels.new_full((b, tmax), IGNORE_INDEX)
         for i, (e, n) in enumerate(zip(new_embeds, lengths)):
-            out_embeds[i, :n] = e
-            out_mask[i, :n] = 1
+            span = slice(0, n) if padding_side == "right" else slice(tmax - n, tmax)
+            out_embeds[i, span] = e
+            out_mask[i, span] = 1
             if out_labels is not None:
-                out_labels[i, :n] = new_labels[i]
+                out_labels[i, span] = new_labels[i]
+        if padding_side == "left":
+            spans = [(i, p + tmax - lengths[i], h, w) for i, p, h, w in spans]
         return MultimodalInputs(out_embeds, out_mask, out_labels, spans, rows, dummy)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, images: torch.Tensor | None = None,
                 images_clip: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
-                **kwargs) -> EveCausalLMOutput:
+                inputs_embeds: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
+                **kwargs):
         """input_ids [B, T] (<=1 IMAGE_TOKEN_INDEX each), images [B,4,S,S], images_clip [B,4,Sc,Sc].
 
         ``num_items_in_batch``: divide the summed token loss by this instead of the local count
-        (gradient accumulation).  Extra kwargs are rejected to keep the contract narrow.
+        (gradient accumulation).  Calls with ``inputs_embeds`` or generation kwargs (``cache``,
+        ``use_cache``, ...) are plain Llama steps - that is how ``generate`` decodes.
         """
+        unknown = set(kwargs) - _DECODE_KWARGS
+        if unknown:
+            raise ValueError(f"unexpected arguments {sorted(unknown)}; allowed: input_ids, attention_mask, labels, "
+                             f"images, images_clip, num_items_in_batch (+ decoding: {sorted(_DECODE_KWARGS)})")
+        if inputs_embeds is not None or kwargs:
+            if images is not None or images_clip is not None:
+                raise ValueError("images/images_clip cannot be combined with inputs_embeds or cache arguments")
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                   inputs_embeds=inputs_embeds, position_ids=position_ids, **kwargs)
         if input_ids is None:
             raise ValueError("input_ids is required")
-        if kwargs:
-            raise ValueError(f"unexpected arguments {sorted(kwargs)}; allowed: input_ids, attention_mask, "
-                             "labels, images, images_clip, num_items_in_batch")
         mm = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
         align = self.model.has_aligner and self.config.requires_cliploss and images_clip is not None
         out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask,
@@ -246,6 +264,17 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
                 loss = loss + mm.dummy.float()
         return EveCausalLMOutput(loss=loss, lm_loss=lm_loss, align_loss=align_loss, logits=logits,
                                  attention_mask=mm.attention_mask, labels=mm.labels)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.LongTensor | None = None, images: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **kwargs):
+        """Greedy/sampled decoding with images: splice once (left-padded), then decode from embeddings.
+
+        Returns only the new tokens (HF behaviour for ``inputs_embeds``)."""
+        if input_ids is None or (images is None and not (input_ids == IMAGE_TOKEN_INDEX).any()):
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        mm = self.prepare_multimodal_inputs(input_ids, attention_mask, None, images, padding_side="left")
+        return super().generate(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, **kwargs)
 
     # ------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "EveForCausalLM":

@@ -210,3 +210,25 @@ def test_wrong_channels_and_oversized_canvas(tiny_model, tiny_batch):
         tiny_model(**dict(tiny_batch, images=big))
     with pytest.raises(ValueError, match="images_clip"):
         tiny_model(**dict(tiny_batch, images_clip=tiny_batch["images_clip"][:, :, :56, :56]))
+
+
+def test_generate_with_image_matches_greedy_forward(tiny_model, tiny_proc):
+    """generate (KV cache, left padding) == argmax decoding by repeated full forwards."""
+    tiny_model.eval()
+    batch = make_batch(tiny_proc, [(make_image(300, 200, 1), [10, 11]), (make_image(90, 220, 2), [20, 21, 22, 23])])
+    new = tiny_model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              images=batch["images"], max_new_tokens=4, do_sample=False, pad_token_id=0,
+                              eos_token_id=None)
+    assert new.shape == (2, 4)
+    for i in range(2):
+        n = int(batch["attention_mask"][i].sum())
+        ids, img = batch["input_ids"][i:i + 1, :n], batch["images"][i:i + 1]
+        for step in range(4):
+            nxt = tiny_model(input_ids=ids, images=img).logits[0, -1].argmax()
+            assert int(nxt) == int(new[i, step])
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+
+
+def test_unknown_forward_argument(tiny_model, tiny_batch):
+    with pytest.raises(ValueError, match="unexpected arguments"):
+        tiny_model(**tiny_batch, pixel_values=tiny_batch["images"])
