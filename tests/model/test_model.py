@@ -232,3 +232,22 @@ def test_generate_with_image_matches_greedy_forward(tiny_model, tiny_proc):
 def test_unknown_forward_argument(tiny_model, tiny_batch):
     with pytest.raises(ValueError, match="unexpected arguments"):
         tiny_model(**tiny_batch, pixel_values=tiny_batch["images"])
+
+
+def test_hidden_state_conventions_used_by_the_pal(tiny_model):
+    """LLM: L+1 states, [0] = embeddings, [-1] = after the final RMSNorm (HF 4.31 behaviour).
+    Teacher: hidden_states[-2] = output of the second-to-last encoder layer, CLS dropped."""
+    tiny_model.eval()
+    emb = tiny_model.model.embed_tokens(torch.tensor([[1, 5, 6, 7]]))
+    out = tiny_model.model(inputs_embeds=emb, output_hidden_states=True)
+    assert len(out.hidden_states) == tiny_model.config.num_hidden_layers + 1
+    assert torch.equal(out.hidden_states[0], emb) and torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    assert tiny_model.model.vision_tower_compressor.layer_idx == [4, 0]
+    clip = tiny_model.model.vision_clip.clip
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        h = clip.pre_layrnorm(clip.embeddings(x))
+        for layer in clip.encoder.layers[:-1]:
+            h = layer(h, None)
+            h = h[0] if isinstance(h, tuple) else h
+        torch.testing.assert_close(tiny_model.model.vision_clip(x), h[:, 1:])
