@@ -79,3 +79,11 @@ def test_ranks_disjoint_and_equal(caption_ds, tok, proc) -> None:  # noqa: ANN00
         seen.append(rows)
     assert len(seen[0]) == len(seen[1]) == 65
     assert not seen[0] & seen[1]
+
+
+def test_mixed_datasets_are_concatenated(caption_ds, conv_ds, tok, proc) -> None:  # noqa: ANN001
+    cfg = data_cfg([str(caption_ds), str(conv_ds)], template="plain")
+    loader = build_loader(cfg, tokenizer=tok, processor=proc, micro_batch_size=8, world_size=1)
+    assert loader.samples_per_epoch == 130 + 90
+    _take(loader, 28)  # 224 samples: one epoch of both
+    assert loader.stats["epoch"] == 1 and loader.stats["skipped_total"] == 0

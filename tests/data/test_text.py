@@ -81,3 +81,18 @@ def test_bad_conversations(tok, meta, has_image, reason) -> None:  # noqa: ANN00
     with pytest.raises(SampleError) as err:
         build_vicuna_v1(meta, has_image, tok, 128)
     assert err.value.reason == reason
+
+
+def test_tokenizer_from_folder_and_s3(s3_env, bucket, tok, tmp_path) -> None:  # noqa: ANN001
+    from eve_trainer.data import load_tokenizer
+    from eve_trainer.storage import open_store
+
+    tok.save_pretrained(tmp_path / "tok")
+    store = open_store(f"s3://{bucket}/tok")
+    for p in (tmp_path / "tok").iterdir():
+        store.upload_file(p, p.name)
+    text = "USER: <image>\nWhat is it? ASSISTANT: A red box.</s>"
+    for spec in (str(tmp_path / "tok"), f"s3://{bucket}/tok"):
+        other = load_tokenizer(spec)
+        assert other(text, add_special_tokens=False).input_ids == tok(text, add_special_tokens=False).input_ids
+        assert other.pad_token_id == 0
