@@ -187,18 +187,21 @@ class LocalJob:
                 os.killpg(p.pid, signal.SIGSTOP if suspended else signal.SIGCONT)
 
     def terminate(self, grace_s: float = 30.0) -> None:
-        """SIGTERM (the trainer checkpoints and exits 143), then SIGKILL after the grace."""
+        """SIGTERM to each rank's main process, as the kubelet does to a container's PID 1 (the
+        trainer checkpoints and exits 143); SIGKILL to what is left of the group after the grace.
+        Its data-loader workers are not signalled: they must outlive the final checkpoint."""
         for p in self.procs:
             if p.poll() is None:
                 _signal_group(p.pid, signal.SIGCONT)
-                _signal_group(p.pid, signal.SIGTERM)
+                p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for p in self.procs:
             try:
                 p.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                _signal_group(p.pid, signal.SIGKILL)
-                p.wait()
+                pass
+            _signal_group(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def _signal_group(pid: int, sig: int) -> None:
