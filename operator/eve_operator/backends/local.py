@@ -219,6 +219,17 @@ def _tail(path: Path, lines: int) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
+def last_line(path: Path, marker: str) -> str:
+    """The newest line of a log that contains `marker` (the trainer's progress lines)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - 8192, 0))
+            lines = f.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if marker in line), "")
+
+
 # -- MLflow parent run -----------------------------------------------------------------------
 
 
@@ -232,8 +243,11 @@ def _create_parent_run(spec: PipelineSpec, name: str) -> str | None:
             from eve_operator.tracking import create_pipeline_run
 
             return create_pipeline_run(uri, spec.mlflow.experiment, name, tags)
+        import logging
+
         from mlflow.tracking import MlflowClient  # file/sqlite stores need the client library
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(spec.mlflow.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(spec.mlflow.experiment)

@@ -207,7 +207,7 @@ def _run_foreground(record: Any) -> Any:
         if job is None or time.monotonic() - last_line["t"] < (1.0 if tty else 10.0):
             return
         last_line["t"] = time.monotonic()
-        line = lb._tail(job.logs / "rank-0.log", 1)
+        line = lb.last_line(job.logs / "rank-0.log", "[eve-train]")
         if line:
             text = f"  {job.job.stage}: {line[:110]}"
             if tty:
@@ -428,12 +428,13 @@ def config_show(words: list[str] = typer.Argument(..., metavar="stage=<name> [ke
 
 
 @app.command()
-def demo(name: str = typer.Option("demo", help="Pipeline name."),
+def demo(name: str = typer.Option("", help="Pipeline name; default demo-<date>-<time>, a fresh run each time."),
          samples: int = typer.Option(96, help="Synthetic samples per dataset."),
          nproc: int = typer.Option(2, help="Processes (ranks) per stage.")) -> None:
     """Synthetic data + the tiny EVE pipeline (prealign -> pretrain -> sft) on this machine."""
     from eve_operator.backends import local as lb
 
+    name = name or time.strftime("demo-%Y%m%d-%H%M%S")
     store = lb.default_output()
     captions, convs = f"{store}/datasets/synth-captions", f"{store}/datasets/synth-conversations"
     try:
