@@ -100,15 +100,22 @@ class EveImageProcessor:
 
     # ------------------------------------------------------------------------------------------
     def _canvas(self, image: Image.Image | None, lay: Layout | None, scale: int, size: int) -> torch.Tensor:
-        canvas = Image.new("RGB", (size, size), self.fill)
-        mask = np.zeros((size, size), dtype=np.float32)
+        """[4, size, size]: normalised mean-colour canvas, the resized image pasted at the layout, mask."""
+        mean = torch.from_numpy(self.image_mean)[:, None, None]
+        std = torch.from_numpy(self.image_std)[:, None, None]
+        fill = torch.tensor(self.fill, dtype=torch.float32)[:, None, None]
+        out = torch.empty(4, size, size)
+        out[:3] = (fill / 255.0 - mean) / std  # the padding: mean colour int(mean*255), normalised
+        out[3] = 0.0
         if image is not None and lay is not None:
             w, h, x0, y0 = lay.width * scale, lay.height * scale, lay.left * scale, lay.top * scale
-            canvas.paste(image.resize((w, h), Image.Resampling.BICUBIC), (x0, y0))
-            mask[y0 : y0 + h, x0 : x0 + w] = 1.0
-        pixels = (np.asarray(canvas, dtype=np.float32) / 255.0 - self.image_mean) / self.image_std  # [S,S,3]
-        out = np.concatenate([pixels.transpose(2, 0, 1), mask[None]], axis=0)  # [4, S, S]
-        return torch.from_numpy(np.ascontiguousarray(out))
+            resized = np.array(image.resize((w, h), Image.Resampling.BICUBIC))  # writable copy, [h, w, 3]
+            pixels = torch.from_numpy(resized).permute(2, 0, 1)
+            region = out[:3, y0 : y0 + h, x0 : x0 + w]
+            region.copy_(pixels)  # uint8 -> float32
+            region.div_(255.0).sub_(mean).div_(std)  # CLIP rescale + normalise, in place
+            out[3, y0 : y0 + h, x0 : x0 + w] = 1.0
+        return out
 
     def __call__(self, image: Image.Image | None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (image [4, image_size, image_size], image_clip [4, image_size_clip, image_size_clip])."""
