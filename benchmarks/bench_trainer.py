@@ -101,9 +101,11 @@ def bench_overhead(tmp: Path, steps: int, reps: int) -> dict:
         bare_step(trainer, batches)
         trainer_step(trainer, batches)
     bare, full = [], []
-    for _ in range(reps * steps):  # alternate step by step: load from other processes hits both alike
-        bare += timed(lambda: bare_step(trainer, batches), 1)
-        full += timed(lambda: trainer_step(trainer, batches), 1)
+    for i in range(reps * steps):  # alternate step by step (order swapped each time): load from
+        # other processes and first-after-switch effects hit both alike
+        pair = [(bare, lambda: bare_step(trainer, batches)), (full, lambda: trainer_step(trainer, batches))]
+        for times, fn in pair if i % 2 else pair[::-1]:
+            times += timed(fn, 1)
     run_id = trainer.logger.wait_for_run(30)
     trainer.logger.close("FINISHED")
     b, f = statistics.median(bare), statistics.median(full)
