@@ -187,3 +187,26 @@ def test_checkpoint_without_manifest_is_ignored(tmp_path):
     store.put_bytes(layout.checkpoint_prefix("p", "sft", 6) + "/ds/partial.pt", b"half")  # crashed mid-save
     assert _manager(store).load(FakeEngine(0.0)).step == 3
     assert _manager(LocalStore(tmp_path / "empty")).load(FakeEngine(0.0)) is None
+
+
+def test_progress_json_lines_and_plain_lines():
+    import io
+    import json
+
+    from eve_trainer.progress import Progress
+
+    out = io.StringIO()
+    p = Progress("json", total_steps=4, stream=out)
+    p.event("start", "starting", step=0)
+    p.start(0)
+    p.step(1, {"loss": 1.25, "samples_per_s": 3.0})
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == {"event": "start", "message": "starting", "step": 0}
+    assert lines[1]["event"] == "step" and lines[1]["loss"] == 1.25 and lines[1]["total_steps"] == 4
+    plain = io.StringIO()
+    p = Progress("auto", total_steps=4, stream=plain)  # not a tty: plain lines
+    p.event("start", "starting")
+    p.start(0)
+    p.step(2, {"loss": 0.5, "lr": 1e-3, "samples_per_s": 8.0})
+    assert plain.getvalue().splitlines()[1].startswith("[eve-train] step 2/4 loss 0.5000")
+    assert Progress("json", total_steps=1, enabled=False, stream=io.StringIO()).mode == "none"

@@ -59,8 +59,10 @@ class Progress:
         """A notable moment (resumed, checkpoint saved, stopping, done)."""
         if self.mode == "json":
             self._json({"event": name, "message": message, **fields})
-        elif self.mode == "bar":
+        elif self.mode == "bar" and self._bar is not None:
             self._bar.console.print(message)
+        elif self.mode == "bar":  # before start(): no live bar yet
+            self._line(message)
         elif self.mode == "line":
             self._line(message)
 
