@@ -12,12 +12,11 @@ Two implementations of the same function live here:
   stride=kernel conv is exactly that), so padding costs nothing; CA1 runs on the packed
   ``[num_windows, 4, C]`` batch, CA2 runs on a padded ``[B, N_max, C]`` view with a
   key-padding mask, and CLS/SPL are placed by a single permutation gather.  CA1 and CA2 use the
-  algebraically equivalent "absorbed" form for the values: the value projection is applied after
-  the softmax-weighted sum (``sum_j a_j W_v x_j = W_v sum_j a_j x_j``), and CA2 also folds the key
-  projection into its single query (``q . (W_k x) = (W_k^T q) . x``), so it never projects its N
-  keys/values at all.  CA1 per window: 7 C^2 multiply-adds instead of 10 C^2 (folding CA1's keys too
-  would be 4 C^2 but materialises a [N, heads, C] tensor, slower on CPU in practice).  Same
-  parameters, same outputs (to float rounding), same gradients.
+  algebraically equivalent "absorbed" form: the key projection is folded into the query
+  (``q . (W_k x) = (W_k^T q) . x``) and the value projection is applied after the softmax-weighted
+  sum (``sum_j a_j W_v x_j = W_v sum_j a_j x_j``).  Per CA1 window that is 4 C^2 multiply-adds
+  instead of 10 C^2, and CA2 never projects its N keys/values at all.  Same parameters, same
+  outputs (to float rounding), same gradients.
 * ``VisionTokenizer.forward_reference`` - the per-sample loop of the reference code with the
   explicit q/k/v projections.  Kept as the oracle for tests and the benchmark baseline.
 
@@ -76,15 +75,15 @@ class LocalAttention(_PooledCrossAttention):
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """windows [N, s*s, C] (row-major inside the window) -> [N, C]; absorbed form."""
-        n, m, c = windows.shape
+        n = windows.shape[0]
         pooled = windows.mean(dim=1)  # [N, C]   == avg_pool2d over the window
-        q = self.q(pooled).view(n, 1, self.num_heads, self.head_dim)  # [N, 1, h, d]
+        q = self.q(pooled).view(n, self.num_heads, self.head_dim)  # [N, h, d]
         x = self.kv[0](windows)  # [N, s*s, C]   LN(kv input)
         w_k, w_v = self._kv_weights()  # [h, d, C] each
-        k = F.linear(x, w_k.reshape(c, c)).view(n, m, self.num_heads, self.head_dim)  # [N, s*s, h, d]
-        attn = ((q * k).sum(-1) * self.scale).softmax(dim=1).transpose(1, 2)  # [N, h, s*s]
-        ax = torch.bmm(attn, x)  # [N, h, C]     sum_j a_j LN(x_j), values not projected per element
-        out = torch.einsum("nhc,hdc->nhd", ax, w_v).reshape(n, c)  # [N, C]  W_v,h (sum_j a_j LN(x_j))
+        qk = torch.einsum("nhd,hdc->nhc", q, w_k)  # [N, h, C]   W_k^T q: keys never projected
+        attn = torch.bmm(qk, x.transpose(1, 2)).mul_(self.scale).softmax(dim=-1)  # [N, h, s*s]
+        ax = torch.bmm(attn, x)  # [N, h, C]     sum_j a_j LN(x_j): values never projected per element
+        out = torch.einsum("nhc,hdc->nhd", ax, w_v).reshape(n, -1)  # [N, C]  W_v,h (sum_j a_j LN(x_j))
         return pooled + self.proj(out)
 
     def forward_grid(self, features: torch.Tensor) -> torch.Tensor:
