@@ -36,10 +36,13 @@ from eve_operator.pipeline import (
 from eve_operator.pytorchjob import GROUP as JOB_GROUP
 from eve_operator.pytorchjob import PLURAL as JOB_PLURAL
 from eve_operator.pytorchjob import VERSION as JOB_VERSION
-from eve_operator.pytorchjob import build_pytorchjob, job_state
+from eve_operator.pytorchjob import CONTAINER, build_pytorchjob, job_state
 from eve_operator.spec import PipelineSpec, validate_name
 
 log = logging.getLogger("eve_operator")
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+#: The trainer's exit code for bad input (config, data): retrying cannot help (docs/contracts.md).
+PERMANENT_EXIT_CODE = 2
 
 
 @dataclass
@@ -141,6 +144,23 @@ class Kube:
                     raise
         return names
 
+    async def exit_codes(self, ns: str, job: str) -> list[int]:
+        """Exit codes of the `pytorch` containers of a job's pods (its failed pods stay: cleanPodPolicy
+        Running deletes only running ones)."""
+        pods = await self.call("list", "pods", self.core.list_namespaced_pod, ns,
+                               label_selector=f"{JOB_NAME_LABEL}={job}")
+        codes = []
+        for pod in pods.items:
+            if (pod.metadata.labels or {}).get(JOB_NAME_LABEL) != job:
+                continue  # the selector is a server-side nicety some API servers (kmock) ignore
+            for container in (pod.status.container_statuses if pod.status else None) or []:
+                if container.name != CONTAINER:
+                    continue
+                for state in (container.state, container.last_state):
+                    if state is not None and state.terminated is not None:
+                        codes.append(int(state.terminated.exit_code))
+        return codes
+
     async def secret_data(self, ns: str, name: str) -> dict[str, str] | None:
         try:
             secret = await self.call("get", "secrets", self.core.read_namespaced_secret, name, ns)
@@ -158,26 +178,33 @@ class Kube:
 # -- S3 ----------------------------------------------------------------------------------
 
 
+_S3_CLIENTS: dict[tuple[str | None, str | None, str | None], Any] = {}
+
+
 def _open_store(spec: PipelineSpec, creds: dict[str, str] | None) -> Any:
     """The pipeline's output store, with the pipeline's credentials, failing fast."""
     from eve_trainer.storage import S3Store, open_store
 
     store = open_store(spec.output, endpoint_url=spec.s3.endpoint_url, region=spec.s3.region)
     if isinstance(store, S3Store):
-        import boto3
-        from botocore.config import Config as BotoConfig
-
         endpoint = spec.s3.endpoint_url or os.environ.get("EVE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-        keys = {}
-        if creds:
-            keys = {"aws_access_key_id": creds.get("AWS_ACCESS_KEY_ID"),
-                    "aws_secret_access_key": creds.get("AWS_SECRET_ACCESS_KEY")}
-        # a reconcile must not hang on an unreachable store: short timeouts, one retry
-        store.client = boto3.client(
-            "s3", endpoint_url=endpoint, region_name=spec.s3.region or os.environ.get("AWS_REGION") or "us-east-1",
-            config=BotoConfig(connect_timeout=3, read_timeout=20, retries={"max_attempts": 2},
-                              s3={"addressing_style": "path"} if endpoint else {}),
-            **keys)
+        key_id = (creds or {}).get("AWS_ACCESS_KEY_ID")
+        key = (endpoint, spec.s3.region, key_id)
+        if key not in _S3_CLIENTS:  # clients are thread-safe and costly to build: one per endpoint + key
+            import boto3
+            from botocore.config import Config as BotoConfig
+
+            keys = {}
+            if creds:
+                keys = {"aws_access_key_id": key_id, "aws_secret_access_key": creds.get("AWS_SECRET_ACCESS_KEY")}
+            # a reconcile must not hang on an unreachable store: short timeouts, one retry
+            _S3_CLIENTS[key] = boto3.session.Session().client(
+                "s3", endpoint_url=endpoint,
+                region_name=spec.s3.region or os.environ.get("AWS_REGION") or "us-east-1",
+                config=BotoConfig(connect_timeout=3, read_timeout=20, retries={"max_attempts": 2},
+                                  max_pool_connections=32, s3={"addressing_style": "path"} if endpoint else {}),
+                **keys)
+        store.client = _S3_CLIENTS[key]
     return store
 
 
@@ -360,7 +387,7 @@ class PipelineLoop:
         if current is None:
             return Observation()
         creds = await self.credentials(spec)  # checked every pass: nothing is submitted without it
-        state, message, finished = "Absent", "", None
+        state, message, finished, permanent = "Absent", "", None, False
         if current.job_name and current.attempt > 0:
             job = self.jobs.get((self.namespace, current.job_name))
             if job is None:
@@ -369,6 +396,11 @@ class PipelineLoop:
             finished = _epoch(finished_iso)
             if (state == "Suspended" and not spec.suspend and spec.scheduling.gang_scheduler == "kueue"):
                 state = "Pending"  # queued by Kueue, which un-suspends on admission: never fight it
+            if state == "Failed":
+                codes = await self.kube.exit_codes(self.namespace, current.job_name)
+                permanent = PERMANENT_EXIT_CODE in codes
+                if permanent:
+                    message = f"{message} (the trainer exited with {PERMANENT_EXIT_CODE}: bad config or data)"
         previous = None
         if current.attempt == 0 and not spec.init_from and current.name == status.stages[0].name:
             if (prev := spec.previous_stage(current.name)) is not None:
@@ -376,7 +408,8 @@ class PipelineLoop:
         complete = None
         if current.attempt == 0 or state in ("Succeeded", "Failed", "Absent"):
             complete = await self.complete(spec, current.name, creds)
-        return Observation(state, message, finished, complete, previous)  # type: ignore[arg-type]
+        return Observation(state, message, finished, complete, previous,  # type: ignore[arg-type]
+                           job_permanent=permanent)
 
     # -- act -------------------------------------------------------------------------
 

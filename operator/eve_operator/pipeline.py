@@ -217,7 +217,9 @@ def _start_first(name: str, spec: PipelineSpec, status: PipelineStatus, current:
             d.actions.append(Emit("InitFound", f"{current.name} starts from {current.init_from}"))
     status.phase = "Suspended" if spec.suspend else "Running"
     current.started_at = current.started_at or now
-    d.actions.append(_submit(name, status, current, 1))
+    submit = _submit(name, status, current, 1)
+    d.actions += [submit, Emit("StageSubmitted", f"stage {current.name} submitted as {submit.job_name}"
+                               + (f", starting from {current.init_from}" if current.init_from else ""))]
     return d
 
 

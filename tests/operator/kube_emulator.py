@@ -12,11 +12,12 @@ import asyncio
 import datetime
 import itertools
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import kmock
 import yaml
@@ -43,6 +44,17 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
 }
 
 
+class Logged(NamedTuple):
+    """One request as the emulator saw it (for the benchmark's counts and latencies)."""
+
+    t: float
+    method: str
+    path: str
+    agent: str
+    action: str
+    name: str
+
+
 class _Emulator(kmock.KubernetesEmulator):
     """What an API server fills in on create and kmock does not: generateName, uid, timestamps.
 
@@ -52,8 +64,18 @@ class _Emulator(kmock.KubernetesEmulator):
     """
 
     _serial = itertools.count(1)
+    log: list[Logged]
 
     async def _handle(self, request: kmock.Request) -> Any:
+        # kmock matches every request against its whole request history (its DSL filters are
+        # views over it): quadratic over a benchmark. Keep only this one; `log` has them all.
+        del self._requests[:-1]
+        name = request.name
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            name = request.data.get("metadata", {}).get("name") or name
+        self.log.append(Logged(time.monotonic(), str(request.method.value), request.url.path,
+                               request.headers.get("User-Agent", ""),
+                               request.action.name if request.action else "", name or ""))
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
@@ -92,6 +114,7 @@ class Emulator:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         async with _Emulator() as handler, kmock.Server(handler) as server:
+            handler.log = []
             for key, info in RESOURCES.items():
                 handler.resources[key] = info
             self.kmock, self.url = handler, str(server.url).rstrip("/")
@@ -117,9 +140,10 @@ class Emulator:
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
 
     @property
-    def requests(self) -> list[Any]:
+    def requests(self) -> list[Logged]:
+        """Every request so far: (t, method, path, agent, action, name)."""
         assert self.kmock is not None
-        return list(self.kmock._requests)
+        return list(self.kmock.log)
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         path.write_text(yaml.safe_dump({

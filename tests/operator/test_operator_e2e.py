@@ -94,7 +94,7 @@ def test_operator_restart_mid_stage_creates_no_duplicate(cluster: Cluster, opera
 
 
 def _creates(cluster: Cluster) -> int:
-    return sum(1 for r in cluster.requests() if r.method.value == "POST" and "/pytorchjobs" in str(r.url))
+    return sum(1 for r in cluster.requests() if r.action == "CREATE" and r.path.endswith("/pytorchjobs"))
 
 
 def test_cross_field_invalid_spec_fails_at_once_naming_the_field(cluster: Cluster, operator: Operator,
@@ -181,3 +181,20 @@ def test_mlflow_down_continues_without_it(cluster: Cluster, operator: Operator, 
     wait_for(lambda: "untracked-prealign" in cluster.jobs())
     assert cluster.status("untracked").get("mlflowRunId") is None
     assert "MlflowUnavailable" in cluster.reasons("untracked")
+
+
+def test_exit_code_2_fails_at_once_without_retry(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("broken", base_spec(output))
+    wait_for(lambda: "broken-prealign" in cluster.jobs())
+    cluster.core.create_namespaced_pod(NS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "broken-prealign-master-0", "namespace": NS,
+                     "labels": {"training.kubeflow.org/job-name": "broken-prealign"}},
+        "spec": {"containers": [{"name": "pytorch", "image": "x"}]},
+        "status": {"phase": "Failed", "containerStatuses": [{
+            "name": "pytorch", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]}})
+    cluster.set_condition("broken-prealign", "Failed", message="PyTorchJob broken-prealign is failed")
+    status = wait_for(lambda: cluster.status("broken") if cluster.status("broken")["phase"] == "Failed" else None)
+    assert "failed permanently" in status["message"] and "exited with 2" in status["message"]
+    assert sorted(cluster.jobs()) == ["broken-prealign"]

@@ -49,6 +49,7 @@ def test_first_pass_submits_the_first_stage() -> None:
     assert status.phase == "Running" and status.current_stage == "prealign"
     assert submits(actions) == [SubmitJob("prealign", 1, "demo-prealign", None, None)]
     assert status.stages[0].state == "Submitted" and status.stages[0].started_at == NOW
+    assert reasons(actions) == ["StageSubmitted"]
 
 
 def test_init_from_is_used_by_the_first_stage() -> None:
@@ -59,7 +60,7 @@ def test_init_from_is_used_by_the_first_stage() -> None:
 def test_mid_chain_start_uses_the_previous_export() -> None:
     status, actions = step(spec(start="sft"), PipelineStatus(), Observation(previous_export=done("pretrain")))
     assert submits(actions)[0].init_from == EXPORT.format("pretrain")
-    assert "InitFound" in reasons(actions)
+    assert reasons(actions) == ["InitFound", "StageSubmitted"]
 
 
 def test_mid_chain_start_without_a_previous_export_fails() -> None:
