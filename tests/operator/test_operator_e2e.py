@@ -198,3 +198,14 @@ def test_exit_code_2_fails_at_once_without_retry(cluster: Cluster, operator: Ope
     status = wait_for(lambda: cluster.status("broken") if cluster.status("broken")["phase"] == "Failed" else None)
     assert "failed permanently" in status["message"] and "exited with 2" in status["message"]
     assert sorted(cluster.jobs()) == ["broken-prealign"]
+
+
+def test_kueue_jobs_are_created_suspended_and_left_to_kueue(cluster: Cluster, operator: Operator,
+                                                            output: str) -> None:
+    cluster.create_pipeline("queued", base_spec(output, scheduling={"gangScheduler": "kueue", "queue": "team-a"}))
+    job = wait_for(lambda: cluster.jobs().get("queued-prealign"))
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["runPolicy"]["suspend"] is True
+    time.sleep(1.0)  # resync passes: the operator must not un-suspend what Kueue has not admitted
+    assert cluster.jobs()["queued-prealign"]["spec"]["runPolicy"]["suspend"] is True
+    assert cluster.status("queued")["phase"] == "Running" and "Resumed" not in cluster.reasons("queued")
