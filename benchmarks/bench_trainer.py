@@ -234,11 +234,13 @@ def bench_gpu(tmp: Path, micro: int, seq: int, steps: int, checkpointing: bool) 
     for _ in range(3):
         trainer_step(trainer, batches)
     torch.cuda.synchronize()
-    bare = timed(lambda: (bare_step(trainer, batches), torch.cuda.synchronize()), steps)
-    results = []
-    for _ in range(steps):
-        results.append(trainer_step(trainer, batches))
-    step_s = statistics.median(r.step_s for r in results)
+    bare, full, results = [], [], []
+    for i in range(steps):  # alternate, order swapped each time, wall time of each call
+        pair = [(bare, lambda: (bare_step(trainer, batches), torch.cuda.synchronize())),
+                (full, lambda: results.append(trainer_step(trainer, batches)))]
+        for times, fn in pair if i % 2 else pair[::-1]:
+            times += timed(fn, 1)
+    step_s = statistics.median(full)
     tokens = results[-1].tokens
     tps = tokens / step_s
     peak = trainer.peak_flops or 989e12

@@ -149,7 +149,8 @@ class Trainer:
 
         t0 = time.perf_counter()
         wait = 0.0
-        sums = torch.zeros(5, dtype=torch.float64)  # loss, lm_loss, align_loss, tokens, stop
+        # loss, lm_loss, align_loss, tokens, stop: summed on the device, one host sync per step
+        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
         lrs = dict(zip((g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)),
                        self.scheduler.get_last_lr()))  # the LRs this step uses
         for _ in range(self.grad_accum):
@@ -159,9 +160,9 @@ class Trainer:
             out = self.engine(**batch)
             self.engine.backward(out.loss)
             self.engine.step()  # DeepSpeed steps the optimizer and the LR at the accumulation boundary
-            sums[0] += out.loss.detach().float().cpu().item()
-            sums[1] += _item(getattr(out, "lm_loss", None), out.loss)
-            sums[2] += _item(getattr(out, "align_loss", None), 0.0)
+            sums[0] += out.loss.detach()
+            sums[1] += _detached(getattr(out, "lm_loss", None), out.loss)
+            sums[2] += _detached(getattr(out, "align_loss", None), 0.0)
             sums[3] += _num_tokens(out, batch)
         sums[4] = float(self.stop.requested)
         # one collective per step: the mean losses, the token count, and whether any rank got SIGTERM
@@ -343,7 +344,6 @@ class Trainer:
         import torch.distributed as dist
 
         if self.dist.world_size > 1:
-            values = values.to(self.device)
             dist.all_reduce(values)
         return values.cpu().tolist()
 
@@ -366,10 +366,10 @@ def _register_zero3_external_params(model: Any) -> None:
         register_external_parameter(tower, conv.weight)
 
 
-def _item(value: Any, default: Any) -> float:
+def _detached(value: Any, default: Any) -> Any:
     if value is None:
         value = default
-    return float(value.detach().float().cpu().item()) if hasattr(value, "detach") else float(value)
+    return value.detach() if hasattr(value, "detach") else float(value)
 
 
 def _num_tokens(out: Any, batch: dict[str, Any]) -> float:
