@@ -27,16 +27,18 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from eve_trainer.config import ConfigError
+
 from eve_operator import metrics, tracking
 from eve_operator.crd import GROUP, PLURAL, VERSION
 from eve_operator.jobspec import LABEL_PIPELINE, build_job_spec
 from eve_operator.pipeline import (
     Emit, Observation, PipelineStatus, SetSuspended, StageComplete, SubmitJob, decide, initial_status,
 )
+from eve_operator.pytorchjob import CONTAINER, build_pytorchjob, job_state
 from eve_operator.pytorchjob import GROUP as JOB_GROUP
 from eve_operator.pytorchjob import PLURAL as JOB_PLURAL
 from eve_operator.pytorchjob import VERSION as JOB_VERSION
-from eve_operator.pytorchjob import CONTAINER, build_pytorchjob, job_state
 from eve_operator.spec import PipelineSpec, validate_name
 
 log = logging.getLogger("eve_operator")
@@ -261,8 +263,7 @@ class PipelineLoop:
 
     def load_status(self) -> PipelineStatus:
         if self.status is None:  # first pass (create or operator restart): what the cluster has
-            raw = {k: v for k, v in dict(self.body.get("status") or {}).items()
-                   if k in PipelineStatus.model_fields or k in ("currentStage", "mlflowRunId")}
+            raw = dict(self.body.get("status") or {})  # unknown keys (kopf's, observedGeneration) ignored
             try:
                 self.status = PipelineStatus.model_validate(raw) if raw.get("stages") else None
             except ValidationError:
@@ -294,10 +295,8 @@ class PipelineLoop:
             self.warn_once("Waiting", str(err))
             await self.write_status(status)
             return status
-        except Exception as err:  # noqa: BLE001 - ConfigError from the trainer config, bad quantity, ...
-            if type(err).__name__ == "ConfigError":
-                return await self.fail(status, f"invalid trainer config: {err}", "InvalidConfig")
-            raise
+        except ConfigError as err:  # an override the trainer does not know, or a bad value
+            return await self.fail(status, f"invalid trainer config: {err}", "InvalidConfig")
         self.last_warning = ""
         new = decision.status
         if new.message.startswith("waiting: ") and new.message == status.message:
