@@ -122,7 +122,8 @@ class MLflowLogger(BaseLogger):
             return
         self._put("op", lambda c, r: c.set_terminated(r, status))
         self._queue.put(None)
-        self._thread.join(timeout_s)
+        # a server that never answered is not worth the whole wait
+        self._thread.join(timeout_s if self._run_ready.is_set() else min(timeout_s, 5.0))
         self._closing.set()
         if self._thread.is_alive():
             log.warning("MLflow at %s: gave up flushing after %.0f s; %d queued calls dropped",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,7 @@ def build_model(cfg: TrainConfig, preset_config: Any, *, init_kind: str | None, 
             load_clip_teacher(model, preset_config.clip_teacher_path)
         return model
     folder = fetch_dir(cfg.init_from, cfg)
+    downloaded = cfg.init_from.startswith("s3://")
     try:
         if init_kind == "llama":
             model, report = from_llama_pretrained(folder, preset=cfg.model.preset,
@@ -98,6 +100,9 @@ def build_model(cfg: TrainConfig, preset_config: Any, *, init_kind: str | None, 
     except (RuntimeError, ValueError, OSError, KeyError) as err:
         raise ConfigError(f"init_from={cfg.init_from!r} cannot be loaded into model.preset={cfg.model.preset}: "
                           f"{str(err).splitlines()[0][:400]}") from None
+    finally:
+        if downloaded:
+            shutil.rmtree(folder, ignore_errors=True)
     total = len(model.state_dict())
     llm_missing = [k for k in report.missing if init_kind == "eve" or not any(v in k for v in _VISION_KEYS)]
     if report.unexpected or len(llm_missing) > total // 2:
