@@ -7,6 +7,7 @@ rejected here (the API server would silently prune them, hiding a typo).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import jsonschema
 import yaml
 
 VENDORED_PYTORCHJOB = Path(__file__).parent / "data" / "pytorchjob-v1.9.4-schema.json"
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.Draft7Validator]] = {}
 
 
 def to_jsonschema(node: Any) -> Any:
@@ -39,6 +41,7 @@ def crd_schema(crd: dict[str, Any]) -> dict[str, Any]:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
+@functools.lru_cache(maxsize=8)
 def load_crd_schema(path: Path) -> dict[str, Any]:
     if path.suffix == ".json":
         return json.loads(path.read_text())["openAPIV3Schema"]
@@ -47,7 +50,10 @@ def load_crd_schema(path: Path) -> dict[str, Any]:
 
 def validate(obj: dict[str, Any], openapi_schema: dict[str, Any]) -> None:
     """Raise jsonschema.ValidationError naming the path of the first problem."""
-    validator = jsonschema.Draft7Validator(to_jsonschema(openapi_schema))
+    key = id(openapi_schema)
+    if key not in _VALIDATORS or _VALIDATORS[key][0] is not openapi_schema:
+        _VALIDATORS[key] = (openapi_schema, jsonschema.Draft7Validator(to_jsonschema(openapi_schema)))
+    validator = _VALIDATORS[key][1]
     errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
