@@ -209,3 +209,22 @@ def test_kueue_jobs_are_created_suspended_and_left_to_kueue(cluster: Cluster, op
     time.sleep(1.0)  # resync passes: the operator must not un-suspend what Kueue has not admitted
     assert cluster.jobs()["queued-prealign"]["spec"]["runPolicy"]["suspend"] is True
     assert cluster.status("queued")["phase"] == "Running" and "Resumed" not in cluster.reasons("queued")
+
+
+def test_an_existing_job_of_the_same_name_is_adopted_not_duplicated(cluster: Cluster, operator: Operator,
+                                                                    output: str) -> None:
+    cluster.custom.create_namespaced_custom_object("kubeflow.org", "v1", NS, "pytorchjobs", {
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+        "metadata": {"name": "again-prealign", "namespace": NS, "labels": {"eve-platform.io/pipeline": "again"}},
+        "spec": {"pytorchReplicaSpecs": {}}})
+    cluster.create_pipeline("again", base_spec(output))
+    assert wait_for(lambda: cluster.status("again").get("stages", [{}])[0].get("jobName") == "again-prealign")
+    assert _creates(cluster) == 2  # the test's and the operator's (answered 409), no other
+    assert cluster.jobs()["again-prealign"]["spec"] == {"pytorchReplicaSpecs": {}}
+
+
+def test_unknown_gang_scheduler_fails_naming_the_field(cluster: Cluster, operator: Operator, output: str) -> None:
+    cluster.create_pipeline("yk", base_spec(output, scheduling={"gangScheduler": "yunikorn"}))
+    status = wait_for(lambda: cluster.status("yk") if cluster.status("yk").get("phase") == "Failed" else None)
+    assert "spec.scheduling.gangScheduler" in status["message"] and cluster.jobs() == {}
+    assert cluster.events("yk")[0]["type"] == "Warning"
