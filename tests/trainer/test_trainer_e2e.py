@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 STEPS = 6  # tiny recipe: global batch 8 = 2 ranks x micro 4, checkpoints every 3 steps
 
 
-def train_args(dataset_url: str, bucket: str, pipeline: str, *extra: str) -> list[str]:
-    return ["pretrain", f"data.urls=[{dataset_url}]", f"output=s3://{bucket}/runs", f"pipeline={pipeline}",
+def train_args(dataset_url: str, bucket: str, pipeline: str, *extra: str, stage: str = "pretrain") -> list[str]:
+    return [stage, f"data.urls=[{dataset_url}]", f"output=s3://{bucket}/runs", f"pipeline={pipeline}",
             f"max_steps={STEPS}", "progress=json", "data.num_workers=1", "seed=7", *extra]
 
 
@@ -145,18 +145,24 @@ def test_corrupt_newest_checkpoint_falls_back(baseline, tmp_path, s3_server, e2e
     assert step == 6  # rewritten, and valid again
 
 
-def test_sigterm_writes_a_final_checkpoint_and_exits_143(tmp_path, s3_server, e2e_bucket, dataset_url):
+def test_sigterm_writes_a_final_checkpoint_and_exits_143(baseline, tmp_path, s3_server, e2e_bucket, dataset_url):
     """SIGTERM to one rank (as an eviction would): all ranks agree to stop after the current
-    step, write a checkpoint at that step, and exit 143."""
-    args = train_args(dataset_url, e2e_bucket, "sigterm", "max_steps=40", "checkpoint.every_steps=100")
+    step, write a checkpoint at that step, and exit 143. The run is the next stage (sft),
+    initialised from the baseline's export in S3."""
+    export = f"s3://{e2e_bucket}/runs/base/pretrain/export"
+    args = train_args(dataset_url, e2e_bucket, "sigterm", "max_steps=40", "checkpoint.every_steps=100",
+                      f"init_from={export}", stage="sft")
     ranks = launch(args, world=2, log_dir=tmp_path, env={**s3_server.env(), "EVE_DEBUG_STEP_DELAY_S": "0.3"})
     ranks.wait_for(lambda e: e.get("event") == "step" and e["step"] >= 2)
     ranks.signal(1, signal.SIGTERM)
     assert ranks.wait(120) == [143, 143], ranks.tail()
     stopped = next(e for e in ranks.events() if e.get("event") == "stopping")
-    step, manifest = layout.latest_complete_checkpoint(store_for(s3_server, e2e_bucket), "sigterm", "pretrain")
+    step, manifest = layout.latest_complete_checkpoint(store_for(s3_server, e2e_bucket), "sigterm", "sft")
     assert step == stopped["step"] and 2 <= step < 40
-    assert layout.stage_complete(store_for(s3_server, e2e_bucket), "sigterm", "pretrain") is None
+    assert layout.stage_complete(store_for(s3_server, e2e_bucket), "sigterm", "sft") is None
+    # initialised from the export: the first loss is far below a random model's (ln 1024 = 6.9 + PAL)
+    first = ranks.losses()[1]
+    assert first < baseline[0].losses()[1] - 0.1
 
 
 def _zero3_ready() -> bool:
