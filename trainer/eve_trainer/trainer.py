@@ -102,10 +102,7 @@ class Trainer:
         # only rank 0 asks the store; every rank must agree on whether to load init weights
         has_checkpoint = D.broadcast_object(
             bool(layout.list_checkpoint_steps(self.store, cfg.pipeline, cfg.stage)) if dist.is_main else None)
-        self._seed_everything(cfg.seed)
-        self.model = build_model(cfg, self.model_config, init_kind=self.init_kind, load_weights=not has_checkpoint)
-        self.trainable = self._prepare_model()
-        self.engine, self.optimizer, self.scheduler = self._build_engine()
+        self._build_model_and_engine(load_weights=not has_checkpoint)
         self.flops_per_token = flops.flops_per_token(
             num_params=flops.count_params(self.model), num_layers=flops.text_dims(self.model_config)[0],
             hidden_size=flops.text_dims(self.model_config)[1], seq_len=cfg.data.max_length)
@@ -238,6 +235,9 @@ class Trainer:
             self._event("checkpoint_skipped", f"checkpoint {self.checkpointer.url(step)} failed verification "
                         "(missing file or sha256 mismatch); falling back", step=step)
         if restored is None:
+            if not self.weights_loaded:  # there were checkpoints, but none verified: start afresh
+                self._event("fresh_start", "no checkpoint verified; starting from init weights")
+                self._build_model_and_engine(load_weights=True)
             return None
         state = restored.trainer_state
         self.step = restored.step
@@ -254,6 +254,14 @@ class Trainer:
         self.logger.close(status)
 
     # -- building blocks -------------------------------------------------------------------------
+
+    def _build_model_and_engine(self, *, load_weights: bool) -> None:
+        """Model (init weights unless a checkpoint will overwrite them), trainable set, DeepSpeed engine."""
+        self._seed_everything(self.cfg.seed)
+        self.model = build_model(self.cfg, self.model_config, init_kind=self.init_kind, load_weights=load_weights)
+        self.weights_loaded = load_weights
+        self.trainable = self._prepare_model()
+        self.engine, self.optimizer, self.scheduler = self._build_engine()
 
     def _build_loader(self, processor: Any) -> Any:
         from eve_trainer.data import build_loader, load_tokenizer
