@@ -108,7 +108,10 @@ def _b64(text: str) -> str:
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
+        try:
+            value = check()
+        except (KeyError, IndexError):  # e.g. the job exists, the status patch comes right after it
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
