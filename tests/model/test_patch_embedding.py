@@ -116,3 +116,31 @@ def test_bad_masks():
         vt(images)
     with pytest.raises(ValueError, match=r"\[B, 4, S, S\]"):
         vt(torch.zeros(1, 3, 56, 56))
+
+
+def test_explicit_batched_path_equals_reference(tokenizer64, monkeypatch):
+    """The non-absorbed batched path (used under ZeRO-3, where weights are gathered per module)."""
+    from eve_model.patch_embedding import _PooledCrossAttention
+
+    monkeypatch.setattr(_PooledCrossAttention, "absorb", False)
+    proc = EveImageProcessor.from_config(get_preset("tiny"))
+    images = _mixed_batch(proc, [(300, 200), (0, 0), (500, 60)]).double()
+    torch.testing.assert_close(tokenizer64(images).tokens, tokenizer64.forward_reference(images).tokens)
+
+
+def test_zero3_partitioned_weights_switch_to_explicit_path():
+    att = LocalAttention(16, 2, 8)
+    assert att._use_absorbed()
+    att.kv[1].weight.ds_id = 0  # what DeepSpeed ZeRO-3 puts on its partitioned parameters
+    assert not att._use_absorbed()
+
+
+def test_conv_module_path_equals_matmul_path(tokenizer64):
+    proc = EveImageProcessor.from_config(get_preset("tiny"))
+    images = _mixed_batch(proc, [(300, 200), (90, 220)]).double()
+    expected = tokenizer64(images).tokens
+    tokenizer64.patch_embedding.weight.ds_id = 0  # ZeRO-3 marker -> conv module call
+    try:
+        torch.testing.assert_close(tokenizer64(images).tokens, expected)
+    finally:
+        del tokenizer64.patch_embedding.weight.ds_id
