@@ -248,9 +248,9 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
                 teacher_feats = self.model.vision_clip(clip_in[:, :3])  # [n, Gc*Gc, C]
                 align_loss = aligner(out.hidden_states, mm.image_spans, teacher_feats, teacher_valid)
             else:
-                align_loss = aligner.dummy_loss()
+                align_loss = aligner.dummy_loss(out.last_hidden_state)
         elif self.model.has_aligner and self.training:
-            align_loss = self.model.vision_tower_compressor.dummy_loss()
+            align_loss = self.model.vision_tower_compressor.dummy_loss(out.last_hidden_state)
 
         lm_loss = loss = None
         if mm.labels is not None:

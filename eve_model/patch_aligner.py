@@ -110,7 +110,7 @@ class PatchAligner(nn.Module):
         teacher_feats [n_img, Gc*Gc, C], teacher_valid [n_img, Gc*Gc] bool, in ``spans`` order.
         """
         if not spans:
-            return self.dummy_loss()
+            return self.dummy_loss(hidden_states[0])
         b, t, d = hidden_states[0].shape
         pos = self.patch_positions(spans, t).to(hidden_states[0].device)  # [N_v, r*r]
         feats = [hidden_states[i].reshape(b * t, d)[pos].mean(dim=1) for i in self.layer_idx]  # [N_v, D]
@@ -131,6 +131,8 @@ class PatchAligner(nn.Module):
         per_image = per_image / torch.tensor(counts, device=cos.device, dtype=cos.dtype)
         return (1.0 - per_image).mean()
 
-    def dummy_loss(self) -> torch.Tensor:
-        """Zero that touches every PAL parameter (the reference's text-only term, for ZeRO-3/DDP)."""
-        return sum(p.sum() for p in self.parameters()) * 0.0
+    def dummy_loss(self, like: torch.Tensor) -> torch.Tensor:
+        """A zero that runs every PAL module once (the reference's text-only term), so DDP / ZeRO-3
+        see all parameters used; going through the modules keeps ZeRO-3's gathering hooks working."""
+        x = like.new_zeros(1, self.input_layer.in_features)
+        return self.fuse([x] * len(self.layer_idx)).sum() * 0.0
