@@ -230,8 +230,10 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
                                    inputs_embeds=inputs_embeds, position_ids=position_ids, **kwargs)
         if input_ids is None:
             raise ValueError("input_ids is required")
-        mm = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
         align = self.model.has_aligner and self.config.requires_cliploss and images_clip is not None
+        if align:
+            self._check_images(images_clip, "images_clip", self.config.image_size_clip, input_ids.shape[0])
+        mm = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
         out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask,
                          use_cache=False, output_hidden_states=align)
         logits = self.lm_head(out.last_hidden_state)  # [B, T', V]
@@ -239,7 +241,6 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         zero = logits.new_zeros((), dtype=torch.float32)
         align_loss = zero
         if align:
-            self._check_images(images_clip, "images_clip", self.config.image_size_clip, input_ids.shape[0])
             aligner = self.model.vision_tower_compressor
             if mm.image_rows:
                 clip_in = images_clip[mm.image_rows]
