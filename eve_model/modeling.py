@@ -258,7 +258,8 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
             shift_labels = mm.labels[:, 1:].reshape(-1)
             total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-            denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum()
+            # Clamped: a micro-batch whose labels are all IGNORE_INDEX gives 0, not NaN (reference: NaN).
+            denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
             lm_loss = total / denom
             loss = lm_loss + align_loss.float()
             if mm.dummy is not None:

@@ -251,3 +251,16 @@ def test_hidden_state_conventions_used_by_the_pal(tiny_model):
             h = layer(h, None)
             h = h[0] if isinstance(h, tuple) else h
         torch.testing.assert_close(tiny_model.model.vision_clip(x), h[:, 1:])
+
+
+def test_teacher_layout_mismatch(tiny_model, tiny_batch):
+    clips = tiny_batch["images_clip"].clone()
+    clips[0, 3] = 0  # the teacher view of sample 0 has no valid patch
+    with pytest.raises(ValueError, match="images_clip: valid teacher patches"):
+        tiny_model(**dict(tiny_batch, images_clip=clips))
+
+
+def test_all_labels_ignored_gives_zero_lm_loss(tiny_model, tiny_batch):
+    labels = torch.full_like(tiny_batch["labels"], IGNORE_INDEX)
+    out = tiny_model(**dict(tiny_batch, labels=labels))
+    assert out.lm_loss.item() == 0.0 and torch.isfinite(out.loss)
