@@ -259,7 +259,9 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
             shift_labels = mm.labels[:, 1:].reshape(-1)
             total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
             # Clamped: a micro-batch whose labels are all IGNORE_INDEX gives 0, not NaN (reference: NaN).
-            denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+            denom = num_items_in_batch
+            if denom is None:
+                denom = (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
             lm_loss = total / denom
             loss = lm_loss + align_loss.float()
             if mm.dummy is not None:

@@ -110,5 +110,6 @@ def test_published_config_keys_roundtrip(tmp_path):
 
 def test_small_preset_dims():
     cfg = get_preset("small")
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (2048, 22, 32, 5632)
+    dims = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size)
+    assert dims == (2048, 22, 32, 5632)
     assert (cfg.mm_hidden_size, cfg.image_size, cfg.image_size_clip) == (1024, 672, 336)
