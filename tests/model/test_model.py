@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_batch, make_image
+from eve_model_testutils import make_batch, make_image
 
 from eve_model import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, STAGES, EveForCausalLM, EveImageProcessor, get_preset,
                        set_trainable)
