@@ -1,11 +1,17 @@
-"""Helpers of the eve_model tests (a uniquely named module: several test folders have a conftest)."""
+"""Helpers and fixtures of the eve_model tests.
+
+A uniquely named module rather than a conftest.py: other test folders import their conftest by
+name (``from conftest import ...``), which a second conftest on sys.path would shadow.  Test
+modules import the fixtures they use from here.
+"""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
-from eve_model import IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveImageProcessor
+from eve_model import IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveForCausalLM, EveImageProcessor, get_preset
 
 
 def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -32,3 +38,29 @@ def make_batch(proc: EveImageProcessor, samples: list[tuple[Image.Image | None, 
     labels = torch.where((attention_mask == 1) & (input_ids > 1), input_ids, IGNORE_INDEX)
     return dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                 images=torch.stack(images), images_clip=torch.stack(clips))
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return get_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_proc(tiny_config):
+    return EveImageProcessor.from_config(tiny_config)
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    torch.manual_seed(0)
+    return EveForCausalLM(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_batch(tiny_proc):
+    """Mixed batch: wide image, tall image, text-only; different text lengths (right padding)."""
+    return make_batch(tiny_proc, [
+        (make_image(300, 200, 1), [10, 11, 12, 13]),
+        (make_image(90, 220, 2), [20, 21]),
+        (None, [30, 31, 32, 33, 34, 35]),
+    ])

@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from eve_model_testutils import make_batch, make_image
+from eve_model_testutils import (  # noqa: F401 (fixtures are used by name)
+    make_batch, make_image, tiny_batch, tiny_config, tiny_model, tiny_proc)
 
 from eve_model import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, STAGES, EveForCausalLM, EveImageProcessor, get_preset,
                        set_trainable)
