@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import NS, Cluster
+from operator_harness import NS, Cluster
 from schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
 
 from eve_operator import crd

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import NS, Cluster, Operator, base_spec, wait_for, write_export
+from operator_harness import NS, Cluster, Operator, base_spec, wait_for, write_export
 
 
 def test_full_chain_prealign_pretrain_sft(cluster: Cluster, operator: Operator, output: str,

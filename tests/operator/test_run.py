@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf.testing
 import pytest
-from conftest import Cluster, base_spec, wait_for
+from operator_harness import Cluster, base_spec, wait_for
 from fixtures.services import free_port
 
 from eve_operator import handlers, run
