@@ -70,7 +70,8 @@ def param_groups(named_params: list[tuple[str, torch.nn.Parameter]], optim: Opti
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, optim: OptimSection, *, fused: bool = False) -> torch.optim.Optimizer:
+    """torch AdamW over the LR groups; fused=True (CUDA) runs the update as one kernel per group."""
     import torch
 
     groups = param_groups(list(model.named_parameters()), optim)
@@ -79,7 +80,7 @@ def build_optimizer(model: torch.nn.Module, optim: OptimSection) -> torch.optim.
     for g in groups:
         g.pop("param_names")
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps,
-                             weight_decay=optim.weight_decay)
+                             weight_decay=optim.weight_decay, **({"fused": True} if fused else {}))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSection, total_steps: int,

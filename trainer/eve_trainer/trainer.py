@@ -295,7 +295,8 @@ class Trainer:
 
         if self.cfg.deepspeed.zero_stage == 3:
             _register_zero3_external_params(self.model)
-        optimizer = optim.build_optimizer(self.model, self.cfg.optim)
+        optimizer = optim.build_optimizer(self.model, self.cfg.optim,
+                                          fused=self.cuda and not self.cfg.deepspeed.offload_optimizer)
         scheduler = optim.build_scheduler(optimizer, self.cfg.optim, self.total_steps)
         ds_config = optim.deepspeed_config(self.cfg, world_size=self.dist.world_size, bf16=self.bf16, cuda=self.cuda)
         engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
