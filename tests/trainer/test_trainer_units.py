@@ -210,3 +210,16 @@ def test_progress_json_lines_and_plain_lines():
     p.step(2, {"loss": 0.5, "lr": 1e-3, "samples_per_s": 8.0})
     assert plain.getvalue().splitlines()[1].startswith("[eve-train] step 2/4 loss 0.5000")
     assert Progress("json", total_steps=1, enabled=False, stream=io.StringIO()).mode == "none"
+
+
+def test_cli_config_file_then_overrides(tmp_path):
+    from eve_trainer.main import load_config, parse_args
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {preset: eve-7b}\noptim: {lr: 1.0e-5, warmup_ratio: 0.05}\nmax_steps: 10\n")
+    cfg = load_config(parse_args(["--config", str(path), "sft", "optim.lr=3e-5"]))
+    assert cfg.model.preset == "eve-7b" and cfg.global_batch_size == 128  # the 7B recipe, from the file's preset
+    assert (cfg.optim.lr, cfg.optim.warmup_ratio, cfg.max_steps) == (3e-5, 0.05, 10)  # file < overrides
+    path.write_text("optim: {lrr: 1}\n")
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(parse_args(["--config", str(path), "sft"]))
