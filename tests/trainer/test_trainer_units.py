@@ -221,5 +221,5 @@ def test_cli_config_file_then_overrides(tmp_path):
     assert cfg.model.preset == "eve-7b" and cfg.global_batch_size == 128  # the 7B recipe, from the file's preset
     assert (cfg.optim.lr, cfg.optim.warmup_ratio, cfg.max_steps) == (3e-5, 0.05, 10)  # file < overrides
     path.write_text("optim: {lrr: 1}\n")
-    with pytest.raises(ConfigError, match="optim.lrr"):
+    with pytest.raises(ConfigError, match="unknown config key .optim.lrr. in .*did you mean optim.lr"):
         load_config(parse_args(["--config", str(path), "sft"]))

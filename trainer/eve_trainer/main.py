@@ -17,7 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from eve_trainer.config import MODEL_PRESETS, STAGES, ConfigError, TrainConfig, _merge, parse_overrides, resolve
+from eve_trainer.config import (MODEL_PRESETS, STAGES, ConfigError, TrainConfig, _merge, check_key,
+                                parse_overrides, resolve)
 from eve_trainer.storage import StorageError, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_SIGTERM = 0, 1, 2, 143
@@ -32,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", help=f"model preset whose recipe to start from: {', '.join(MODEL_PRESETS)} "
                         "(default: model.preset from the overrides/file, else tiny)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    return parser.parse_args(argv)
+    # intermixed: `eve-train sft --config f.yaml optim.lr=1e-4` puts overrides after an option
+    return parser.parse_intermixed_args(argv)
 
 
 def load_config(args: argparse.Namespace) -> TrainConfig:
@@ -49,9 +51,21 @@ def load_config(args: argparse.Namespace) -> TrainConfig:
             raise ConfigError(f"--config {args.config}: expected a mapping of config keys")
         values = loaded
         values.pop("stage", None)  # the positional stage wins
+        for key in _dotted_keys(values):
+            check_key(key, f" in {args.config}")
     values = _merge(values, parse_overrides(args.overrides))
     preset = args.preset or values.get("model", {}).get("preset") or "tiny"
     return resolve(args.stage, preset, values)
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
 
 
 def check_stores(cfg: TrainConfig) -> None:
