@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from conftest import Ranks, launch
+from eve_trainer_harness import Ranks, launch
 from eve_trainer import layout
 from eve_trainer.storage import open_store
 
@@ -44,7 +44,8 @@ def store_for(s3_server, bucket: str):
     return open_store(f"s3://{bucket}/runs", endpoint_url=s3_server.endpoint_url)
 
 
-def test_stage_end_to_end(baseline, s3_server, mlflow_server, e2e_bucket):
+def test_stage_end_to_end(baseline, s3_env, mlflow_server, e2e_bucket):
+    s3_server = s3_env
     ranks, ids = baseline
     losses = ranks.losses()
     assert sorted(losses) == list(range(1, STEPS + 1)) and all(loss > 0 for loss in losses.values())
@@ -165,17 +166,8 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_143(baseline, tmp_path, s3_
     assert first < baseline[0].losses()[1] - 0.1
 
 
-def _zero3_ready() -> bool:
-    # ZeRO-3 re-gathers parameters for backward through hooks on a module's output tensors; it
-    # finds them inside tuples (NamedTuple too), not inside a dataclass
-    from eve_model.patch_embedding import PatchTokens
-
-    return issubclass(PatchTokens, tuple)
-
-
-@pytest.mark.skipif(not _zero3_ready(), reason="eve_model's PEL returns a dataclass: ZeRO-3 hooks cannot see "
-                    "its tensors (make PatchTokens a NamedTuple)")
-def test_zero3_trains_checkpoints_and_exports_full_weights(tmp_path, s3_server, e2e_bucket, dataset_url):
+def test_zero3_trains_checkpoints_and_exports_full_weights(tmp_path, s3_env, e2e_bucket, dataset_url):
+    s3_server = s3_env
     args = train_args(dataset_url, e2e_bucket, "zero3", "deepspeed.zero_stage=3", "max_steps=3")
     ranks = launch(args, world=2, log_dir=tmp_path, env=s3_server.env())
     assert ranks.wait(240) == [0, 0], ranks.tail()

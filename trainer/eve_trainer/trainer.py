@@ -293,8 +293,6 @@ class Trainer:
     def _build_engine(self) -> tuple[Any, Any, Any]:
         import deepspeed
 
-        if self.cfg.deepspeed.zero_stage == 3:
-            _register_zero3_external_params(self.model)
         optimizer = optim.build_optimizer(self.model, self.cfg.optim,
                                           fused=self.cuda and not self.cfg.deepspeed.offload_optimizer)
         scheduler = optim.build_scheduler(optimizer, self.cfg.optim, self.total_steps)
@@ -361,18 +359,6 @@ class Trainer:
             self.progress.event(name, message, **fields)
         elif self.dist.is_main:
             log.info(message)
-
-
-def _register_zero3_external_params(model: Any) -> None:
-    """ZeRO-3 gathers a module's parameters around that module's own forward. The PEL runs its
-    patch conv as a matmul on `patch_embedding.weight` without calling the conv module, so the
-    weight is declared as used by the vision tower's forward."""
-    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
-
-    tower = getattr(getattr(model, "model", None), "vision_tower", None)
-    conv = getattr(tower, "patch_embedding", None)
-    if tower is not None and isinstance(getattr(conv, "weight", None), __import__("torch").nn.Parameter):
-        register_external_parameter(tower, conv.weight)
 
 
 def _detached(value: Any, default: Any) -> Any:
