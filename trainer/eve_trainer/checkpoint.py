@@ -142,6 +142,12 @@ class CheckpointManager:
             # sha256 of what it downloaded, so each byte is read once
             manifest = D.broadcast_object(
                 layout.verify(self.store, prefix, layout.MANIFEST, deep=False) if self.rank == 0 else None)
+            world = manifest.extra.get("world_size", self.world_size) if manifest is not None else self.world_size
+            if world != self.world_size:
+                from eve_trainer.config import ConfigError
+
+                raise ConfigError(f"checkpoint {self.url(step)} was written by {world} ranks, this run has "
+                                  f"{self.world_size}; resume with the same world size")
             tmp = Path(tempfile.mkdtemp(prefix=f"eve-restore-r{self.rank}-"))
             try:
                 ok = manifest is not None and self._download_verified(prefix, manifest, tmp)
@@ -150,12 +156,6 @@ class CheckpointManager:
                     log.warning("checkpoint %s is incomplete or corrupt (sha256 mismatch); trying an older one",
                                 self.url(step))
                     continue
-                world = manifest.extra.get("world_size", self.world_size)
-                if world != self.world_size:
-                    from eve_trainer.config import ConfigError
-
-                    raise ConfigError(f"checkpoint {self.url(step)} was written by {world} ranks, this run has "
-                                      f"{self.world_size}; resume with the same world size")
                 _mmap_loads(engine)
                 engine.load_checkpoint(str(tmp), tag=DS_TAG)
                 state = torch.load(tmp / state_file(self.rank), map_location="cpu", weights_only=False)
