@@ -244,7 +244,8 @@ def bench_gpu(tmp: Path, micro: int, seq: int, steps: int, checkpointing: bool) 
     tokens = results[-1].tokens
     tps = tokens / step_s
     peak = trainer.peak_flops or 989e12
-    return {"device": torch.cuda.get_device_name(), "preset": "small", "params": sum(p.numel() for p in trainer.model.parameters()),
+    return {"device": torch.cuda.get_device_name(), "preset": "small",
+            "params": sum(p.numel() for p in trainer.model.parameters()),
             "micro_batch": micro, "seq_positions": tokens / micro, "gradient_checkpointing": checkpointing,
             "build_s": round(build_s, 1), "trainer_step_s": step_s, "bare_step_s": statistics.median(bare),
             "overhead_pct": 100 * (step_s / statistics.median(bare) - 1), "tokens_per_s": tps,
@@ -283,7 +284,8 @@ def main() -> None:
             r = bench_checkpoint(tmp, args.ckpt_hidden, args.ckpt_layers, args.reps)
             print(json.dumps({"checkpoint": r}, indent=2))
             print(f"checkpoint {r['checkpoint_mib']} MiB: save {r['save_mib_s']:.0f} MiB/s vs boto3 upload "
-                  f"{r['boto3_upload_mib_s']:.0f} MiB/s ({r['save_ratio']:.2f}x); restore {r['restore_mib_s']:.0f} MiB/s "
+                  f"{r['boto3_upload_mib_s']:.0f} MiB/s ({r['save_ratio']:.2f}x); "
+                  f"restore {r['restore_mib_s']:.0f} MiB/s "
                   f"vs boto3 download {r['boto3_download_mib_s']:.0f} MiB/s ({r['restore_ratio']:.2f}x); "
                   f"save+restore {r['save_restore_ratio']:.2f}x, target >= 0.8x")
 

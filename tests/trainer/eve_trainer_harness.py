@@ -1,6 +1,7 @@
-"""Harness for trainer tests (a uniquely named module: several test folders have a conftest): launch N ranks of `python -m eve_trainer` the way a PyTorchJob
+"""Harness for trainer tests: launch N ranks of `python -m eve_trainer` the way a PyTorchJob
 would (RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT / LOCAL_RANK), against the real S3 and
-MLflow servers of the session, and read back rank 0's JSON progress lines."""
+MLflow servers of the session, and read back rank 0's JSON progress lines. (A uniquely named
+module, not conftest: several test folders have a conftest.py.)"""
 
 from __future__ import annotations
 

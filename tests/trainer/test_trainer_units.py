@@ -97,7 +97,8 @@ def test_param_groups_put_vision_tower_and_projector_at_vision_lr():
 def test_deepspeed_config_from_the_section():
     cfg = resolve("sft-hd", "eve-7b")
     ds = deepspeed_config(cfg, world_size=32, bf16=True, cuda=True)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (128, 2, 2)
+    sizes = (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"])
+    assert sizes == (128, 2, 2)
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
     tiny = deepspeed_config(resolve("pretrain", "tiny"), world_size=2, bf16=False, cuda=False)
