@@ -77,3 +77,84 @@ def test_config_rejects_bad_geometry():
         get_preset("eve-7b", image_size=1008)  # grid 36 is not a multiple of 24
     with pytest.raises(ValueError, match="preset"):
         get_preset("huge")
+
+
+# --- the fast path against a straightforward reference ---------------------------------------
+def reference_process(proc, image):
+    """The processor as first written (eve-v1.md 2.1): convert, resize the raw image twice, float
+    arithmetic (x/255 - mean)/std on a mean-colour canvas, mask channel.  Kept as the spec."""
+    import numpy as np
+    from PIL import Image
+
+    mean = torch.tensor(proc.image_mean)[:, None, None]
+    std = torch.tensor(proc.image_std)[:, None, None]
+    fill = torch.tensor(proc.fill, dtype=torch.float32)[:, None, None]
+    if image is not None:
+        image = image.convert("RGB")
+        lay = proc.layout(*image.size)
+    views = []
+    for scale, size in ((proc.ratio, proc.image_size), (1, proc.image_size_clip)):
+        out = torch.empty(4, size, size)
+        out[:3] = (fill / 255.0 - mean) / std
+        out[3] = 0.0
+        if image is not None:
+            w, h, x0, y0 = lay.width * scale, lay.height * scale, lay.left * scale, lay.top * scale
+            pixels = torch.from_numpy(np.array(image.resize((w, h), Image.Resampling.BICUBIC))).permute(2, 0, 1)
+            region = out[:3, y0 : y0 + h, x0 : x0 + w]
+            region.copy_(pixels)
+            region.div_(255.0).sub_(mean).div_(std)
+            out[3, y0 : y0 + h, x0 : x0 + w] = 1.0
+        views.append(out)
+    return tuple(views)
+
+
+def _modes(image):
+    return {"RGB": image, "L": image.convert("L"), "RGBA": image.convert("RGBA"),
+            "P": image.convert("P", palette=1, colors=64)}
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize(("width", "height"), [
+    (672, 448), (448, 672), (640, 480), (500, 500), (1000, 10), (10, 1000), (1023, 767), (333, 517), (1920, 1080), (37, 29),
+])
+def test_fast_path_is_bit_identical(proc672, width, height, parallel):
+    """Max abs difference 0: the uint8 lookup table is built with the same float32 ops."""
+    proc = EveImageProcessor.from_config(get_preset("eve-7b"))
+    proc.parallel = parallel
+    for mode, image in _modes(make_image(width, height, seed=width * 7 + height)).items():
+        got, want = proc(image), reference_process(proc, image)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            assert torch.equal(g, w), (mode, float((g - w).abs().max()))
+
+
+def test_fast_path_hd_and_text_only(proc1344):
+    image = make_image(900, 700, seed=3)
+    for a, b in zip(proc1344(image), reference_process(proc1344, image)):
+        assert torch.equal(a, b)
+    for a, b in zip(proc1344(None), reference_process(proc1344, None)):
+        assert torch.equal(a, b)
+
+
+def test_processor_pickles_and_forks(proc672):
+    """The helper thread is per process; a pickled (spawned) or forked copy makes its own."""
+    import multiprocessing as mp
+    import pickle
+
+    proc672(make_image(64, 48))  # starts the helper thread here
+    copy = pickle.loads(pickle.dumps(proc672))
+    image = make_image(300, 200, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(copy(image), proc672(image)))
+    ctx = mp.get_context("fork")  # the fork copies the parent's (dead-in-the-child) helper thread
+    queue = ctx.Queue()
+    child = ctx.Process(target=_shapes_in_child, args=(proc672, image, queue))  # not pickled: forked
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("processor hung in a forked child")
+    assert queue.get(timeout=5) == [(4, 672, 672), (4, 336, 336)]
+
+
+def _shapes_in_child(proc, image, queue):
+    queue.put([tuple(t.shape) for t in proc(image)])
