@@ -2,7 +2,7 @@
 
 CPU (default; what CI machines can run):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trainer.py [--steps 12] [--reps 3]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_trainer.py [--steps 20] [--reps 3]
 
 1. Trainer overhead. One Trainer (tiny preset, world 1, DeepSpeed ZeRO-2, MLflow logging to a
    local sqlite store, JSON progress) against a bare loop over the same DeepSpeed engine and the
@@ -257,7 +257,7 @@ def bench_gpu(tmp: Path, micro: int, seq: int, steps: int, checkpointing: bool) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--seq", type=int, default=2048)
