@@ -109,7 +109,9 @@ def bench_overhead(tmp: Path, steps: int, reps: int) -> dict:
     run_id = trainer.logger.wait_for_run(30)
     trainer.logger.close("FINISHED")
     b, f = statistics.median(bare), statistics.median(full)
-    return {"bare_step_s": b, "trainer_step_s": f, "overhead_pct": 100 * (f / b - 1), "steps": len(bare),
+    # the minimum is the uncontended cost: on a shared machine the least noisy estimate
+    return {"bare_step_s": b, "trainer_step_s": f, "overhead_pct": 100 * (f / b - 1),
+            "overhead_of_min_pct": 100 * (min(full) / min(bare) - 1), "steps": len(bare),
             "mlflow_run": run_id, "grad_accum": trainer.grad_accum}
 
 
@@ -278,8 +280,9 @@ def main() -> None:
         if not args.skip_overhead:
             r = bench_overhead(tmp, args.steps, args.reps)
             print(json.dumps({"overhead": r}, indent=2), flush=True)
-            print(f"trainer overhead: {r['overhead_pct']:+.1f}% (median step {r['trainer_step_s'] * 1e3:.1f} ms "
-                  f"vs bare {r['bare_step_s'] * 1e3:.1f} ms) target <= 5%", flush=True)
+            print(f"trainer overhead: {r['overhead_pct']:+.1f}% of the median step ({r['trainer_step_s'] * 1e3:.1f} ms "
+                  f"vs bare {r['bare_step_s'] * 1e3:.1f} ms), {r['overhead_of_min_pct']:+.1f}% of the fastest; "
+                  "target <= 5%", flush=True)
         if not args.skip_checkpoint:
             r = bench_checkpoint(tmp, args.ckpt_hidden, args.ckpt_layers, args.reps)
             print(json.dumps({"checkpoint": r}, indent=2))
