@@ -11,6 +11,11 @@ The layout is computed in teacher (CLIP) space and scaled by ``ratio = image_siz
    4th channel: 1 on the image, 0 on the padding.  ``None`` (text-only) gives a blank canvas, mask 0.
 
 Integer arithmetic replaces the reference's float ``ceil`` (identical except for float round-off).
+
+Speed: both views are resized from the raw image (bicubic, as the reference; ~10 ms of CPU for a
+~900 px photo, the floor), the teacher view on a per-process helper thread (``parallel=True``),
+and normalised in place into one preallocated canvas each - bit-identical to the straightforward
+implementation kept in ``tests/model/test_processing.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ class Layout:
 
 
 class EveImageProcessor:
-    """PIL image (or None) -> (image [4,S,S], image_clip [4,Sc,Sc]) float32 tensors."""
+    """PIL image (or None) -> (image [4,S,S], image_clip [4,Sc,Sc]) float32 tensors.
+
+    ``parallel``: resize the teacher view on a helper thread (one per process) while the calling
+    thread resizes the EVE view; the output is the same either way.
+    """
 
     def __init__(self, image_size: int = 672, image_size_clip: int = 336, patch_stride: int = 14,
                  conv_stride: int = 2, patch_stride_clip: int = 14,
