@@ -224,13 +224,14 @@ def synthetic_batches(trainer, micro: int, seq: int):
         yield batch
 
 
-def bench_gpu(tmp: Path, micro: int, seq: int, steps: int, checkpointing: bool) -> dict:
+def bench_gpu(tmp: Path, micro: int, seq: int, steps: int, checkpointing: bool, compile_: bool = False) -> dict:
     import torch
 
     t0 = time.perf_counter()
     trainer = build_trainer(tmp, ["max_steps=1000", f"micro_batch_size={micro}", f"global_batch_size={micro}",
                                   f"data.max_length={seq}", "deepspeed.zero_stage=2",
-                                  f"model.gradient_checkpointing={str(checkpointing).lower()}"], preset="small")
+                                  f"model.gradient_checkpointing={str(checkpointing).lower()}",
+                                  f"model.compile={str(compile_).lower()}"], preset="small")
     build_s = time.perf_counter() - t0
     batches = synthetic_batches(trainer, micro, seq)
     for _ in range(3):
@@ -249,6 +250,7 @@ def bench_gpu(tmp: Path, micro: int, seq: int, steps: int, checkpointing: bool) 
     return {"device": torch.cuda.get_device_name(), "preset": "small",
             "params": sum(p.numel() for p in trainer.model.parameters()),
             "micro_batch": micro, "seq_positions": tokens / micro, "gradient_checkpointing": checkpointing,
+            "compile": compile_,
             "build_s": round(build_s, 1), "trainer_step_s": step_s, "bare_step_s": statistics.median(bare),
             "overhead_pct": 100 * (step_s / statistics.median(bare) - 1), "tokens_per_s": tps,
             "flops_per_token": trainer.flops_per_token, "peak_tflops": peak / 1e12,
@@ -264,6 +266,7 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (GPU mode)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decoder layers (GPU mode)")
     parser.add_argument("--ckpt-hidden", type=int, default=512)
     parser.add_argument("--ckpt-layers", type=int, default=8)
     parser.add_argument("--skip-overhead", action="store_true")
@@ -275,7 +278,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as d:
         tmp = Path(d)
         if args.gpu:
-            print(json.dumps(bench_gpu(tmp, args.micro, args.seq, args.steps, args.checkpointing), indent=2))
+            print(json.dumps(bench_gpu(tmp, args.micro, args.seq, args.steps, args.checkpointing, args.compile), indent=2))
             return
         if not args.skip_overhead:
             r = bench_overhead(tmp, args.steps, args.reps)

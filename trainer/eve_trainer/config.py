@@ -38,6 +38,8 @@ class ModelSection(_Section):
     """Model preset from eve_model: tiny | small | eve-7b | eve-7b-hd."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in backward (the reference turns it on for 7B)."""
+    compile: bool = False
+    """torch.compile each decoder layer (fuses norms/activations on GPU; first steps compile)."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """auto = bf16 on CUDA, fp32 on CPU."""
     teacher_path: str | None = None

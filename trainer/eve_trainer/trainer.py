@@ -260,6 +260,9 @@ class Trainer:
         self._seed_everything(self.cfg.seed)
         self.model = build_model(self.cfg, self.model_config, init_kind=self.init_kind, load_weights=load_weights)
         self.weights_loaded = load_weights
+        if self.cfg.model.compile:  # one compiled graph serves every (identical) decoder layer
+            for layer in self.model.model.layers:
+                layer.compile()
         self.trainable = self._prepare_model()
         self.engine, self.optimizer, self.scheduler = self._build_engine()
 
