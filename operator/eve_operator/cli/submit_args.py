@@ -48,7 +48,12 @@ def _value(raw: str) -> Any:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
-    return raw if isinstance(value, (dict,)) else value
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-5 (no dot) as a string; the CR should carry a number
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return raw if isinstance(value, dict) else value
 
 
 def _set(tree: dict[str, Any], path: str, value: Any) -> None:
