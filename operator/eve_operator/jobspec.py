@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eve_trainer.config import TrainConfig, check_key, resolve
+from eve_trainer.config import TrainConfig, check_key, resolve, set_dotted
 
 from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec, ResourcesSpec, SchedulingSpec
@@ -72,11 +72,7 @@ def stage_overrides(name: str, spec: PipelineSpec, submit: SubmitJob, *,
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in flat.items():
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        set_dotted(nested, key, value)
     return nested
 
 

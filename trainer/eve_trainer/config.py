@@ -269,12 +269,16 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             value = raw
         if isinstance(value, str) and raw.lower() in ("none", "null"):
             value = None
-        node = nested
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        set_dotted(nested, key, value)
     return nested
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """set_dotted(t, 'optim.lr', 1e-4) sets t['optim']['lr'], creating the levels between."""
+    parts = key.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[parts[-1]] = value
 
 
 def resolve(stage: str, preset: str = "tiny", overrides: list[str] | dict[str, Any] | None = None,

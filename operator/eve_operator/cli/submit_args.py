@@ -13,7 +13,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from eve_trainer.config import STAGES, ConfigError, check_key, config_keys, format_validation_error
+from eve_trainer.config import (
+    STAGES, ConfigError, check_key, config_keys, format_validation_error, set_dotted,
+)
 
 from eve_operator.spec import PipelineSpec, validate_name
 
@@ -56,17 +58,6 @@ def _value(raw: str) -> Any:
     return raw if isinstance(value, dict) else value
 
 
-def _set(tree: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    for part in parts[:-1]:
-        tree = tree.setdefault(part, {})
-    tree[parts[-1]] = value
-
-
-def all_keys() -> list[str]:
-    return sorted(PIPELINE_KEYS) + ["name"] + config_keys() + [f"<stage>.{k}" for k in ("data",)]
-
-
 def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
                  ) -> tuple[str | None, PipelineSpec]:
     """words -> (name or None, validated PipelineSpec). Raises ConfigError naming the key."""
@@ -82,7 +73,7 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
         elif key in PIPELINE_KEYS:
             if key == "data" and isinstance(value, str):
                 value = [v for v in value.split(",") if v]
-            _set(tree, PIPELINE_KEYS[key], value)
+            set_dotted(tree, PIPELINE_KEYS[key], value)
         elif (stage := key.split(".", 1)[0]) in STAGES and "." in key:
             sub = key.split(".", 1)[1]
             if sub == "data":
