@@ -28,8 +28,9 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# CPU benchmarks, each against its baseline in the same run (figures: docs/benchmarks.md)
 bench: venv
-	$(BIN)/python benchmarks/run_all.py
+	for b in model data trainer operator; do OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .eve-platform .pytest_cache
