@@ -233,3 +233,18 @@ def test_resume_with_another_world_size_is_a_config_error(tmp_path):
                               config_json="{}", config_hash="h")
     with pytest.raises(ConfigError, match="written by 1 ranks, this run has 4"):
         other.load(FakeEngine(0.0))
+
+
+def test_a_rank_downloads_only_its_own_partitions_on_resume() -> None:
+    from eve_trainer.checkpoint import needed_by_rank, state_file
+
+    files = ["ds/mp_rank_00_model_states.pt", "ds/latest",
+             "ds/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+             "ds/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+             "ds/zero_pp_rank_1_mp_rank_00_model_states.pt",
+             "ds/zero_pp_rank_11_mp_rank_00_model_states.pt",
+             state_file(0), state_file(1), "config.json"]
+    assert [f for f in files if needed_by_rank(f, 1)] == [
+        "ds/mp_rank_00_model_states.pt", "ds/latest",
+        "ds/bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        "ds/zero_pp_rank_1_mp_rank_00_model_states.pt", state_file(1), "config.json"]
