@@ -178,8 +178,10 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
             d.actions.append(_submit(name, status, current, current.attempt))
         case "Pending" | "Suspended":
             status.phase = "Suspended" if obs.job == "Suspended" else "Running"
+            current.message = obs.job_message
         case "Running":
             status.phase = "Running"
+            current.message = obs.job_message
             if current.state != "Running":
                 current.state = "Running"
                 d.actions.append(Emit("StageRunning", f"stage {current.name} is running ({current.job_name})"))

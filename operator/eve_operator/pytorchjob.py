@@ -143,9 +143,17 @@ def job_state(job: dict[str, Any] | None) -> tuple[str, str, str | None]:
             return terminal, message, finished
     if (job.get("spec") or {}).get("runPolicy", {}).get("suspend") or "Suspended" in conditions:
         return "Suspended", "", None
-    if "Running" in conditions or "Restarting" in conditions:
+    if "Restarting" in conditions:
+        cond = conditions["Restarting"]
+        return "Running", f"restarting: {cond.get('message') or cond.get('reason') or 'a pod failed'}", None
+    if "Running" in conditions:
         return "Running", "", None
-    return "Pending", "", None
+    spec = job.get("spec") or {}
+    replicas = sum(int(r.get("replicas", 1)) for r in (spec.get("pytorchReplicaSpecs") or {}).values())
+    gang = ((spec.get("runPolicy") or {}).get("schedulingPolicy") or {}).get("minAvailable")
+    if gang:
+        return "Pending", f"waiting for all {gang} pods to be scheduled together (gang)", None
+    return "Pending", f"waiting for {replicas or 'the'} pod(s) to start", None
 
 
 __all__ = ["build_pytorchjob", "job_state", "GROUP", "VERSION", "PLURAL", "CONTAINER", "SCHEDULER_NAMES"]

@@ -197,3 +197,10 @@ def test_permanent_failure_fails_at_once_without_retry() -> None:
                                                           job_permanent=True))
     assert status.phase == "Failed" and "permanently" in status.message
     assert not [a for a in actions if isinstance(a, SubmitJob)]
+
+
+def test_pending_and_running_jobs_explain_themselves_in_the_stage_message() -> None:
+    status, _ = step(spec(), started(), Observation(job="Pending", job_message="waiting for all 4 pods"))
+    assert status.stage("prealign").message == "waiting for all 4 pods" and status.phase == "Running"
+    status, _ = step(spec(), status, Observation(job="Running"))
+    assert status.stage("prealign").message == ""

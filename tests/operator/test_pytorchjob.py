@@ -149,13 +149,19 @@ def test_names_labels_owner_and_command_are_deterministic() -> None:
 
 
 @pytest.mark.parametrize(("status", "spec", "expected"), [
-    (None, {}, ("Pending", "", None)),
-    ({"conditions": [{"type": "Created", "status": "True"}]}, {}, ("Pending", "", None)),
+    (None, {}, ("Pending", "waiting for the pod(s) to start", None)),
+    ({"conditions": [{"type": "Created", "status": "True"}]},
+     {"pytorchReplicaSpecs": {"Master": {"replicas": 1}, "Worker": {"replicas": 3}},
+      "runPolicy": {"schedulingPolicy": {"minAvailable": 4}}},
+     ("Pending", "waiting for all 4 pods to be scheduled together (gang)", None)),
+    ({"conditions": [{"type": "Created", "status": "True"}]}, {"pytorchReplicaSpecs": {"Master": {}}},
+     ("Pending", "waiting for 1 pod(s) to start", None)),
     ({"conditions": [{"type": "Running", "status": "True"}]}, {}, ("Running", "", None)),
-    ({"conditions": [{"type": "Restarting", "status": "True"}]}, {}, ("Running", "", None)),
+    ({"conditions": [{"type": "Restarting", "status": "True", "message": "pod demo-worker-1 exited 143"}]}, {},
+     ("Running", "restarting: pod demo-worker-1 exited 143", None)),
     ({"conditions": [{"type": "Running", "status": "True"}]}, {"runPolicy": {"suspend": True}},
      ("Suspended", "", None)),
-    ({"conditions": [{"type": "Succeeded", "status": "False"}]}, {}, ("Pending", "", None)),
+    ({"conditions": [{"type": "Succeeded", "status": "False"}]}, {}, ("Pending", "waiting for the pod(s) to start", None)),
     ({"conditions": [{"type": "Running", "status": "False"},
                      {"type": "Succeeded", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}, {},
      ("Succeeded", "", "2026-01-01T00:00:00Z")),
