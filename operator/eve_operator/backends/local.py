@@ -211,23 +211,23 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def _tail(path: Path, lines: int) -> str:
+def _log_end(path: Path, size: int = 8192) -> list[str]:
+    """The non-empty lines of the last `size` bytes of a log (never the whole file)."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - size, 0))
+            return [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
     except FileNotFoundError:
-        return ""
-    return " | ".join(line.strip() for line in text[-lines:])
+        return []
+
+
+def _tail(path: Path, lines: int) -> str:
+    return " | ".join(_log_end(path)[-lines:])
 
 
 def last_line(path: Path, marker: str) -> str:
     """The newest line of a log that contains `marker` (the trainer's progress lines)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(f.seek(0, os.SEEK_END) - 8192, 0))
-            lines = f.read().decode(errors="replace").splitlines()
-    except FileNotFoundError:
-        return ""
-    return next((line.strip() for line in reversed(lines) if marker in line), "")
+    return next((line for line in reversed(_log_end(path)) if marker in line), "")
 
 
 # -- MLflow parent run -----------------------------------------------------------------------
