@@ -2,6 +2,7 @@
 
     <output>/<pipeline>/<stage>/checkpoints/step-<n>/   shard files + manifest.json (written last)
     <output>/<pipeline>/<stage>/export/                 HF-format model + stage-complete.json (written last)
+    <output>/<pipeline>/<stage>/heartbeat/rank-<r>.json  each rank's liveness: step, time, attempt
 
 A manifest lists every file with its size and sha256. A checkpoint or export counts only
 when its manifest exists and every file verifies, so a half-written one is never picked.
@@ -39,6 +40,14 @@ def checkpoint_prefix(pipeline: str, stage: str, step: int) -> str:
 
 def export_prefix(pipeline: str, stage: str) -> str:
     return join(pipeline, stage, "export")
+
+
+def heartbeat_prefix(pipeline: str, stage: str) -> str:
+    return join(pipeline, stage, "heartbeat")
+
+
+def heartbeat_key(pipeline: str, stage: str, rank: int) -> str:
+    return join(pipeline, stage, "heartbeat", f"rank-{rank}.json")
 
 
 def sha256_file(path: str | Path, chunk: int = 8 << 20) -> str:
@@ -141,3 +150,44 @@ def latest_complete_checkpoint(store: ObjectStore, pipeline: str, stage: str,
 def stage_complete(store: ObjectStore, pipeline: str, stage: str, *, deep: bool = True) -> Manifest | None:
     """The stage-complete manifest of a stage's export, when it verifies."""
     return verify(store, export_prefix(pipeline, stage), STAGE_COMPLETE, deep=deep)
+
+
+@dataclass
+class Heartbeat:
+    """One rank's liveness, overwritten in place every few seconds while it trains.
+
+    Readers: stall detection (no rank's step advanced for stallTimeoutSeconds) and the
+    CLI's progress line. `attempt` tells a restarted stage's beats from the last attempt's.
+    """
+
+    rank: int
+    step: int
+    total_steps: int
+    attempt: int = 0
+    time: float = field(default_factory=time.time)
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    phase: str = "train"  # "startup" | "train" | "checkpoint" | "done"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> Heartbeat:
+        data = json.loads(blob)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_heartbeats(store: ObjectStore, pipeline: str, stage: str) -> list[Heartbeat]:
+    """Every rank's newest heartbeat (unreadable ones skipped), ordered by rank."""
+    beats = []
+    for key in store.list(heartbeat_prefix(pipeline, stage)):
+        if not key.rsplit("/", 1)[-1].startswith("rank-"):
+            continue
+        try:
+            beats.append(Heartbeat.from_json(store.get_bytes(key)))
+        except (FileNotFoundError, ValueError, TypeError, KeyError):
+            continue
+    return sorted(beats, key=lambda b: b.rank)
