@@ -193,3 +193,20 @@ def test_submit_checks_the_batch_against_the_jobs_real_world_size(tmp_path: Path
     good = subprocess.run([*args, "micro_batch_size=2"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert good.returncode == 0, good.stderr
     assert "- eve-launch" in good.stdout
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in (Path(__file__).parents[2] / "manifests/samples").glob("*.yaml")))
+def test_every_shipped_sample_launches_at_its_world_size(sample: str) -> None:
+    """Each stage of each sample in manifests/samples builds a job whose batch splits over
+    nodes x nprocPerNode ranks (the check `submit` and the operator make before creating it)."""
+    import yaml
+
+    from eve_operator.jobspec import build_job_spec
+    from eve_operator.pipeline import SubmitJob
+    from eve_operator.spec import PipelineSpec
+
+    doc = yaml.safe_load((Path(__file__).parents[2] / "manifests/samples" / sample).read_text())
+    spec = PipelineSpec.model_validate(doc["spec"])
+    for stage in spec.chain():
+        job = build_job_spec(doc["metadata"]["name"], spec, SubmitJob(stage, 1, f"x-{stage}", "s3://b/init", None))
+        assert job.pod_command[0] == "eve-launch" and job.world_size >= 1
