@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from operator_harness import NS, Cluster
-from schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
+from fixtures.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
 
 from eve_operator import crd
 from eve_operator.backends import kubernetes as kb

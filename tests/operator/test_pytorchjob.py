@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from schema_check import VENDORED_PYTORCHJOB, load_crd_schema, strip_descriptions, validate
+from fixtures.schema_check import VENDORED_PYTORCHJOB, load_crd_schema, strip_descriptions, validate
 
 from eve_operator.jobspec import LABEL_PIPELINE, LABEL_STAGE, build_job_spec
 from eve_operator.pipeline import SubmitJob, job_name
