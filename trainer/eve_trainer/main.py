@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -117,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from eve_trainer.heartbeat import install_stack_dump
 
-    stop = StopFlag.install()  # from the very start: a SIGTERM during startup still ends in 143
     install_stack_dump()  # SIGUSR1: every thread's stack to the rank log (before a stall restart)
     # a collective that times out (dead peer) tears the process down (3: without the NCCL
     # communicator cleanup, which itself can hang); the default in torch >= 2.2, set for older ones
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+    # start-up has nothing to save: SIGTERM ends it at once (143); the trainer arms the
+    # checkpoint-on-SIGTERM handler once it has resumed (StopFlag.arm)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop = StopFlag()
     trainer = None
     try:
         args = parse_args(argv)
