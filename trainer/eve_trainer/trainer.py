@@ -90,7 +90,7 @@ class Trainer:
         self.progress: Progress | None = None
         self.engine: Any = None
         self.resume_run_id: str | None = None
-        self.device = device or D.init_process_group(dist, timeout_s=cfg.distributed.timeout_s)
+        self.device = device or D.init_process_group(dist, collective_timeout_s=cfg.distributed.timeout_s)
         self.cuda = self.device.startswith("cuda")
         self.bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and self.cuda)
 
