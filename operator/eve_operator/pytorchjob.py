@@ -97,7 +97,7 @@ def _pod_template(job: JobSpec) -> dict[str, Any]:
         "name": CONTAINER,
         "image": job.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": list(job.command),
+        "command": job.pod_command,  # the node launcher: a pod is a node, not a rank
         "env": env,
         "ports": [{"name": "pytorchjob-port", "containerPort": PORT, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
