@@ -25,6 +25,7 @@ from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
 from eve_trainer.export import export_stage
+from eve_trainer.heartbeat import HeartbeatWriter, hang_forever
 from eve_trainer.metrics import BaseLogger, build_logger
 from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
@@ -89,13 +90,16 @@ class Trainer:
         self.progress: Progress | None = None
         self.engine: Any = None
         self.resume_run_id: str | None = None
-        self.device = device or D.init_process_group(dist)
+        self.device = device or D.init_process_group(dist, collective_timeout_s=cfg.distributed.timeout_s)
         self.cuda = self.device.startswith("cuda")
         self.bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and self.cuda)
 
         from eve_model import EveImageProcessor, get_preset
 
         self.store = open_store(cfg.output, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+        self.heartbeat = HeartbeatWriter(self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank,
+                                         every_s=cfg.heartbeat.every_s)
+        self.heartbeat.start()
         preset_kwargs = {}
         if cfg.model.teacher_path:  # the frozen CLIP teacher, as a local folder
             preset_kwargs["clip_teacher_path"] = str(fetch_dir(cfg.model.teacher_path, cfg))
@@ -131,11 +135,16 @@ class Trainer:
                     f"{self.dist.world_size}, grad accumulation {self.grad_accum}, device {self.device}",
                     step=self.step, total_steps=self.total_steps, resumed_from=resumed)
         self.progress.start(self.step)
+        self.heartbeat.update(step=self.step, total_steps=self.total_steps, phase="train")
+        hang = self.cfg.debug.hang_at_step if self.cfg.debug.hang_rank == self.dist.rank else None
         batches = iter(self.loader)
         while self.step < self.total_steps:
+            if self.step == hang:
+                hang_forever(self.step, self.dist.rank)
             result = self.train_step(batches)
             self.step += 1
             self.started = True
+            self.heartbeat.update(step=self.step, loss=result.loss, tokens_per_s=result.tokens / result.step_s)
             last = self.step == self.total_steps
             if self.step % self.cfg.mlflow.log_every == 0 or last or result.stop:
                 self.log_step(result)
@@ -148,6 +157,7 @@ class Trainer:
         if self.cfg.checkpoint.export:
             self.export()
         self._event("done", f"stage {self.cfg.stage} complete at step {self.step}", step=self.step)
+        self.heartbeat.close("done")
         self.logger.close("FINISHED")
         return EXIT_OK
 
@@ -202,7 +212,9 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         t0 = time.perf_counter()
+        self.heartbeat.update(phase="checkpoint")
         manifest = self.checkpointer.save(self.step, self.engine, self._trainer_state(), self.logger.run_id)
+        self.heartbeat.update(phase="train")
         if manifest is not None:
             size = sum(f.size for f in manifest.files)
             self.logger.log_text(manifest.to_json().decode(), f"checkpoints/step-{self.step}/manifest.json")
@@ -262,6 +274,8 @@ class Trainer:
         """Safe on a half-built trainer."""
         if self.progress is not None:
             self.progress.close()
+        if getattr(self, "heartbeat", None) is not None:
+            self.heartbeat.close("done" if status == "FINISHED" else status.lower())
         self.logger.close(status)
 
     # -- building blocks -------------------------------------------------------------------------
