@@ -115,6 +115,10 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         self.model = EveModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        #: 0: full logits [B, T', V] (returned). N > 0: with labels, the LM head runs only on the
+        #: positions that have a target, N at a time, each chunk's logits recomputed in the
+        #: backward (no [B, T', V] float32 tensor is kept); ``logits`` is then None. Same loss.
+        self.loss_chunk_tokens = 0
         self.post_init()
 
     # ------------------------------------------------------------------------------------------
@@ -298,9 +302,11 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         else:  # packed: no 2-D mask, so transformers derives the per-sample block mask from the positions
             out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=None, position_ids=mm.position_ids,
                              use_cache=False, output_hidden_states=align)
-        logits = self.lm_head(out.last_hidden_state)  # [B, T', V]
+        hidden = out.last_hidden_state
+        chunked = self.loss_chunk_tokens > 0 and mm.labels is not None
+        logits = None if chunked else self.lm_head(hidden)  # [B, T', V]
 
-        zero = logits.new_zeros((), dtype=torch.float32)
+        zero = hidden.new_zeros((), dtype=torch.float32)
         align_loss = zero
         if align:
             aligner = self.model.vision_tower_compressor
@@ -317,9 +323,12 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
 
         lm_loss = loss = None
         if mm.labels is not None:
-            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
             shift_labels = mm.labels[:, 1:].reshape(-1)
-            total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+            if chunked:
+                total = self._chunked_lm_loss(hidden[:, :-1].reshape(-1, hidden.shape[-1]), shift_labels)
+            else:
+                shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+                total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
             # Clamped: a micro-batch whose labels are all IGNORE_INDEX gives 0, not NaN (reference: NaN).
             denom = num_items_in_batch
             if denom is None:
@@ -328,12 +337,30 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
             loss = lm_loss + align_loss.float()
             if mm.dummy is not None:
                 loss = loss + mm.dummy.float()
-        dev = logits.device
+        dev = hidden.device
         return EveCausalLMOutput(loss=loss, lm_loss=lm_loss, align_loss=align_loss, logits=logits,
                                  attention_mask=mm.attention_mask, labels=mm.labels,
                                  sample_lengths=torch.tensor(mm.sample_lengths, dtype=torch.long).to(dev, non_blocking=True),
                                  image_grids=torch.tensor(mm.image_grids, dtype=torch.long).reshape(-1, 2).to(
                                      dev, non_blocking=True))
+
+    def _chunked_lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy over the positions with a target, ``loss_chunk_tokens`` at a time."""
+        from torch.utils.checkpoint import checkpoint
+
+        rows = (labels != IGNORE_INDEX).nonzero().flatten()
+        if rows.numel() == 0:  # no target: a zero that still runs the head (ZeRO-3 / DDP see it used)
+            return self.lm_head(hidden[:1]).float().sum() * 0.0
+        h, y = hidden.index_select(0, rows), labels.index_select(0, rows)
+        total = hidden.new_zeros((), dtype=torch.float32)
+
+        def chunk_loss(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self.lm_head(h_c).float(), y_c, reduction="sum")
+
+        for start in range(0, h.shape[0], self.loss_chunk_tokens):
+            sl = slice(start, start + self.loss_chunk_tokens)
+            total = total + checkpoint(chunk_loss, h[sl], y[sl], use_reentrant=False)
+        return total
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, images: torch.Tensor | None = None,

@@ -107,3 +107,22 @@ def test_packed_sample_index_shape_is_checked(tiny_config, samples):
     packed = pack(samples, [[0, 1], [2, 4, 3]])
     with pytest.raises(ValueError, match="sample_index"):
         model(**dict(packed, sample_index=packed["sample_index"][:, :-1]))
+
+
+def test_chunked_loss_on_targets_only_is_exact(tiny_config, samples):
+    """loss_chunk_tokens: the LM head only where there is a label, a few rows at a time."""
+    torch.manual_seed(0)
+    model = EveForCausalLM(tiny_config).float().train()
+    results = []
+    for chunk in (0, 3):
+        model.loss_chunk_tokens = chunk
+        model.zero_grad(set_to_none=True)
+        out = model(**samples)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (full, g_full), (chunked, g_chunked) = results
+    assert chunked.logits is None and full.logits is not None
+    torch.testing.assert_close(chunked.lm_loss, full.lm_loss, rtol=0, atol=1e-5)
+    assert g_full.keys() == g_chunked.keys()
+    for name, g in g_full.items():
+        torch.testing.assert_close(g_chunked[name], g, rtol=0, atol=1e-5, msg=name)

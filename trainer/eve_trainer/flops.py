@@ -3,10 +3,12 @@
 MFU = model FLOPs of the step / step time / (peak FLOP/s x devices). The FLOPs count only the
 work that a step needs, over the real (non-padding) positions, with what actually trains:
 
-- LLM (decoder layers + lm_head, embedding table excluded; N_llm parameters) over the T real
-  spliced tokens: 2 N_llm T forward; the backward adds 2 N_llm T for the activation gradients
-  (always needed while anything before the LLM trains: the PEL) and 2 N_llm T for the weight
-  gradients only when the LLM trains. So 6 N_llm T, and 4 N_llm T in prealign (frozen LLM).
+- LLM decoder layers (N_llm parameters, embedding table excluded) over the T real spliced
+  tokens: 2 N_llm T forward; the backward adds 2 N_llm T for the activation gradients (always
+  needed while anything before the LLM trains: the PEL) and 2 N_llm T for the weight gradients
+  only when the LLM trains. So 6 N_llm T, and 4 N_llm T in prealign (frozen LLM).
+- LM head (D V parameters) over the Y positions that have a target (text; image tokens and
+  prompts have none): 6 D V Y (4 D V Y frozen). Logits of the other positions are not needed.
 - Attention scores and values (PaLM appendix B, no causal discount): 12 L H n^2 per sample of
   spliced length n, forward + backward; summed per sample, so packing does not count the
   masked cross-sample blocks and padding counts nothing.
@@ -38,6 +40,7 @@ PEAK_FLOPS: dict[str, float] = {
 class StepFlops:
     """Coefficients of the step FLOPs: per real token, per squared sample length, per image."""
     per_token: float  # 6 N_llm (4 N_llm with a frozen LLM)
+    per_target: float  # 6 D V (4 D V frozen): the LM head on a position with a label
     per_len_sq: float  # 12 L H
     per_patch: float  # PEL + PAL, per grid cell (h w), fwd + bwd
     per_visual_token: float  # projector, per spliced visual token (1 + h (w + 1)), fwd + bwd
@@ -47,14 +50,24 @@ class StepFlops:
         """FLOPs per token of one sample of `seq_len` positions with an h x w image."""
         h, w = grid
         image = (self.per_patch * h * w + self.per_visual_token * (1 + h * (w + 1)) + self.per_image) if h else 0
-        return self.per_token + self.per_len_sq * seq_len + image / max(1, seq_len)
+        return self.per_token + self.per_target + self.per_len_sq * seq_len + image / max(1, seq_len)
 
-    def of_batch(self, sample_lengths: torch.Tensor, image_grids: torch.Tensor | None) -> torch.Tensor:
+    def of_output(self, out: Any) -> Any:
+        """Model FLOPs of one micro-batch from EveForCausalLM's output (0.0 if it lacks the counts)."""
+        lengths = getattr(out, "sample_lengths", None)
+        if lengths is None:
+            return 0.0
+        labels = getattr(out, "labels", None)
+        targets = (labels[:, 1:] != -100).sum() if labels is not None else 0
+        return self.of_batch(lengths, getattr(out, "image_grids", None), targets)
+
+    def of_batch(self, sample_lengths: torch.Tensor, image_grids: torch.Tensor | None,
+                 targets: Any = 0) -> torch.Tensor:
         """Model FLOPs of one micro-batch (a float64 tensor on the lengths' device, no host sync)."""
         import torch
 
         n = sample_lengths.to(torch.float64)
-        total = self.per_token * n.sum() + self.per_len_sq * (n * n).sum()
+        total = self.per_token * n.sum() + self.per_len_sq * (n * n).sum() + self.per_target * targets
         if image_grids is not None and image_grids.numel():
             g = image_grids.to(torch.float64)
             hw = g[:, 0] * g[:, 1]
@@ -70,7 +83,7 @@ def step_flops(config: Any, *, llm_trains: bool, teacher: bool = True) -> StepFl
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or d // heads
     per_layer = d * heads * head_dim * 2 + d * kv * head_dim * 2 + 3 * d * inter
-    n_llm = layers * per_layer + d * config.vocab_size  # + lm_head; norms are negligible
+    n_llm = layers * per_layer  # norms are negligible
     c, s, p = config.mm_hidden_size, config.conv_stride, config.patch_stride
     pel = 2 * (3 * p * p * c * s * s + 2 * c * c * s * s + 4 * c * c)  # per grid cell, forward
     proj = 2 * (c * d + d * d)  # per spliced visual token, forward
@@ -83,7 +96,8 @@ def step_flops(config: Any, *, llm_trains: bool, teacher: bool = True) -> StepFl
         pal = 2 * ((k + 1) * d * cc + cc * cc) / (r * r)
         tokens = (t.image_size // t.patch_size) ** 2 + 1
         teacher_fwd = 2 * lc * (4 * cc * cc + 2 * cc * ic) * tokens + 4 * lc * cc * tokens * tokens
-    return StepFlops(per_token=(6.0 if llm_trains else 4.0) * n_llm, per_len_sq=12.0 * layers * d,
+    mult = 6.0 if llm_trains else 4.0
+    return StepFlops(per_token=mult * n_llm, per_target=mult * d * config.vocab_size, per_len_sq=12.0 * layers * d,
                      per_patch=3.0 * (pel + pal), per_visual_token=3.0 * proj, per_image=teacher_fwd)
 
 

@@ -164,8 +164,7 @@ class Trainer:
             sums[2] += _detached(getattr(out, "align_loss", None), 0.0)
             sums[3] += _num_tokens(out, batch)
             sums[5] += _num_positions(out, batch)
-            if getattr(out, "sample_lengths", None) is not None:
-                sums[6] += self.step_flops.of_batch(out.sample_lengths, out.image_grids)
+            sums[6] += self.step_flops.of_output(out)
         sums[4] = float(self.stop.requested)
         # one collective per step: the mean losses, the token count, and whether any rank got SIGTERM
         reduced = self._all_reduce(sums)
