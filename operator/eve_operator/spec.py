@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from eve_trainer.config import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage
 
 GangScheduler = Literal["volcano", "scheduler-plugins", "kueue", "none"]
+JobApi = Literal["PyTorchJob", "TrainJob"]
 OverrideValue = str | int | float | bool | list[str] | list[int] | list[float] | None
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 #: A Kubernetes quantity ("32", "400Gi"); YAML may give a bare number (`cpu: 32`).
@@ -247,6 +248,10 @@ class PipelineSpec(_Model):
     active_deadline_s: int | None = Field(None, alias="activeDeadlineSeconds", ge=1,
                                           description="Wall-clock limit of one stage job.")
     suspend: bool = Field(False, description="Suspend the current stage's job.")
+    job_api: JobApi | None = Field(
+        None, alias="jobApi",
+        description="Job API of the stage jobs: PyTorchJob (Training Operator v1) or TrainJob (Kubeflow "
+                    "Trainer v2); default the operator's (EVE_JOB_API, else PyTorchJob).")
 
     @model_validator(mode="after")
     def _cross_field(self) -> PipelineSpec:
@@ -307,4 +312,4 @@ def validate_name(name: str) -> str:
 
 
 __all__ = ["PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources", "ResourcesSpec", "SchedulingSpec", "S3Spec", "MlflowSpec",
-           "GangScheduler", "validate_name", "STAGES"]
+           "GangScheduler", "JobApi", "validate_name", "STAGES"]
