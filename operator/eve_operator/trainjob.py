@@ -47,9 +47,9 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
 #: Label JobSet puts on every pod of the TrainJob's JobSet (JobSet name = TrainJob name).
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
-#: Pods are `<trainjob>-node-0-<index>-<5 random>` and their hostname `<trainjob>-node-0-<index>`
-#: (a DNS label, <= 63 characters): 48 leaves room for 4-digit node indexes.
-MAX_NAME = 48
+#: JobSet's webhook requires `<trainjob>-node-0-<last index>-abcde` (the pod name) to be a DNS
+#: label (<= 63 characters): with up to 512 nodes (3-digit indexes) that leaves 46.
+MAX_NAME = 46
 #: The PET_* env the v2 torch plugin injects: reserved, the webhook rejects them in trainer.env.
 PET_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 MASTER_PORT = 29500

@@ -201,7 +201,7 @@ def test_names_fit_jobset_pod_hostnames_and_are_deterministic() -> None:
     assert len(long) > MAX_NAME
     short = trainjob_name(long)
     assert len(short) <= MAX_NAME and short == trainjob_name(long) and short != trainjob_name(long + "x")
-    assert len(f"{short}-node-0-9999") <= 63  # the pod hostname JobSet gives node 9999
+    assert len(f"{short}-node-0-511-abcde") <= 63  # JobSet's webhook check of the longest pod name
     job = make_job(name="a" * 40, stage="pretrain", attempt=12)
     assert job["metadata"]["name"] == trainjob_name(job_name("a" * 40, "pretrain", 12))
     assert pod_selector(long) == f"jobset.sigs.k8s.io/jobset-name={short}"

@@ -116,6 +116,8 @@ def node_pods(trainjob: dict[str, Any], runtime: dict[str, Any]) -> list[dict[st
         (container.get("resources") or {}).get("requests", {}).get("cpu", 1)))))
     env = strategic_merge(container.get("env") or [], trainer.get("env") or [], "env")
     container["ports"] = strategic_merge(container.get("ports") or [], [{"containerPort": MASTER_PORT}], "ports")
+    if len(longest := f"{name}-node-0-{nodes - 1}-abcde") > 63:  # JobSet's webhook
+        raise TrainJobError(f"pod name {longest!r} would be longer than 63 characters")
     pods = []
     for index in range(nodes):
         pet = [{"name": "PET_NNODES", "value": str(nodes)},
@@ -136,8 +138,6 @@ def node_pods(trainjob: dict[str, Any], runtime: dict[str, Any]) -> list[dict[st
         if "scheduling.volcano.sh/queue-name" in annotations:
             meta["annotations"]["scheduling.volcano.sh/queue-name"] = annotations["scheduling.volcano.sh/queue-name"]
         pod["spec"]["hostname"], pod["spec"]["subdomain"] = hostname, name
-        if len(hostname) > 63:
-            raise TrainJobError(f"pod hostname {hostname!r} is longer than 63 characters")
         pods.append(pod)
     return pods
 
