@@ -11,21 +11,41 @@ plugins/trainjobstatus) so the operator's TrainJobs are exercised against the sa
 - one pod per node, named `<trainjob>-node-0-<index>-<suffix>`, labelled as JobSet does;
 - status: `Complete` / `Failed` conditions (reason and message from the JobSet's) and
   `jobsStatus` of the `node` job.
-It is pure (dicts in, dicts out); the pod-executing emulator runs the pods it returns.
+The rules are pure (`node_pods`, `reconcile`: dicts in, dicts out). `TrainerV2` applies them
+against the emulated API server, and `TrainerCluster` is cluster_emulator.ClusterEmulator with
+it beside the training-operator and a kubelet that also runs TrainJob pods (the completion-
+index fieldRef, container `node`). Simplifications: pods are owned by the TrainJob directly
+(really Pod -> Job -> JobSet -> TrainJob); no Kueue, PodGroups or activeDeadlineSeconds; the
+runtime is given as a dict (the chart's, rendered by helm), not read from the API.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import kubernetes
+from cluster_emulator import CONTAINER, ClusterEmulator, Kubelet, _ignore, _list_pods, _Loop, api_client, now_iso
+from kube_emulator import Emulator, PodLog
 
 JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
 REPLICATED_JOB_NAME = "jobset.sigs.k8s.io/replicatedjob-name"
 JOB_INDEX = "jobset.sigs.k8s.io/job-index"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+COMPLETION_INDEX_FIELD = f"metadata.annotations['{COMPLETION_INDEX}']"  # Trainer's JobCompletionIndexFieldPath
+RESTART_ATTEMPT = "jobset.sigs.k8s.io/restart-attempt"
 ANCESTOR = "trainer.kubeflow.org/trainjob-ancestor-step"
 MASTER_PORT = 29500
+GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
+API_VERSION = f"{GROUP}/{VERSION}"
 #: Strategic-merge keys of the lists a runtimePatch touches (k8s.io/api core/v1, JobSet v1alpha2).
 MERGE_KEYS = {"replicatedJobs": "name", "containers": "name", "initContainers": "name", "volumes": "name",
               "env": "name", "imagePullSecrets": "name", "volumeMounts": "mountPath", "ports": "containerPort"}
@@ -87,8 +107,9 @@ def check_webhook(trainjob: dict[str, Any], runtime: dict[str, Any]) -> None:
                                         "model-initializer, node containers")
 
 
-def node_pods(trainjob: dict[str, Any], runtime: dict[str, Any]) -> list[dict[str, Any]]:
-    """The pods the JobSet of this TrainJob runs: one per node, index order."""
+def node_pods(trainjob: dict[str, Any], runtime: dict[str, Any], attempt: int = 0) -> list[dict[str, Any]]:
+    """The pods the JobSet of this TrainJob runs: one per node, index order (attempt: the JobSet
+    restart they belong to)."""
     check_webhook(trainjob, runtime)
     name, namespace = trainjob["metadata"]["name"], trainjob["metadata"].get("namespace", "default")
     spec = trainjob["spec"]
@@ -122,18 +143,21 @@ def node_pods(trainjob: dict[str, Any], runtime: dict[str, Any]) -> list[dict[st
     for index in range(nodes):
         pet = [{"name": "PET_NNODES", "value": str(nodes)},
                {"name": "PET_NPROC_PER_NODE", "value": str(procs)},
-               {"name": "PET_NODE_RANK", "value": str(index)},  # a fieldRef to the completion index
+               {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX_FIELD}}},
                {"name": "PET_MASTER_ADDR", "value": f"{name}-node-0-0.{name}"},
                {"name": "PET_MASTER_PORT", "value": str(MASTER_PORT)}]
         pod = copy.deepcopy(pod_template)
         (c,) = [c for c in pod["spec"]["containers"] if c["name"] == "node"]
         c["env"] = strategic_merge(copy.deepcopy(env), pet, "env")
         hostname = f"{name}-node-0-{index}"
-        suffix = hashlib.sha256(f"{namespace}/{hostname}".encode()).hexdigest()[:5]
+        suffix = hashlib.sha256(f"{namespace}/{hostname}/{attempt}".encode()).hexdigest()[:5]
         meta = pod.setdefault("metadata", {})
         meta["name"], meta["namespace"] = f"{hostname}-{suffix}", namespace
         meta["labels"] = {**(meta.get("labels") or {}), JOBSET_NAME: name, REPLICATED_JOB_NAME: node_job["name"],
-                          JOB_INDEX: "0", COMPLETION_INDEX: str(index)}
+                          JOB_INDEX: "0", COMPLETION_INDEX: str(index), RESTART_ATTEMPT: str(attempt)}
+        if uid := trainjob["metadata"].get("uid"):  # really Pod -> Job -> JobSet -> TrainJob; one hop here
+            meta["ownerReferences"] = [{"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid,
+                                        "controller": True, "blockOwnerDeletion": True}]
         meta["annotations"] = {**(meta.get("annotations") or {}), COMPLETION_INDEX: str(index)}
         if "scheduling.volcano.sh/queue-name" in annotations:
             meta["annotations"]["scheduling.volcano.sh/queue-name"] = annotations["scheduling.volcano.sh/queue-name"]
@@ -142,30 +166,192 @@ def node_pods(trainjob: dict[str, Any], runtime: dict[str, Any]) -> list[dict[st
     return pods
 
 
-def trainjob_status(nodes: int, exit_codes: list[int | None], *, restarts: int = 0, max_restarts: int = 0,
-                    now: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
-    """The TrainJob status for node pods with these exit codes (None: still running).
+def exit_code(pod: dict[str, Any]) -> int | None:
+    """The `node` container's exit code; None while it has not ended."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if (terminated := (status.get("state") or {}).get("terminated")) is not None:
+            return int(terminated["exitCode"])
+    return None
 
-    The chart runtime's rules: an exit code 1-127 fails the JobSet at once (FailJobSet on
-    PodFailurePolicy); another failure restarts it until max_restarts (then ReachedMaxRestarts).
+
+def _set_condition(status: dict[str, Any], type_: str, value: str, reason: str, message: str, now: str) -> None:
+    conditions = status.setdefault("conditions", [])
+    old = next((c for c in conditions if c["type"] == type_), None)
+    if old is not None and (old["status"], old["reason"], old["message"]) == (value, reason, message):
+        return
+    new = {"type": type_, "status": value, "reason": reason, "message": message,
+           "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == value else now}
+    status["conditions"] = [c for c in conditions if c["type"] != type_] + [new]
+
+
+@dataclass
+class Plan:
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
+
+
+def reconcile(job: dict[str, Any], pods: list[dict[str, Any]], runtime: dict[str, Any], restarts: int,
+              now: str) -> Plan:
+    """One pass of trainer-controller-manager + jobset-controller over a TrainJob and its pods.
+
+    The chart runtime's failure rules (podFailurePolicy + JobSet failurePolicy): a `node` exit
+    code 1-127 fails the JobSet at once (FailJobSetFailurePolicyAction); another failure
+    recreates every node (a JobSet restart) until failurePolicy.maxRestarts, then
+    ReachedMaxRestarts. Complete when every node succeeded. Suspend deletes the pods.
     """
-    running = sum(1 for c in exit_codes if c is None)
-    failed = [c for c in exit_codes if c not in (None, 0)]
-    succeeded = sum(1 for c in exit_codes if c == 0)
-    jobs = [{"name": "node", "active": running, "ready": running, "failed": len(failed),
-             "succeeded": succeeded, "suspended": 0}]
-    conditions = []
-    if any(1 <= c <= 127 for c in failed):
-        conditions.append({"type": "Failed", "status": "True", "reason": "FailJobSetFailurePolicyAction",
-                           "lastTransitionTime": now, "message": "jobset failed due to FailJobSet action of "
-                                                                   "failure policy rule trainerExitCode"})
-    elif failed and restarts >= max_restarts:
-        conditions.append({"type": "Failed", "status": "True", "reason": "ReachedMaxRestarts",
-                           "lastTransitionTime": now, "message": "jobset failed due to reaching max number of restarts"})
-    elif succeeded == nodes:
-        conditions.append({"type": "Complete", "status": "True", "reason": "AllJobsCompleted",
-                           "lastTransitionTime": now, "message": "jobset completed successfully"})
-    return {"conditions": conditions, "jobsStatus": jobs}
+    status = copy.deepcopy(job.get("status") or {})
+    plan = Plan(status=status, restarts=restarts)
+    done = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"} & {"Complete", "Failed"}
+    active = [p for p in pods if exit_code(p) is None and not p["metadata"].get("deletionTimestamp")]
+    nodes = int((job["spec"].get("trainer") or {}).get("numNodes") or 1)
+    jobs_status = {"name": "node", "active": 0, "ready": 0, "failed": 0, "succeeded": 0, "suspended": 0}
+    if done:
+        plan.delete = [p["metadata"]["name"] for p in active]
+        return plan
+    if job["spec"].get("suspend"):
+        plan.delete = [p["metadata"]["name"] for p in active]
+        _set_condition(status, "Suspended", "True", "Suspended", "TrainJob is suspended", now)
+        status["jobsStatus"] = [{**jobs_status, "suspended": 1}]
+        return plan
+    if any(c["type"] == "Suspended" and c["status"] == "True" for c in status.get("conditions") or []):
+        _set_condition(status, "Suspended", "False", "Resumed", "TrainJob is resumed", now)
+    attempt = [p for p in pods if (p["metadata"].get("labels") or {}).get(RESTART_ATTEMPT) == str(restarts)]
+    if not attempt:
+        plan.create = node_pods(job, runtime, restarts)
+        status["jobsStatus"] = [jobs_status]
+        return plan
+    codes = [exit_code(p) for p in attempt]
+    jobs_status.update(active=sum(c is None for c in codes), ready=sum(c is None for c in codes),
+                       failed=sum(c not in (None, 0) for c in codes), succeeded=sum(c == 0 for c in codes))
+    status["jobsStatus"] = [jobs_status]
+    max_restarts = int((runtime["spec"]["template"]["spec"].get("failurePolicy") or {}).get("maxRestarts", 0))
+    if any(c is not None and 1 <= c <= 127 for c in codes):
+        plan.delete = [p["metadata"]["name"] for p in active]
+        _set_condition(status, "Failed", "True", "FailJobSetFailurePolicyAction",
+                       "jobset failed due to FailJobSet action of failure policy rule trainerExitCode", now)
+    elif any(c not in (None, 0) for c in codes):
+        plan.delete = [p["metadata"]["name"] for p in active]
+        if restarts < max_restarts:
+            plan.restarts = restarts + 1
+            plan.delete = [p["metadata"]["name"] for p in attempt if not p["metadata"].get("deletionTimestamp")]
+        else:
+            _set_condition(status, "Failed", "True", "ReachedMaxRestarts",
+                           "jobset failed due to reaching max number of restarts", now)
+    elif len(codes) == nodes and all(c == 0 for c in codes):
+        _set_condition(status, "Complete", "True", "AllJobsCompleted", "jobset completed successfully", now)
+    return plan
 
 
-__all__ = ["node_pods", "trainjob_status", "strategic_merge", "check_webhook", "TrainJobError"]
+# == the controller, a kubelet that knows TrainJob pods, the cluster ==========================
+
+
+class TrainerV2:
+    """trainer-controller-manager + jobset-controller: list TrainJobs and pods, `reconcile`, apply.
+
+    runtimes: the ClusterTrainingRuntimes by name (rendered from the chart); the JobSet restart
+    count of each TrainJob is kept here (JobSet keeps it in its status).
+    """
+
+    def __init__(self, api: Any, runtimes: dict[str, dict[str, Any]], interval_s: float = 0.1):
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.runtimes = runtimes
+        self.restarts: dict[str, int] = {}
+        self.loop = _Loop("trainer-v2", self.tick, interval_s)
+
+    def tick(self) -> None:
+        jobs = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        owned: dict[str, list[dict[str, Any]]] = {}
+        for pod in _list_pods(self.core):
+            ref = next((r for r in pod["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+            if ref is not None and ref.get("kind") == KIND:
+                owned.setdefault(ref.get("uid"), []).append(pod)
+        uids = set()
+        for job in jobs:
+            meta = job["metadata"]
+            uids.add(meta.get("uid"))
+            if meta.get("deletionTimestamp"):
+                continue
+            runtime = self.runtimes[job["spec"]["runtimeRef"]["name"]]
+            plan = reconcile(job, owned.get(meta.get("uid"), []), runtime, self.restarts.get(meta["uid"], 0),
+                             now_iso(time.time()))
+            self.restarts[meta["uid"]] = plan.restarts
+            for pod in plan.create:
+                _ignore(409, self.core.create_namespaced_pod, meta["namespace"], pod)
+            for name in plan.delete:
+                _ignore(404, self.core.delete_namespaced_pod, name, meta["namespace"])
+            if plan.status != (job.get("status") or {}):
+                _ignore(404, self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, meta["namespace"],
+                        PLURAL, meta["name"], {"status": plan.status})
+        for uid, orphans in owned.items():  # the garbage collector
+            if uid not in uids:
+                for pod in orphans:
+                    if not pod["metadata"].get("deletionTimestamp"):
+                        _ignore(404, self.core.delete_namespaced_pod, pod["metadata"]["name"],
+                                pod["metadata"]["namespace"])
+
+
+_ANNOTATION_FIELD = re.compile(r"metadata\.annotations\['(.+)'\]")
+
+
+class TrainerKubelet(Kubelet):
+    """The emulated kubelet, taught what TrainJob pods need: the completion-index fieldRef
+    (PET_NODE_RANK) and the logs of container `node`."""
+
+    def _value(self, pod: dict[str, Any], var: dict[str, Any]) -> str:
+        path = ((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath", "")
+        if match := _ANNOTATION_FIELD.fullmatch(path):
+            return str((pod["metadata"].get("annotations") or {}).get(match.group(1), ""))
+        return super()._value(pod, var)
+
+    def log_source(self, namespace: str, pod: str, container: str | None, previous: bool) -> PodLog | None:
+        return super().log_source(namespace, pod, CONTAINER if container == "node" else container, previous)
+
+
+class TrainerCluster(ClusterEmulator):
+    """The emulated cluster with Trainer v2 beside the training-operator: both job APIs run."""
+
+    def __init__(self, emulator: Emulator, kubeconfig: Path, root: Path, *, runtimes: dict[str, dict[str, Any]],
+                 max_grace_s: float | None = None, extra_env: dict[str, str] | None = None,
+                 interval_s: float = 0.1):
+        super().__init__(emulator, kubeconfig, root, max_grace_s=max_grace_s, extra_env=extra_env,
+                         interval_s=interval_s)
+        self.kubelet = TrainerKubelet(api_client(kubeconfig), root, max_grace_s=max_grace_s, extra_env=extra_env,
+                                      interval_s=interval_s)
+        self.trainer = TrainerV2(api_client(kubeconfig), runtimes, interval_s)
+
+    def start(self) -> TrainerCluster:
+        super().start()
+        self.trainer.loop.start()
+        return self
+
+    def stop(self) -> None:
+        self.trainer.loop.stop()
+        super().stop()
+
+    @property
+    def errors(self) -> list[str]:
+        return super().errors + self.trainer.loop.errors
+
+    def trainjob(self, name: str, namespace: str) -> dict[str, Any] | None:
+        return _ignore(404, self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+
+    def trainjob_pods(self, namespace: str, job: str) -> dict[str, dict[str, Any]]:
+        items = json.loads(self.core.list_namespaced_pod(namespace, _preload_content=False).data)["items"]
+        return {p["metadata"]["name"]: p for p in items if (p["metadata"].get("labels") or {}).get(JOBSET_NAME) == job}
+
+
+@contextmanager
+def running_trainer_cluster(emulator: Emulator, kubeconfig: Path, root: Path, **options: Any
+                            ) -> Iterator[TrainerCluster]:
+    cluster = TrainerCluster(emulator, kubeconfig, root, **options).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+__all__ = ["node_pods", "reconcile", "exit_code", "strategic_merge", "check_webhook", "TrainJobError",
+           "TrainerV2", "TrainerKubelet", "TrainerCluster", "running_trainer_cluster"]
