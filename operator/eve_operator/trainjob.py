@@ -85,6 +85,12 @@ def job_api_of(spec: PipelineSpec, env: Mapping[str, str]) -> str:
     return default
 
 
+def enabled(env: Mapping[str, str]) -> bool:
+    """Trainer v2 support is on: the chart sets EVE_TRAINJOB_RUNTIME with trainJob.enabled (and
+    grants the trainjobs RBAC); the operator then watches TrainJobs too."""
+    return bool(env.get(ENV_RUNTIME))
+
+
 def runtime_of(env: Mapping[str, str]) -> str:
     """The ClusterTrainingRuntime stage TrainJobs run on (EVE_TRAINJOB_RUNTIME, else eve-torch)."""
     return env.get(ENV_RUNTIME) or DEFAULT_RUNTIME
@@ -244,5 +250,5 @@ def job_state(job: dict[str, Any] | None) -> tuple[str, str, str | None]:
     return "Pending", f"waiting for {nodes} node pod(s) to start", None
 
 
-__all__ = ["build_trainjob", "job_state", "trainjob_name", "pod_selector", "job_api_of", "runtime_of", "JOB_APIS", "GROUP", "VERSION", "PLURAL",
+__all__ = ["build_trainjob", "job_state", "trainjob_name", "pod_selector", "job_api_of", "runtime_of", "enabled", "JOB_APIS", "GROUP", "VERSION", "PLURAL",
            "CONTAINER", "DEFAULT_RUNTIME", "PATCH_MANAGER", "JOBSET_NAME_LABEL", "PET_ENV", "MASTER_PORT"]
