@@ -13,7 +13,7 @@ from deploy_support import K8S_VERSION, NAMESPACE, RELEASE, ROOT, Helm, find
 
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
-from schema_check import load_crd_schema, validate  # noqa: E402
+from fixtures.schema_check import load_crd_schema, validate  # noqa: E402
 from trainjob_emulator import node_pods  # noqa: E402
 
 from eve_operator.jobspec import build_job_spec  # noqa: E402
@@ -94,6 +94,7 @@ def test_a_stage_trainjob_on_the_rendered_runtime_gives_valid_restricted_pods(ch
     rt = runtime(chart, "--set", f"scheduling.gangScheduler={gang}")
     pspec = PipelineSpec.model_validate({
         "output": "s3://ckpt/eve", "jobApi": "TrainJob", "resources": {"nodes": 2},
+        "overrides": {"global_batch_size": 16, "micro_batch_size": 1},
         "s3": {"credentialsSecret": "s3-creds"}, "scheduling": {"gangScheduler": gang, "queue": "team-a"},
         "podTemplate": {"nodeSelector": {"pool": "a100"}, "volumes": [{"name": "c", "emptyDir": {}}],
                         "volumeMounts": [{"name": "c", "mountPath": "/cache"}]}})
@@ -111,7 +112,8 @@ def test_a_stage_trainjob_on_the_rendered_runtime_gives_valid_restricted_pods(ch
         spec = pod["spec"]
         (c,) = spec["containers"]
         env = {e["name"]: e for e in c["env"]}
-        assert env["PET_NODE_RANK"]["value"] == str(index) and env["PET_NNODES"]["value"] == "2"
+        assert env["PET_NNODES"]["value"] == "2" and "fieldRef" in env["PET_NODE_RANK"]["valueFrom"]
+        assert pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == str(index)
         assert env["PET_MASTER_ADDR"]["value"] == "demo-prealign-node-0-0.demo-prealign"
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
         assert c["command"] == job["spec"]["trainer"]["command"]

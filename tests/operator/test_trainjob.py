@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from schema_check import load_crd_schema, strip_descriptions, validate
+from fixtures.schema_check import load_crd_schema, strip_descriptions, validate
 from typer.testing import CliRunner
 
 from eve_trainer.config import ConfigError
@@ -29,6 +29,7 @@ DATA = Path(__file__).parent / "data"
 VENDORED_TRAINJOB = DATA / "trainjob-v2.3.0-schema.json"
 VENDORED_RUNTIME = DATA / "clustertrainingruntime-v2.3.0-schema.json"
 REFERENCE = "reference/kubeflow-trainer-v2.3.0"
+BATCH = {"overrides": {"global_batch_size": 96, "micro_batch_size": 1}}
 OWNER = {"name": "demo", "uid": "0b9d1c4e-1111-2222-3333-444455556666"}
 
 
@@ -41,7 +42,8 @@ def vendored_form(schema: dict[str, Any]) -> dict[str, Any]:
 
 def make_job(spec: dict[str, Any] | None = None, *, stage: str = "prealign", attempt: int = 1,
              name: str = "demo", runtime: str = "eve-torch") -> dict[str, Any]:
-    pspec = PipelineSpec.model_validate({"output": "s3://ckpt/eve", "jobApi": "TrainJob", **(spec or {})})
+    # a global batch every variant's world size (8 to 32 ranks) splits: submit checks it
+    pspec = PipelineSpec.model_validate({"output": "s3://ckpt/eve", "jobApi": "TrainJob", **BATCH, **(spec or {})})
     submit = SubmitJob(stage, attempt, job_name(name, stage, attempt), None, None)
     return build_trainjob(build_job_spec(name, pspec, submit), namespace="ml", owner=OWNER, runtime=runtime)
 
@@ -255,6 +257,7 @@ def test_job_state_suspended_from_the_spec_and_absent() -> None:
 
 def test_cli_dry_run_prints_a_valid_trainjob() -> None:
     result = CliRunner().invoke(app, ["submit", "stage=prealign", "name=clu", "output=s3://ckpt/eve", "nodes=2",
+                                      "global_batch_size=96", "micro_batch_size=1",
                                       "jobApi=TrainJob", "gang_scheduler=kueue", "queue=team-a",
                                       "credentials_secret=eve-s3", "--dry-run", "--backend", "kubernetes",
                                       "-n", "ml", "-o", "json"])
@@ -267,11 +270,14 @@ def test_cli_dry_run_prints_a_valid_trainjob() -> None:
             "kueue.x-k8s.io/queue-name": "team-a"}}
     validate(job, load_crd_schema(VENDORED_TRAINJOB))
     yaml_out = CliRunner().invoke(app, ["submit", "stage=prealign", "output=s3://ckpt/eve", "jobApi=TrainJob",
+                                        "global_batch_size=96", "micro_batch_size=1",
                                         "--dry-run", "--backend", "kubernetes", "-n", "ml"])
+    assert yaml_out.exit_code == 0, yaml_out.output
     assert [d["kind"] for d in yaml.safe_load_all(yaml_out.stdout)] == ["EvePipeline", "TrainJob"]
 
 
 def test_cli_dry_run_names_what_a_trainjob_cannot_carry() -> None:
     result = CliRunner().invoke(app, ["submit", "stage=prealign", "output=s3://ckpt/eve", "jobApi=TrainJob",
+                                      "global_batch_size=96", "micro_batch_size=1",
                                       "priority_class=high", "--dry-run", "--backend", "kubernetes", "-n", "ml"])
     assert result.exit_code == 2 and "trainJob.runtime.priorityClassName" in result.output

@@ -33,9 +33,9 @@ NOW = "2026-01-01T00:00:00Z"
 def runtime() -> dict[str, Any]:
     """The chart's ClusterTrainingRuntime, rendered by helm (maxRestarts 1)."""
     sys.path.insert(0, str(ROOT / "tests" / "deploy"))
-    from deploy_support import Helm, helm_binary
+    from deploy_support import Helm, tool
 
-    binary, why = helm_binary()
+    binary, why = tool("helm")
     if binary is None:
         pytest.skip(f"helm is not available: {why}")
     objs = Helm(binary).template("--set", "trainJob.enabled=true", "--set", "trainJob.runtime.maxRestarts=1",
@@ -47,6 +47,7 @@ def runtime() -> dict[str, Any]:
 def trainjob(nodes: int = 2, command: list[str] | None = None, **spec: Any) -> dict[str, Any]:
     pspec = PipelineSpec.model_validate({
         "output": "s3://ckpt/eve", "jobApi": "TrainJob", "s3": {"credentialsSecret": "eve-s3"},
+        "overrides": {"global_batch_size": 12, "micro_batch_size": 1},
         "resources": {"nodes": nodes, "gpusPerNode": 0, "nprocPerNode": 2, "cpu": 1, "memory": "1Gi",
                       "shmSize": "64Mi"}, "scheduling": {"gangScheduler": "none"}, **spec})
     job = build_trainjob(build_job_spec("tj", pspec, SubmitJob("prealign", 1, job_name("tj", "prealign", 1),
