@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from eve_trainer.config import ConfigError
 
 from eve_operator import metrics, tracking
+from eve_operator.jobapi import job_api_for
 from eve_operator.jobspec import build_job_spec
 from eve_operator.kube import Kube, open_store
 from eve_operator.observe import JobReport, StoreReads, observe
@@ -60,7 +61,7 @@ class ClusterReader:
 
     def job(self, name: str) -> JobReport:
         kube, ns = self.loop.kube, self.loop.namespace
-        obj = self.loop.jobs.get((ns, name))  # as last seen by the watch (saves a GET per pass)
+        obj = self.loop.jobs.get((ns, kube.jobs.object_name(name)))  # as last seen by the watch (saves a GET)
         if obj is None:
             obj = kube.get_job(ns, name)
         return kube.jobs.report(obj)
@@ -140,6 +141,10 @@ class PipelineLoop:
             return await self.fail(status, spec_error(err), "InvalidSpec")
         except ValueError as err:
             return await self.fail(status, f"invalid name: {err}", "InvalidSpec")
+        try:
+            self.kube = self.kube.using(job_api_for(spec))  # PyTorchJob or TrainJob (spec.jobApi)
+        except ValueError as err:
+            return await self.fail(status, f"invalid spec: spec.jobApi: {err}", "InvalidSpec")
         if status.phase == "Failed" and not status.stages and status.message.startswith("invalid "):
             status = PipelineStatus()  # the spec was fixed: start over
         if status.done:
