@@ -1,5 +1,7 @@
 """JobSpec -> Kubeflow PyTorchJob (kubeflow.org/v1) manifest, as a plain dict.
 
+The pod template comes from eve_operator.podtemplate (shared with the TrainJob builder).
+
 Pure: no I/O, unit-tested as data and validated against the PyTorchJob CRD schema.
 Every field that training-operator defaults surprisingly is set explicitly:
 restartPolicy (the code default is OnFailure, not Never), cleanPodPolicy (default None
@@ -12,18 +14,10 @@ from typing import Any
 
 from eve_operator.crd import API_VERSION, KIND
 from eve_operator.jobspec import JobSpec
+from eve_operator.podtemplate import CONTAINER, SCHEDULER_NAMES, build_pod_template
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
-CONTAINER = "pytorch"  # training-operator reads exit codes from the container of this name
-PORT = 23456
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-#: Pod schedulerName per gang scheduler; training-operator only sets it itself when it
-#: runs with --gang-scheduler-name, and a secondary scheduler must be named explicitly.
-SCHEDULER_NAMES = {"volcano": "volcano", "scheduler-plugins": "scheduler-plugins-scheduler"}
-#: Seconds between SIGTERM and SIGKILL: the trainer writes a final checkpoint, then exits 143.
-TERMINATION_GRACE_S = 300
 
 
 def build_pytorchjob(job: JobSpec, *, namespace: str, owner: dict[str, str] | None = None) -> dict[str, Any]:
@@ -80,50 +74,7 @@ def _run_policy(job: JobSpec) -> dict[str, Any]:
 def _replica(job: JobSpec, replicas: int) -> dict[str, Any]:
     # ExitCode: 1-127 fail the job at once (2 = config error), >=128 (143 = SIGTERM after a
     # checkpoint) restart the pod, counted against backoffLimit.
-    return {"replicas": replicas, "restartPolicy": "ExitCode", "template": _pod_template(job)}
-
-
-def _pod_template(job: JobSpec) -> dict[str, Any]:
-    res = job.resources
-    gpus = res.gpus_per_node
-    requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, Any] = {"memory": res.memory}
-    if gpus:
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = gpus
-    env = [{"name": k, "value": v} for k, v in sorted(job.env.items())]
-    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-            for k, (secret, key) in sorted(job.secret_env.items())]
-    container = {
-        "name": CONTAINER,
-        "image": job.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": list(job.command),
-        "env": env,
-        "ports": [{"name": "pytorchjob-port", "containerPort": PORT, "protocol": "TCP"}],
-        "resources": {"requests": requests, "limits": limits},
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
-    }
-    spec: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}}],
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-    }
-    if gpus:
-        if res.gpu_product:
-            spec["nodeSelector"] = {GPU_PRODUCT_LABEL: res.gpu_product}
-        spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-    if res.tolerations:
-        spec["tolerations"] = spec.get("tolerations", []) + [dict(t) for t in res.tolerations]
-    if (scheduler := SCHEDULER_NAMES.get(job.scheduling.gang_scheduler)) is not None:
-        spec["schedulerName"] = scheduler
-    if job.scheduling.priority_class:
-        spec["priorityClassName"] = job.scheduling.priority_class
-    return {
-        "metadata": {"labels": dict(job.labels),
-                     # an Istio sidecar keeps pods alive after training and breaks rendezvous
-                     "annotations": {"sidecar.istio.io/inject": "false"}},
-        "spec": spec,
-    }
+    return {"replicas": replicas, "restartPolicy": "ExitCode", "template": build_pod_template(job)}
 
 
 def job_state(job: dict[str, Any] | None) -> tuple[str, str, str | None]:

@@ -41,6 +41,9 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "kubeflow.org/v1/pytorchjobs": kmock.ResourceInfo(
         kind="PyTorchJob", singular="pytorchjob", namespaced=True,
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, subresources={"status"}),
+    "trainer.kubeflow.org/v1alpha1/trainjobs": kmock.ResourceInfo(  # Kubeflow Trainer v2 (trainjob_emulator.py)
+        kind="TrainJob", singular="trainjob", namespaced=True,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, subresources={"status"}),
     "v1/secrets": kmock.ResourceInfo(kind="Secret", singular="secret", namespaced=True,
                                      verbs={"create", "get", "list", "watch", "delete"}),
     "v1/events": kmock.ResourceInfo(kind="Event", singular="event", namespaced=True,

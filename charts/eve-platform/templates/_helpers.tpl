@@ -185,6 +185,11 @@ tests/deploy asserts this exact rule set.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+{{- if .Values.trainJob.enabled }}
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+{{- end }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
@@ -210,6 +215,11 @@ RBAC rules on cluster-scoped resources: kopf reads CRDs for resource discovery. 
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- if .Values.trainJob.enabled }}
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["clustertrainingruntimes"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -233,6 +243,9 @@ cannot express.
 {{- end -}}
 {{- if and .Values.mlflow.artifactsDestination (not (regexMatch "^[a-z0-9]+://" .Values.mlflow.artifactsDestination)) -}}
 {{- fail (printf "mlflow.artifactsDestination=%q must be a URL such as s3://bucket/mlflow-artifacts" .Values.mlflow.artifactsDestination) -}}
+{{- end -}}
+{{- if and (eq .Values.trainJob.defaultJobApi "TrainJob") (not .Values.trainJob.enabled) -}}
+{{- fail "trainJob.defaultJobApi=TrainJob needs trainJob.enabled=true (the ClusterTrainingRuntime and the operator's RBAC for trainjobs)" -}}
 {{- end -}}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) -}}
 {{- fail (printf "operator.metricsPort and operator.healthPort must differ (both %d)" (int .Values.operator.metricsPort)) -}}

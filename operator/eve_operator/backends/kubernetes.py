@@ -17,6 +17,7 @@ from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import Observation, PipelineStatus, StageComplete, SubmitJob, decide, job_name
 from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
 from eve_operator.spec import PipelineSpec, validate_name
+from eve_operator.trainjob import build_trainjob, job_api_of, runtime_of
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
@@ -89,7 +90,8 @@ def render_pipeline(name: str, namespace: str | None, spec: PipelineSpec) -> dic
 
 
 def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[dict[str, Any]]:
-    """The PyTorchJob(s) the operator would create first (ownerReferences are added then)."""
+    """The PyTorchJob(s) or TrainJob(s) (spec.jobApi) the operator would create first (ownerReferences
+    are added then)."""
     validate_name(name)
     previous = None
     if not spec.init_from and (prev := spec.previous_stage(spec.chain()[0])) is not None:
@@ -99,8 +101,10 @@ def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[di
         previous = StageComplete(f"{spec.output.rstrip('/')}/{export_prefix(name, prev)}")
     decision = decide(name, spec, PipelineStatus(), Observation(previous_export=previous), 0.0)
     ns = current_namespace(namespace)
-    return [build_pytorchjob(build_job_spec(name, spec, action), namespace=ns)
-            for action in decision.actions if isinstance(action, SubmitJob)]
+    jobs = [build_job_spec(name, spec, action) for action in decision.actions if isinstance(action, SubmitJob)]
+    if job_api_of(spec, os.environ) == "TrainJob":
+        return [build_trainjob(job, namespace=ns, runtime=runtime_of(os.environ)) for job in jobs]
+    return [build_pytorchjob(job, namespace=ns) for job in jobs]
 
 
 # -- the API --------------------------------------------------------------------------------
