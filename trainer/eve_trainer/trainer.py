@@ -264,7 +264,20 @@ class Trainer:
             return None
         state = restored.trainer_state
         self.step = restored.step
-        self.loader.load_state_dict(state["loader"])
+        if restored.all_states is not None:  # written by another world size: re-split what is left
+            facts = self.loader.load_resharded([s["loader"] for s in restored.all_states])
+            self._event("resharded", f"checkpoint of {restored.written_by} ranks resumed on {self.dist.world_size}: "
+                        f"model, optimizer and LR schedule via a universal checkpoint; {facts['left_in_epoch']} "
+                        f"samples left in epoch {facts['epoch']} re-split over the ranks", step=restored.step,
+                        written_by=restored.written_by, **facts)
+        else:
+            self.loader.load_state_dict(state["loader"])
+        old_batch = state.get("global_batch_size", self.cfg.global_batch_size)
+        if old_batch != self.cfg.global_batch_size:
+            log.warning("global_batch_size changed from %d to %d since the checkpoint: the remaining steps, the "
+                        "samples per step and the LR schedule (now over %d steps) differ from the original run, so "
+                        "the run is not the one it would have been; every sample is still seen once per epoch",
+                        old_batch, self.cfg.global_batch_size, self.total_steps)
         _set_rng_state(state["rng"])
         self.resume_run_id = restored.manifest.mlflow_run_id or state.get("mlflow_run_id")
         self._event("resumed", f"resumed from {self.checkpointer.url(restored.step)}", step=restored.step)
@@ -353,6 +366,7 @@ class Trainer:
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "loader": self.loader.state_dict(), "rng": _rng_state(),
+                "global_batch_size": self.cfg.global_batch_size,
                 "mlflow_run_id": self.logger.run_id}
 
     def _seed_everything(self, seed: int) -> None:
