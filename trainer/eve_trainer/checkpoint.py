@@ -247,7 +247,8 @@ class CheckpointManager:
         proc = subprocess.run(
             [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(work / "in" / DS_TAG),
              "--output_folder", str(out), "--num_extract_workers", str(workers), "--num_merge_workers",
-             str(max(1, workers // 2))], capture_output=True, text=True)
+             str(max(1, workers // 2)), "--inject_missing_state"],  # our model sets no Megatron-style info
+            capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"ds_to_universal exited {proc.returncode}: {proc.stderr[-2000:]}")
         uni_prefix = join(prefix, UNIVERSAL_DIR)

@@ -25,7 +25,7 @@ from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
 from eve_trainer.export import export_stage
-from eve_trainer.heartbeat import HeartbeatWriter, hang_forever
+from eve_trainer.heartbeat import HeartbeatWriter, attempt_from_env, hang_forever
 from eve_trainer.metrics import BaseLogger, build_logger
 from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
@@ -136,7 +136,9 @@ class Trainer:
                     step=self.step, total_steps=self.total_steps, resumed_from=resumed)
         self.progress.start(self.step)
         self.heartbeat.update(step=self.step, total_steps=self.total_steps, phase="train")
-        hang = self.cfg.debug.hang_at_step if self.cfg.debug.hang_rank == self.dist.rank else None
+        debug = self.cfg.debug
+        hang = debug.hang_at_step if debug.hang_rank == self.dist.rank and debug.hang_attempt in (
+            0, attempt_from_env()) else None
         batches = iter(self.loader)
         while self.step < self.total_steps:
             if self.step == hang:
