@@ -150,6 +150,8 @@ class DebugSection(_Section):
     hang_at_step: int | None = Field(None, ge=0)
     """Test switch: rank `hang_rank` blocks forever before step hang_at_step+1 (stall detection tests)."""
     hang_rank: int = Field(0, ge=0)
+    hang_attempt: int = Field(0, ge=0)
+    """Hang only in this attempt of the stage (EVE_ATTEMPT), so a restart can complete; 0: every attempt."""
 
 
 class TrainConfig(_Section):

@@ -25,7 +25,7 @@ from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
 from eve_trainer.export import export_stage
-from eve_trainer.heartbeat import HeartbeatWriter, hang_forever
+from eve_trainer.heartbeat import HeartbeatWriter, attempt_from_env, hang_forever
 from eve_trainer.metrics import BaseLogger, build_logger
 from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
@@ -137,7 +137,9 @@ class Trainer:
                     step=self.step, total_steps=self.total_steps, resumed_from=resumed)
         self.progress.start(self.step)
         self.heartbeat.update(step=self.step, total_steps=self.total_steps, phase="train")
-        hang = self.cfg.debug.hang_at_step if self.cfg.debug.hang_rank == self.dist.rank else None
+        debug = self.cfg.debug
+        hang = debug.hang_at_step if debug.hang_rank == self.dist.rank and debug.hang_attempt in (
+            0, attempt_from_env()) else None
         batches = iter(self.loader)
         while self.step < self.total_steps:
             if self.step == hang:
@@ -270,7 +272,20 @@ class Trainer:
             return None
         state = restored.trainer_state
         self.step = restored.step
-        self.loader.load_state_dict(state["loader"])
+        if restored.all_states is not None:  # written by another world size: re-split what is left
+            facts = self.loader.load_resharded([s["loader"] for s in restored.all_states])
+            self._event("resharded", f"checkpoint of {restored.written_by} ranks resumed on {self.dist.world_size}: "
+                        f"model, optimizer and LR schedule via a universal checkpoint; {facts['left_in_epoch']} "
+                        f"samples left in epoch {facts['epoch']} re-split over the ranks", step=restored.step,
+                        written_by=restored.written_by, **facts)
+        else:
+            self.loader.load_state_dict(state["loader"])
+        old_batch = state.get("global_batch_size", self.cfg.global_batch_size)
+        if old_batch != self.cfg.global_batch_size:
+            log.warning("global_batch_size changed from %d to %d since the checkpoint: the remaining steps, the "
+                        "samples per step and the LR schedule (now over %d steps) differ from the original run, so "
+                        "the run is not the one it would have been; every sample is still seen once per epoch",
+                        old_batch, self.cfg.global_batch_size, self.total_steps)
         _set_rng_state(state["rng"])
         self.resume_run_id = restored.manifest.mlflow_run_id or state.get("mlflow_run_id")
         self._event("resumed", f"resumed from {self.checkpointer.url(restored.step)}", step=restored.step)
@@ -359,6 +374,7 @@ class Trainer:
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "loader": self.loader.state_dict(), "rng": _rng_state(),
+                "global_batch_size": self.cfg.global_batch_size,
                 "mlflow_run_id": self.logger.run_id}
 
     def _seed_everything(self, seed: int) -> None:
