@@ -39,6 +39,8 @@ from eve_operator.spec import PipelineSpec
 from eve_operator.tracking import RunRecords
 
 POLL_S = 0.5
+#: SIGTERM -> SIGKILL grace of a stalled job: its ranks are blocked, no final checkpoint can come
+STALL_GRACE_S = 5.0
 
 
 def home() -> Path:
@@ -292,7 +294,7 @@ class LocalRunner:
                 self.job.set_suspended(action.suspended)
             elif isinstance(action, StopJob) and self.job is not None and self.job.job.name == action.job_name:
                 self.job.dump_stacks()
-                self.job.terminate()
+                self.job.terminate(grace_s=STALL_GRACE_S)
             elif isinstance(action, EndStageRun):
                 self.runs.end_stage(self.record.status.mlflow_run_id, action.stage, action.status, action.reason)
             elif isinstance(action, Emit):
