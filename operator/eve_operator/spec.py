@@ -20,6 +20,8 @@ _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool)
                                           else v)]
 _INT_OR_STRING = {"x-kubernetes-int-or-string": True}
+#: A quantity inside a map (resources.limits): int-or-string in the CRD as well.
+MapQuantity = Annotated[Quantity, Field(json_schema_extra=_INT_OR_STRING)]
 
 
 class _Model(BaseModel):
@@ -95,8 +97,8 @@ def _named(items: list[dict[str, Any]], key: str, field: str, *, unique: bool = 
 
 
 class PodResources(_Model):
-    requests: dict[str, Quantity] = Field(default_factory=dict, description="Extra resource requests.")
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Extra resource limits.")
+    requests: dict[str, MapQuantity] = Field(default_factory=dict, description="Extra resource requests.")
+    limits: dict[str, MapQuantity] = Field(default_factory=dict, description="Extra resource limits.")
 
     @model_validator(mode="after")
     def _extra_only(self) -> PodResources:
