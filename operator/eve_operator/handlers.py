@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from eve_trainer.config import ConfigError
 
 from eve_operator import metrics, tracking
+from eve_operator.defaults import operator_defaults
 from eve_operator.crd import GROUP, PLURAL, VERSION
 from eve_operator.jobspec import LABEL_PIPELINE, build_job_spec
 from eve_operator.pipeline import (
@@ -237,6 +238,8 @@ class PipelineLoop:
     mlflow_tried: bool = False
     woken_at: float | None = None
     creds: tuple[float, dict[str, str]] | None = None
+    effective: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Effective defaultable fields and their source (eve_operator.defaults), for describe."""
 
     @property
     def uid(self) -> str:
@@ -254,7 +257,7 @@ class PipelineLoop:
     async def write_status(self, status: PipelineStatus) -> None:
         if self.status is not None and status == self.status:
             return
-        body = status.model_dump(by_alias=True, mode="json")
+        body = {**status.model_dump(by_alias=True, mode="json"), "effective": self.effective}
         generation = self.body.get("metadata", {}).get("generation")
         if generation is not None:
             body["observedGeneration"] = generation
@@ -274,7 +277,8 @@ class PipelineLoop:
         status = self.load_status()
         try:
             validate_name(self.name)
-            spec = PipelineSpec.model_validate(dict(self.body.get("spec") or {}))
+            spec, self.effective = operator_defaults().parse(self.body.get("spec")), \
+                operator_defaults().provenance(self.body.get("spec"))
         except ValidationError as err:
             return await self.fail(status, spec_error(err), "InvalidSpec")
         except ValueError as err:
@@ -345,8 +349,8 @@ class PipelineLoop:
 
     async def credentials(self, spec: PipelineSpec) -> dict[str, str] | None:
         secret = spec.s3.credentials_secret
-        if not secret:
-            return None
+        if not secret or not operator_defaults().read_pipeline_secrets:
+            return None  # the operator's own identity (its env, IRSA / workload identity)
         if self.creds is not None and time.monotonic() - self.creds[0] < 60:
             return self.creds[1]
         data = await self.kube.secret_data(self.namespace, secret)
@@ -458,6 +462,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.ERROR  # Events are posted explicitly, one per transition
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16, thread_name_prefix="eve-io"))
     memo.kube = Kube()
+    log.info("operator defaults: %s", operator_defaults(reload=True))
     memo.wakers = {}
     memo.phases = {}
     memo.jobs = {}
@@ -545,7 +550,7 @@ async def pipeline_deleted(name: str, namespace: str, status: kopf.Status, spec:
     """Delete the stage jobs explicitly: ownerReferences GC them on a cluster, but not everywhere."""
     deleted = await memo.kube.delete_children(namespace, name)
     log.info("[%s/%s] deleted %d stage job(s): %s", namespace, name, len(deleted), ", ".join(deleted))
-    run_id, uri = status.get("mlflowRunId"), (spec.get("mlflow") or {}).get("trackingUri")
+    run_id, uri = status.get("mlflowRunId"), (operator_defaults().apply(spec).get("mlflow") or {}).get("trackingUri")
     if run_id and uri and status.get("phase") not in ("Succeeded", "Failed"):
         try:
             await asyncio.to_thread(tracking.finish_run, uri, run_id, "KILLED")

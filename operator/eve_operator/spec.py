@@ -20,6 +20,13 @@ _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool)
                                           else v)]
 _INT_OR_STRING = {"x-kubernetes-int-or-string": True}
+
+
+def _operator_default(schema: dict[str, Any]) -> None:
+    """No `default` in the CRD: the API server would fill it in, and the operator's own
+    default (eve_operator.defaults) could never apply."""
+    schema.pop("default", None)
+
 #: A quantity inside a map (resources.limits): int-or-string in the CRD as well.
 MapQuantity = Annotated[Quantity, Field(json_schema_extra=_INT_OR_STRING)]
 
@@ -38,15 +45,17 @@ class S3Spec(_Model):
 
 class MlflowSpec(_Model):
     tracking_uri: str | None = Field(None, alias="trackingUri", description="MLflow tracking URI.")
-    experiment: str = Field("eve-platform", description="MLflow experiment name.")
+    experiment: str = Field("eve-platform", json_schema_extra=_operator_default,
+                            description="MLflow experiment name; default the operator's, else eve-platform.")
 
 
 class ResourcesSpec(_Model):
     nodes: int = Field(1, ge=1, le=512, description="Pods (nodes) per stage job.")
     gpus_per_node: int = Field(8, alias="gpusPerNode", ge=0, le=16, description="GPUs per pod; 0 runs on CPU.")
     gpu_product: str | None = Field(
-        "NVIDIA-A100-SXM4-80GB", alias="gpuProduct",
-        description="nvidia.com/gpu.product node label to select; empty for any.")
+        "NVIDIA-A100-SXM4-80GB", alias="gpuProduct", json_schema_extra=_operator_default,
+        description="nvidia.com/gpu.product node label to select; empty for any. "
+                    "Default the operator's, else NVIDIA-A100-SXM4-80GB.")
     cpu: Quantity = Field("32", description="CPU request per pod.", json_schema_extra=_INT_OR_STRING)
     memory: Quantity = Field("400Gi", description="Memory request per pod.", json_schema_extra=_INT_OR_STRING)
     shm_size: Quantity = Field("64Gi", alias="shmSize", description="Size of the memory-backed /dev/shm.",
@@ -61,8 +70,9 @@ class ResourcesSpec(_Model):
 
 
 class SchedulingSpec(_Model):
-    gang_scheduler: GangScheduler = Field("volcano", alias="gangScheduler",
-                                          description="volcano | scheduler-plugins | kueue | none.")
+    gang_scheduler: GangScheduler = Field("volcano", alias="gangScheduler", json_schema_extra=_operator_default,
+                                          description="volcano | scheduler-plugins | kueue | none; "
+                                                      "default the operator's, else volcano.")
     queue: str | None = Field(None, description="Volcano queue or Kueue LocalQueue name.")
     priority_class: str | None = Field(None, alias="priorityClass", description="PriorityClass of the pods.")
     schedule_timeout_s: int = Field(3600, alias="scheduleTimeoutSeconds", ge=0,
@@ -238,7 +248,9 @@ class PipelineSpec(_Model):
     s3: S3Spec = Field(default_factory=S3Spec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    image: str = Field("ghcr.io/eve-platform/trainer:0.1.0", description="Trainer image.")
+    image: str = Field("ghcr.io/eve-platform/trainer:0.1.0", json_schema_extra=_operator_default,
+                       description="Trainer image; default the operator's (the chart's trainer.image), "
+                                   "else ghcr.io/eve-platform/trainer:0.1.0.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec,  # type: ignore[arg-type]
                                           alias="podTemplate",
@@ -308,5 +320,6 @@ def validate_name(name: str) -> str:
     return name
 
 
-__all__ = ["PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources", "ResourcesSpec", "SchedulingSpec", "S3Spec", "MlflowSpec",
+__all__ = ["PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources", "ResourcesSpec", "SchedulingSpec",
+           "S3Spec", "MlflowSpec",
            "GangScheduler", "validate_name", "STAGES"]
