@@ -306,6 +306,16 @@ class PipelineSpec(_Model):
     def data_for(self, name: str) -> list[str]:
         return self.stage(name).data or self.data
 
+    def planned_init_from(self, pipeline: str, stage: str) -> str | None:
+        """Where a stage will start: the pipeline's init_from for the first stage, else the
+        previous stage's export (what the pipeline core hands it once that stage completes)."""
+        from eve_trainer.layout import export_prefix
+
+        previous = self.previous_stage(stage)
+        if stage == self.chain()[0] and (self.init_from or previous is None):
+            return self.init_from
+        return f"{self.output.rstrip('/')}/{export_prefix(pipeline, previous)}"
+
     def pod_template_for(self, name: str) -> PodTemplateSpec:
         """The pipeline's pod customisation with the stage's on top."""
         return self.pod_template.merged(self.stage(name).pod_template)
