@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eve_trainer.config import TrainConfig, check_key, resolve, set_dotted
+from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
 
 from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
@@ -19,6 +19,8 @@ from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, Sche
 LABEL_PIPELINE = "eve-platform.io/pipeline"
 LABEL_STAGE = "eve-platform.io/stage"
 LABEL_ATTEMPT = "eve-platform.io/attempt"
+#: The node launcher (eve_trainer.launch): nodes x procs_per_node ranks, exit codes preserved.
+LAUNCHER = "eve-launch"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ class JobSpec:
     @property
     def world_size(self) -> int:
         return self.nodes * self.procs_per_node
+
+    @property
+    def pod_command(self) -> list[str]:
+        """A pod's command: a pod is a node, so it runs the node launcher, which starts
+        procs_per_node ranks of `command` from the env the job controller injects (PET_*)."""
+        return [LAUNCHER, "--", *self.command]
 
 
 def stage_overrides(name: str, spec: PipelineSpec, submit: SubmitJob, *,
@@ -99,10 +107,16 @@ def _format_value(value: Any) -> str:
 
 def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
                    parent_run_id: str | None = None) -> JobSpec:
-    resolve_stage_config(name, spec, submit, parent_run_id=parent_run_id)  # validate before submit
+    cfg = resolve_stage_config(name, spec, submit, parent_run_id=parent_run_id)  # validate before submit
+    resources = spec.resources_for(submit.stage)
+    world = resources.nodes * resources.procs_per_node
+    try:  # the job's real world size: every rank would exit 2 on a batch that does not split
+        cfg.gradient_accumulation(world)
+    except ConfigError as err:
+        raise ConfigError(f"stage {submit.stage} on {resources.nodes} node(s) x {resources.procs_per_node} "
+                          f"process(es) = world size {world}: {err}") from None
     flat = stage_overrides(name, spec, submit, parent_run_id=parent_run_id)
     args = [f"{k}={_format_value(v)}" for k, v in flat.items() if v is not None and v != []]
-    resources = spec.resources_for(submit.stage)
     env = {"EVE_PIPELINE": name, "EVE_STAGE": submit.stage, "EVE_ATTEMPT": str(submit.attempt),
            "PYTHONUNBUFFERED": "1"}
     if spec.s3.endpoint_url:

@@ -75,6 +75,16 @@ class StageComplete:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """One rank's heartbeat of the current attempt, as the core needs it."""
+
+    rank: int
+    step: int
+    time: float
+    phase: str = "train"
+
+
+@dataclass(frozen=True)
 class Observation:
     job: JobState = "Absent"
     job_message: str = ""
@@ -85,6 +95,8 @@ class Observation:
     """The previous stage's verified export, looked up when the pipeline starts mid-chain."""
     job_permanent: bool = False
     """The job failed for a reason a retry cannot fix (the trainer's exit code 2: bad input)."""
+    beats: tuple[Beat, ...] = ()
+    """The current attempt's heartbeats, one per rank that wrote one (read while the job runs)."""
 
 
 # -- actions ----------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def build_pod_template(job: JobSpec, *, container_name: str = CONTAINER,
         "name": container_name,
         "image": job.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": list(job.command),
+        "command": job.pod_command,  # the node launcher: a pod is a node, not a rank
         "env": env,
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": merge_lists([{"name": SHM_VOLUME, "mountPath": SHM_PATH}],

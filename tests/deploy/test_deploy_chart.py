@@ -14,6 +14,8 @@ import yaml
 from deploy_support import (CHART, CI_VALUES, K8S_VERSION, NAMESPACE, RELEASE, RENDER_CASES, ROOT, Helm,
                             find, pod_specs, values_args)
 
+from eve_operator import run
+
 #: Kinds kubernetes-validate has no schema for; checked structurally below.
 NON_CORE_KINDS = {"ServiceMonitor"}
 
@@ -389,7 +391,6 @@ def test_kueue_values(chart: Helm) -> None:
 @pytest.mark.parametrize("values", RENDER_CASES)
 def test_operator_args_are_accepted_by_eve_operator(chart: Helm, values: Path | None) -> None:
     """The Deployment's args parse with the real `eve-operator` argument parser."""
-    run = pytest.importorskip("eve_operator.run")
     (c,) = find(chart.template(*values_args(values)), "Deployment", RELEASE)[0]["spec"]["template"]["spec"]["containers"]
     args = run.parse_args(c["args"])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}

@@ -19,13 +19,13 @@ from eve_operator import defaults
 from eve_operator.defaults import BUILT_IN, OPERATOR, PIPELINE, OperatorDefaults
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-from deploy_support import RELEASE, Helm, find, helm_binary  # noqa: E402
+from deploy_support import RELEASE, Helm, find, tool  # noqa: E402
 
 REGISTRY = "registry.local/eve"
 
 
 def helm_objects(*sets: str) -> list[dict[str, Any]]:
-    path, why = helm_binary()
+    path, why = tool("helm")
     if path is None:
         pytest.skip(f"helm is not available: {why}")
     return Helm(path).template(*[a for s in sets for a in ("--set", s)])

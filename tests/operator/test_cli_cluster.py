@@ -20,7 +20,7 @@ def cli(*args: str):  # noqa: ANN201
 
 SUBMIT = ["submit", "stage=prealign", "name=clu", "output=s3://ckpt/eve", "data=s3://ckpt/caps",
           "sft.data=s3://ckpt/llava", "nodes=2", "gpus_per_node=8", "gang_scheduler=volcano", "queue=research",
-          "credentials_secret=eve-s3", "sft.optim.lr=1e-5"]
+          "credentials_secret=eve-s3", "sft.optim.lr=1e-5", "global_batch_size=16", "micro_batch_size=1"]
 
 
 def test_dry_run_prints_the_resource_and_every_stage_job(cluster: Cluster) -> None:

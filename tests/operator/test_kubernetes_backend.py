@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from operator_harness import NS, Cluster
-from schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
+from fixtures.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
 
 from eve_operator import crd
 from eve_operator.backends import kubernetes as kb
@@ -14,6 +14,7 @@ from eve_operator.spec import PipelineSpec
 
 SPEC = PipelineSpec.model_validate({"output": "s3://ckpt/eve", "preset": "tiny",
                                     "resources": {"nodes": 2, "gpuProduct": None},
+                                    "overrides": {"global_batch_size": 16, "micro_batch_size": 1},
                                     "scheduling": {"gangScheduler": "kueue", "queue": "team-a"}})
 
 
@@ -21,6 +22,7 @@ def test_render_pipeline_is_a_minimal_valid_cr() -> None:
     obj = kb.render_pipeline("demo", NS, SPEC)
     assert obj["metadata"] == {"name": "demo", "namespace": NS}
     assert obj["spec"]["resources"] == {"nodes": 2, "gpuProduct": None}
+    assert obj["spec"]["overrides"] == {"global_batch_size": 16, "micro_batch_size": 1}
     validate(obj, crd_schema(crd.crd_manifest()))
     assert PipelineSpec.model_validate(obj["spec"]) == SPEC
 

@@ -24,7 +24,9 @@ K8S_VERSION = "1.35.0"
 
 
 def template(spec: dict[str, Any], stage: str = "prealign") -> dict[str, Any]:
-    pspec = PipelineSpec.model_validate({"output": "s3://ckpt/eve", **spec})
+    # a batch that splits over up to 4 nodes x 8 GPUs x micro 4 (the tiny preset's 8 would not)
+    pspec = PipelineSpec.model_validate({"output": "s3://ckpt/eve", "overrides": {"global_batch_size": 256},
+                                         **spec})
     submit = SubmitJob(stage, 1, job_name("demo", stage, 1), None, None)
     return build_pod_template(build_job_spec("demo", pspec, submit))
 
@@ -185,6 +187,7 @@ def test_what_cannot_be_overwritten_is_rejected_with_the_field_to_set(pod_templa
 
 def test_pytorchjob_replicas_carry_the_shared_pod_template() -> None:
     pspec = PipelineSpec.model_validate({"output": "s3://b/p", "resources": {"nodes": 2},
+                                         "overrides": {"global_batch_size": 256},
                                          "podTemplate": {"env": [{"name": "HTTPS_PROXY", "value": "http://p:3128"}]}})
     submit = SubmitJob("prealign", 1, job_name("demo", "prealign", 1), None, None)
     job = build_job_spec("demo", pspec, submit)
@@ -195,7 +198,7 @@ def test_pytorchjob_replicas_carry_the_shared_pod_template() -> None:
 
 @pytest.mark.parametrize("name", ["infiniband", "efa", "private-registry", "datasets-pvc"])
 def test_docs_examples_are_valid_evepipelines_under_the_crd(name: str) -> None:
-    from schema_check import crd_schema, validate
+    from fixtures.schema_check import crd_schema, validate
 
     from eve_operator import crd
 

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from eve_trainer.config import ConfigError
+
+#: Seconds between "still waiting in the rendezvous" lines.
+RENDEZVOUS_REPORT_S = float(os.environ.get("EVE_RENDEZVOUS_REPORT_S", "10"))
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,38 @@ def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0) -> str:
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if not os.environ.get(var):
                 raise ConfigError(f"{var} is not set; a {info.world_size}-rank run needs a rendezvous address")
-        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, timeout=timeout)
+        with _saying_while_waiting(info, timeout_s):
+            dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, timeout=timeout)
     return device
+
+
+@contextmanager
+def _saying_while_waiting(info: DistInfo, timeout_s: float, every_s: float = RENDEZVOUS_REPORT_S) -> Iterator[None]:
+    """While this rank waits in the rendezvous, say where, for how many ranks and how long.
+
+    A rank whose peers never start (a wrong world size, a pod that is not scheduled) would
+    otherwise wait silently for the whole process-group timeout.
+    """
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def report() -> None:
+        while not done.wait(every_s):
+            print(f"rank {info.rank}: waiting at {where} for all {info.world_size} ranks to join "
+                  f"({time.monotonic() - t0:.0f} s so far; gives up after {timeout_s:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=report, name="rendezvous-report", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        waited = time.monotonic() - t0
+        if waited >= every_s:
+            print(f"rank {info.rank}: all {info.world_size} ranks joined at {where} after {waited:.0f} s",
+                  file=sys.stderr, flush=True)
 
 
 def barrier() -> None:

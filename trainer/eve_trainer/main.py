@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -89,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     from eve_trainer.distributed import DistInfo
     from eve_trainer.trainer import StopFlag
 
-    stop = StopFlag.install()  # from the very start: a SIGTERM during startup still ends in 143
+    # start-up has nothing to save: SIGTERM ends it at once (143); the trainer arms the
+    # checkpoint-on-SIGTERM handler once it has resumed (StopFlag.arm)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop = StopFlag()
     trainer = None
     try:
         args = parse_args(argv)

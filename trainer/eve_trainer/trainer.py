@@ -36,22 +36,32 @@ EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_SIGTERM = 0, 1, 2, 143
 
 
 class StopFlag:
-    """Set by SIGTERM (Kubernetes preemption / eviction): finish the step, checkpoint, exit 143."""
+    """SIGTERM (Kubernetes preemption, eviction, cancel) once training runs: finish the step,
+    checkpoint, exit 143.
+
+    Until `arm()` the default disposition stays: a SIGTERM during start-up (imports, the
+    rendezvous, loading weights) ends the process at once with 143 and nothing to save. A
+    Python handler would not help there: it only runs between bytecodes, and a rank blocked
+    in the C++ rendezvous never gets back to them, so it would ignore SIGTERM until SIGKILL.
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self.at: float | None = None
+        self.armed = False
 
     @classmethod
     def install(cls) -> StopFlag:
-        flag = cls()
+        return cls().arm()
 
+    def arm(self) -> StopFlag:
         def handler(signum: int, frame: Any) -> None:
-            if not flag.requested:
-                flag.requested, flag.at = True, time.monotonic()
+            if not self.requested:
+                self.requested, self.at = True, time.monotonic()
 
         signal.signal(signal.SIGTERM, handler)
-        return flag
+        self.armed = True
+        return self
 
 
 @dataclass
@@ -115,6 +125,7 @@ class Trainer:
     def train(self) -> int:
         self.progress = Progress(self.cfg.progress, total_steps=self.total_steps, enabled=self.dist.is_main)
         resumed = self.resume()
+        self.stop.arm()  # from here on there is something to save: SIGTERM means checkpoint, exit 143
         self._start_tracking(resumed)
         self._event("start", f"stage {self.cfg.stage}: step {self.step}/{self.total_steps}, world "
                     f"{self.dist.world_size}, grad accumulation {self.grad_accum}, device {self.device}",

@@ -27,18 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eve_trainer import layout
 from eve_trainer.storage import open_store
 
 from eve_operator.jobspec import JobSpec, build_job_spec
+from eve_operator.observe import JobReport, StoreReads, observe
 from eve_operator.pipeline import (
-    Decision, Emit, JobState, Observation, PipelineStatus, SetSuspended, StageComplete, SubmitJob,
-    decide, initial_status,
+    Decision, Emit, JobState, Observation, PipelineStatus, SetSuspended, SubmitJob, decide, initial_status,
 )
 from eve_operator.spec import PipelineSpec
 
 POLL_S = 0.5
-EXIT_USAGE = 2  # the trainer's exit code for bad input: retrying cannot help
 
 
 def home() -> Path:
@@ -147,7 +145,7 @@ class LocalJob:
         self.procs: list[subprocess.Popen] = []
         self.finished_at: float | None = None
         self.message = ""
-        self.permanent = False
+        self.exit_codes: list[int] = []
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -169,11 +167,12 @@ class LocalJob:
         codes = [p.poll() for p in self.procs]
         failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
+            if not self.exit_codes:  # the codes of the ranks that failed first, before the rest is stopped
+                self.exit_codes = [c for _, c in failed if c is not None]
             self.terminate()
             rank, code = failed[0]
             tail = _tail(self.logs / f"rank-{rank}.log", 3)
             self.message = f"rank {rank} exited with code {code}" + (f": {tail}" if tail else "")
-            self.permanent = code == EXIT_USAGE
             self.finished_at = self.finished_at or time.time()
             return "Failed"
         if all(c == 0 for c in codes):
@@ -287,36 +286,25 @@ class LocalRunner:
         self.record, self.on_event, self.on_tick = record, on_event, on_tick
         self.store = open_store(record.spec.output, endpoint_url=record.spec.s3.endpoint_url)
         self.job: LocalJob | None = None
-        self._verified: dict[str, StageComplete] = {}
+        self.reads = StoreReads(record.name, record.spec.output, lambda: self.store)
         self._cancelled = False
 
     def cancel(self, *_: Any) -> None:
         self._cancelled = True
 
-    def _complete(self, stage: str) -> StageComplete | None:
-        if stage not in self._verified:
-            manifest = layout.stage_complete(self.store, self.record.name, stage)
-            if manifest is None:
-                return None
-            url = f"{self.record.spec.output.rstrip('/')}/{layout.export_prefix(self.record.name, stage)}"
-            self._verified[stage] = StageComplete(url, manifest.mlflow_run_id)
-        return self._verified[stage]
+    # the observer's StageReader: this runner's processes, and the store
+
+    def job_report(self, name: str) -> JobReport:
+        if self.job is None or self.job.job.name != name:
+            return JobReport()  # lost (runner restarted): the core submits it again
+        state = self.job.state()
+        return JobReport(state, self.job.message, self.job.finished_at)
+
+    def exit_codes(self, name: str) -> list[int]:
+        return list(self.job.exit_codes) if self.job is not None and self.job.job.name == name else []
 
     def observe(self) -> Observation:
-        status, spec = self.record.status, self.record.spec
-        current = next((s for s in status.stages if s.state != "Succeeded"), None)
-        if current is None:
-            return Observation()
-        previous = None
-        if current.attempt == 0 and (prev := spec.previous_stage(current.name)) and not spec.init_from:
-            previous = self._complete(prev)
-        job_state: JobState = "Absent"
-        message, finished, permanent = "", None, False
-        if self.job is not None and self.job.job.stage == current.name:
-            job_state, message = self.job.state(), self.job.message
-            finished, permanent = self.job.finished_at, self.job.permanent
-        complete = self._complete(current.name) if current.attempt == 0 or job_state != "Running" else None
-        return Observation(job_state, message, finished, complete, previous, job_permanent=permanent)
+        return observe(self.record.spec, self.record.status, _Reader(self))
 
     def act(self, decision: Decision) -> None:
         for action in decision.actions:
@@ -374,6 +362,12 @@ class LocalRunner:
                     s.state, s.message, s.finished_at = "Failed", why, time.time()
             self.act(Decision(rec.status, [Emit("PipelineFailed", why, "Warning")]))
         rec.save()
+
+
+class _Reader:
+    def __init__(self, runner: LocalRunner):
+        self.job, self.exit_codes = runner.job_report, runner.exit_codes
+        self.complete, self.heartbeats = runner.reads.complete, runner.reads.heartbeats
 
 
 def run_detached(name: str) -> int:
