@@ -7,6 +7,7 @@ API call is counted in eve_operator_api_requests_total. Job calls go through a `
 from __future__ import annotations
 
 import base64
+import copy
 import os
 from typing import Any
 
@@ -35,6 +36,14 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.ApiException = kubernetes.client.ApiException
 
+    def using(self, jobs: JobApi) -> Kube:
+        """This client (same connections) for another job API."""
+        if jobs is self.jobs:
+            return self
+        other = copy.copy(self)
+        other.jobs = jobs
+        return other
+
     def call(self, verb: str, resource: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         code = "201" if verb == "create" else "200"
         try:
@@ -55,7 +64,7 @@ class Kube:
 
     def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._job_call("get", "get_namespaced_custom_object", ns, name)
+            return self._job_call("get", "get_namespaced_custom_object", ns, self.jobs.object_name(name))
         except self.ApiException as err:
             if err.status == 404:
                 return None
@@ -73,7 +82,8 @@ class Kube:
     def suspend_job(self, ns: str, name: str, suspended: bool) -> None:
         """Suspend or resume; a job already gone (404) is left alone."""
         try:
-            self._job_call("patch", "patch_namespaced_custom_object", ns, name, self.jobs.suspend_patch(suspended))
+            self._job_call("patch", "patch_namespaced_custom_object", ns, self.jobs.object_name(name),
+                           self.jobs.suspend_patch(suspended))
         except self.ApiException as err:
             if err.status != 404:
                 raise
@@ -81,7 +91,8 @@ class Kube:
     def delete_job(self, ns: str, name: str) -> None:
         """Delete a job and (in the background) its pods: the kubelet SIGTERMs each trainer."""
         try:
-            self._job_call("delete", "delete_namespaced_custom_object", ns, name, propagation_policy="Background")
+            self._job_call("delete", "delete_namespaced_custom_object", ns, self.jobs.object_name(name),
+                           propagation_policy="Background")
         except self.ApiException as err:
             if err.status != 404:
                 raise
@@ -99,7 +110,7 @@ class Kube:
     def exit_codes(self, ns: str, job: str) -> list[int]:
         """Exit codes of the trainer containers of a job's pods (its failed pods stay: cleanPodPolicy
         Running deletes only running ones)."""
-        label = self.jobs.pod_label
+        label, job = self.jobs.pod_label, self.jobs.object_name(job)
         pods = self.call("list", "pods", self.core.list_namespaced_pod, ns, label_selector=f"{label}={job}")
         codes = []
         for pod in pods.items:
@@ -144,19 +155,10 @@ def open_store(spec: PipelineSpec, creds: dict[str, str] | None) -> Any:
         key_id = (creds or {}).get("AWS_ACCESS_KEY_ID")
         key = (endpoint, spec.s3.region, key_id)
         if key not in _S3_CLIENTS:  # clients are thread-safe and costly to build: one per endpoint + key
-            import boto3
-            from botocore.config import Config as BotoConfig
+            from eve_trainer.storage import s3_client  # the platform's one timeout/retry policy
 
-            keys = {}
-            if creds:
-                keys = {"aws_access_key_id": key_id, "aws_secret_access_key": creds.get("AWS_SECRET_ACCESS_KEY")}
-            # a reconcile must not hang on an unreachable store: short timeouts, one retry
-            _S3_CLIENTS[key] = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint,
-                region_name=spec.s3.region or os.environ.get("AWS_REGION") or "us-east-1",
-                config=BotoConfig(connect_timeout=3, read_timeout=20, retries={"max_attempts": 2},
-                                  max_pool_connections=32, s3={"addressing_style": "path"} if endpoint else {}),
-                **keys)
+            _S3_CLIENTS[key] = s3_client(endpoint, spec.s3.region, access_key_id=key_id,
+                                         secret_access_key=(creds or {}).get("AWS_SECRET_ACCESS_KEY"))
         store.client = _S3_CLIENTS[key]
     return store
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from eve_trainer.config import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage
 
 GangScheduler = Literal["volcano", "scheduler-plugins", "kueue", "none"]
+JobApi = Literal["PyTorchJob", "TrainJob"]
 OverrideValue = str | int | float | bool | list[str] | list[int] | list[float] | None
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 #: A Kubernetes quantity ("32", "400Gi"); YAML may give a bare number (`cpu: 32`).
@@ -229,6 +230,8 @@ class StageSpec(_Model):
     overrides: dict[str, OverrideValue] = Field(
         default_factory=dict, description="Trainer overrides (dotted keys) for this stage.")
     resources: ResourcesSpec | None = Field(None, description="Resources of this stage; default spec.resources.")
+    stall_timeout_s: int | None = Field(None, alias="stallTimeoutSeconds", ge=0,
+                                        description="Stall timeout of this stage; default spec.stallTimeoutSeconds.")
     pod_template: PodTemplateSpec | None = Field(None, alias="podTemplate",
                                                  description="Pod customisation, merged over spec.podTemplate.")
 
@@ -261,6 +264,12 @@ class PipelineSpec(_Model):
     active_deadline_s: int | None = Field(None, alias="activeDeadlineSeconds", ge=1,
                                           description="Wall-clock limit of one stage job.")
     suspend: bool = Field(False, description="Suspend the current stage's job.")
+    stall_timeout_s: int = Field(900, alias="stallTimeoutSeconds", ge=0, description=(
+        "Restart a stage (as a new attempt) when no rank's step advanced for this long; 0: never."))
+    job_api: JobApi | None = Field(
+        None, alias="jobApi",
+        description="Job API of the stage jobs: PyTorchJob (Training Operator v1) or TrainJob (Kubeflow "
+                    "Trainer v2); default the operator's (EVE_JOB_API, else PyTorchJob).")
 
     @model_validator(mode="after")
     def _cross_field(self) -> PipelineSpec:
@@ -331,5 +340,4 @@ def validate_name(name: str) -> str:
 
 
 __all__ = ["PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources", "ResourcesSpec", "SchedulingSpec",
-           "S3Spec", "MlflowSpec",
-           "GangScheduler", "validate_name", "STAGES"]
+           "S3Spec", "MlflowSpec", "GangScheduler", "JobApi", "validate_name", "STAGES"]

@@ -204,6 +204,11 @@ tests/deploy asserts this exact rule set.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+{{- if .Values.trainJob.enabled }}
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+{{- end }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
@@ -237,6 +242,11 @@ RBAC rules on cluster-scoped resources: kopf reads CRDs for resource discovery. 
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- if .Values.trainJob.enabled }}
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["clustertrainingruntimes"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -266,6 +276,9 @@ cannot express.
 {{- end -}}
 {{- if and (eq .Values.operator.s3Identity "secret") (not (include "eve-platform.operatorCredentialsSecret" .)) -}}
 {{- fail "operator.s3Identity=secret needs operator.credentialsSecret or storage.s3.credentialsSecret.name; or set operator.s3Identity=serviceAccount (IRSA / workload identity via serviceAccount.annotations)" -}}
+{{- end -}}
+{{- if and (eq .Values.trainJob.defaultJobApi "TrainJob") (not .Values.trainJob.enabled) -}}
+{{- fail "trainJob.defaultJobApi=TrainJob needs trainJob.enabled=true (the ClusterTrainingRuntime and the operator's RBAC for trainjobs)" -}}
 {{- end -}}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) -}}
 {{- fail (printf "operator.metricsPort and operator.healthPort must differ (both %d)" (int .Values.operator.metricsPort)) -}}

@@ -17,6 +17,7 @@ from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import SubmitJob, job_name
 from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
 from eve_operator.spec import PipelineSpec, validate_name
+from eve_operator.trainjob import build_trainjob, job_api_of, runtime_of
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
@@ -90,16 +91,18 @@ def render_pipeline(name: str, namespace: str | None, spec: PipelineSpec) -> dic
 
 
 def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[dict[str, Any]]:
-    """The PyTorchJob of every stage, in order, as the operator will create them: the first
-    from the pipeline's init_from, each later one from the previous stage's export (the URL it
-    will have; the operator checks its stage-complete manifest first). ownerReferences and
-    the parent run id are added at run time."""
+    """The PyTorchJob or TrainJob (spec.jobApi) of every stage, in order, as the operator will
+    create them: the first from the pipeline's init_from, each later one from the previous
+    stage's export (the URL it will have; the operator checks its stage-complete manifest
+    first). ownerReferences and the parent run id are added at run time."""
     validate_name(name)
     ns = current_namespace(namespace)
-    return [build_pytorchjob(build_job_spec(name, spec, SubmitJob(stage, 1, job_name(name, stage, 1),
-                                                                  spec.planned_init_from(name, stage), None)),
-                             namespace=ns)
+    jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, job_name(name, stage, 1),
+                                                 spec.planned_init_from(name, stage), None))
             for stage in spec.chain()]
+    if job_api_of(spec, os.environ) == "TrainJob":
+        return [build_trainjob(job, namespace=ns, runtime=runtime_of(os.environ)) for job in jobs]
+    return [build_pytorchjob(job, namespace=ns) for job in jobs]
 
 
 # -- the API --------------------------------------------------------------------------------

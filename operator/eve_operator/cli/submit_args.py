@@ -42,6 +42,8 @@ PIPELINE_KEYS: dict[str, str] = {
     "priority_class": "scheduling.priority_class",
     "max_attempts": "max_attempts",
     "suspend": "suspend",
+    "job_api": "job_api",
+    "jobApi": "job_api",  # the EvePipeline field's name (PyTorchJob | TrainJob)
 }
 
 #: Keys whose empty value means "none" (no tracking, AWS S3, any GPU, ...), not "unset".
