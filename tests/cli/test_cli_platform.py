@@ -85,12 +85,13 @@ def test_exit_codes_of_a_finished_pipeline() -> None:
     assert pipeline_exit_code({"phase": "Failed", "message": "rank 0 exited with code 2: ConfigError"}) == 2
 
 
-@pytest.mark.parametrize(("verb", "missing"), [("synth", "Pillow and numpy"), ("convert", "Pillow")])
+@pytest.mark.parametrize(("verb", "missing"), [("synth", "Pillow, numpy and webdataset"),
+                                               ("convert", "Pillow and webdataset")])
 def test_data_verbs_on_a_plain_install_name_the_extra(verb: str, missing: str, tmp_path: Path) -> None:
-    """As after a plain `pip install .`: Pillow and numpy cannot be imported (sys.modules[...] = None)."""
+    """As after a plain `pip install .`: Pillow, numpy and webdataset cannot be imported (sys.modules[...] = None)."""
     (tmp_path / "caps.jsonl").write_text('{"image": "a.png", "caption": "x"}\n')
     args = {"synth": [str(tmp_path / "synth")], "convert": [str(tmp_path / "caps.jsonl"), str(tmp_path / "o")]}
-    script = ("import sys; sys.modules['PIL'] = None; sys.modules['numpy'] = None; "
+    script = ("import sys; sys.modules.update(PIL=None, numpy=None, webdataset=None); "
               "from eve_operator.cli.main import app; app()")
     proc = subprocess.run([sys.executable, "-c", script, "data", verb, *args[verb]], capture_output=True,
                           text=True, timeout=60)

@@ -54,7 +54,7 @@ def _fail(message: str) -> None:
 
 
 #: Module -> the distribution that provides it (the `data` extra: pip install 'eve-platform[data]').
-_DATA_MODULES = {"PIL": "Pillow", "numpy": "numpy"}
+_DATA_MODULES = {"PIL": "Pillow", "numpy": "numpy", "webdataset": "webdataset"}
 
 
 def _require(verb: str, *modules: str) -> None:
@@ -63,7 +63,8 @@ def _require(verb: str, *modules: str) -> None:
 
     missing = [_DATA_MODULES[m] for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        _fail(f"`eve-platform data {verb}` needs {' and '.join(missing)}, which a plain install does not "
+        names = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+        _fail(f"`eve-platform data {verb}` needs {names}, which a plain install does not "
               "include: pip install 'eve-platform[data]' (the trainer's [train] extra has them too)")
 
 
@@ -107,7 +108,7 @@ def convert_cmd(
     out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
 ) -> None:
     """Convert a dataset into WebDataset shards + index.json, skipping (and counting) bad records."""
-    _require("convert", "PIL")
+    _require("convert", "PIL", "webdataset")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from eve_trainer.data.convert import convert
@@ -142,7 +143,7 @@ def synth_cmd(
     """Write a small synthetic dataset (random images + captions or conversations) for demos and tests."""
     import time
 
-    _require("synth", "PIL", "numpy")
+    _require("synth", "PIL", "numpy", "webdataset")
 
     from eve_trainer.data.synth import write_synthetic_dataset
 
