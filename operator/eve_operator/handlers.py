@@ -28,6 +28,7 @@ from eve_operator.jobspec import LABEL_PIPELINE
 from eve_operator.kube import Kube
 from eve_operator.loop import PipelineLoop
 from eve_operator.metrics_server import serve_metrics
+from eve_operator.spec import MlflowSpec
 
 log = logging.getLogger("eve_operator")
 JOB_API = PYTORCHJOB
@@ -169,9 +170,10 @@ async def pipeline_deleted(name: str, namespace: str, status: kopf.Status, spec:
     if getattr(watch_trainjobs, "done", False):
         deleted += await asyncio.to_thread(memo.kube.using(TRAINJOB).delete_children, namespace, name)
     log.info("[%s/%s] deleted %d stage job(s): %s", namespace, name, len(deleted), ", ".join(deleted))
-    run_id, uri = status.get("mlflowRunId"), (spec.get("mlflow") or {}).get("trackingUri")
-    if run_id and uri and status.get("phase") not in ("Succeeded", "Failed"):
-        try:
-            await asyncio.to_thread(tracking.finish_run, uri, run_id, "KILLED")
-        except tracking.TrackingError as err:
-            log.warning("[%s/%s] could not close the MLflow run: %s", namespace, name, err)
+    run_id, mlflow = status.get("mlflowRunId"), spec.get("mlflow") or {}
+    if run_id and mlflow.get("trackingUri") and status.get("phase") not in ("Succeeded", "Failed"):
+        runs = tracking.RunRecords(mlflow["trackingUri"], MlflowSpec.model_validate(mlflow).experiment, name,
+                                   warn=lambda msg: log.warning("[%s/%s] %s", namespace, name, msg))
+        if stage := status.get("currentStage"):
+            await asyncio.to_thread(runs.end_stage, run_id, stage, "KILLED", "the pipeline was deleted")
+        await asyncio.to_thread(runs.finish, run_id, "KILLED")

@@ -155,19 +155,10 @@ def open_store(spec: PipelineSpec, creds: dict[str, str] | None) -> Any:
         key_id = (creds or {}).get("AWS_ACCESS_KEY_ID")
         key = (endpoint, spec.s3.region, key_id)
         if key not in _S3_CLIENTS:  # clients are thread-safe and costly to build: one per endpoint + key
-            import boto3
-            from botocore.config import Config as BotoConfig
+            from eve_trainer.storage import s3_client  # the platform's one timeout/retry policy
 
-            keys = {}
-            if creds:
-                keys = {"aws_access_key_id": key_id, "aws_secret_access_key": creds.get("AWS_SECRET_ACCESS_KEY")}
-            # a reconcile must not hang on an unreachable store: short timeouts, one retry
-            _S3_CLIENTS[key] = boto3.session.Session().client(
-                "s3", endpoint_url=endpoint,
-                region_name=spec.s3.region or os.environ.get("AWS_REGION") or "us-east-1",
-                config=BotoConfig(connect_timeout=3, read_timeout=20, retries={"max_attempts": 2},
-                                  max_pool_connections=32, s3={"addressing_style": "path"} if endpoint else {}),
-                **keys)
+            _S3_CLIENTS[key] = s3_client(endpoint, spec.s3.region, access_key_id=key_id,
+                                         secret_access_key=(creds or {}).get("AWS_SECRET_ACCESS_KEY"))
         store.client = _S3_CLIENTS[key]
     return store
 

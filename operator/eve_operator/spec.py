@@ -218,6 +218,8 @@ class StageSpec(_Model):
     overrides: dict[str, OverrideValue] = Field(
         default_factory=dict, description="Trainer overrides (dotted keys) for this stage.")
     resources: ResourcesSpec | None = Field(None, description="Resources of this stage; default spec.resources.")
+    stall_timeout_s: int | None = Field(None, alias="stallTimeoutSeconds", ge=0,
+                                        description="Stall timeout of this stage; default spec.stallTimeoutSeconds.")
     pod_template: PodTemplateSpec | None = Field(None, alias="podTemplate",
                                                  description="Pod customisation, merged over spec.podTemplate.")
 
@@ -248,6 +250,8 @@ class PipelineSpec(_Model):
     active_deadline_s: int | None = Field(None, alias="activeDeadlineSeconds", ge=1,
                                           description="Wall-clock limit of one stage job.")
     suspend: bool = Field(False, description="Suspend the current stage's job.")
+    stall_timeout_s: int = Field(900, alias="stallTimeoutSeconds", ge=0, description=(
+        "Restart a stage (as a new attempt) when no rank's step advanced for this long; 0: never."))
     job_api: JobApi | None = Field(
         None, alias="jobApi",
         description="Job API of the stage jobs: PyTorchJob (Training Operator v1) or TrainJob (Kubeflow "

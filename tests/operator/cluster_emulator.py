@@ -605,6 +605,9 @@ class TrainingOperator:
 # == the kubelet ===========================================================================
 
 
+ExtraEnv = dict[str, str] | Callable[[dict[str, Any]], dict[str, str]]
+
+
 class WaitingError(Exception):
     """The container cannot start yet (state.waiting): (reason, message)."""
 
@@ -659,19 +662,22 @@ class Container:
 class Kubelet:
     """One node that runs every pod: bind, start, watch the process, report, stop on deletion.
 
-    max_grace_s caps every pod's termination grace period (the PyTorchJobs ask for 300 s),
-    extra_env is added to every container (a test knob, e.g. EVE_DEBUG_STEP_DELAY_S).
+    max_grace_s caps every pod's termination grace period (the PyTorchJobs ask for 300 s);
+    extra_env (a dict, or pod -> dict) is added to containers: a test knob, e.g.
+    EVE_DEBUG_STEP_DELAY_S. `exits` lists every container exit: (namespace, pod, exit code).
     """
 
     def __init__(self, api: kubernetes.client.ApiClient, root: Path, *, max_grace_s: float | None = None,
-                 extra_env: dict[str, str] | None = None, interval_s: float = 0.1):
+                 extra_env: ExtraEnv | None = None, interval_s: float = 0.1):
         self.core = kubernetes.client.CoreV1Api(api)
         self.root = root
         self.max_grace_s = max_grace_s
-        self.extra_env = dict(extra_env or {})
+        self.extra_env: ExtraEnv = extra_env or {}
+        self.exits: list[tuple[str, str, int]] = []
+        #: pod uid -> its container; only the kubelet's thread changes it (readers take a copy: the
+        #: API server's thread asks for logs while this thread waits on the API server)
         self.containers: dict[str, Container] = {}
         self.ports: dict[str, int] = {}
-        self.lock = threading.RLock()
         self.loop = _Loop("kubelet", self.tick, interval_s)
 
     # -- the loop -------------------------------------------------------------------------
@@ -682,28 +688,25 @@ class Kubelet:
         for pod in pods:
             uid = pod["metadata"].get("uid", "")
             seen.add(uid)
-            with self.lock:
-                container = self.containers.get(uid)
-                if pod["metadata"].get("deletionTimestamp"):
-                    self._stop(pod, container)
-                elif container is None:
-                    if _phase(pod) not in ("Succeeded", "Failed") and not pod["spec"].get("nodeName"):
-                        self._admit(pod)
-                    elif _phase(pod) == "Pending" and pod["spec"].get("nodeName") == NODE:
-                        self._admit(pod)  # bound, waiting for a Secret
-                else:
-                    self._observe(pod, container)
-        with self.lock:
-            for uid in [u for u in self.containers if u not in seen]:  # force-deleted: no grace
-                self.containers.pop(uid).signal_group(signal.SIGKILL)
+            container = self.containers.get(uid)
+            if pod["metadata"].get("deletionTimestamp"):
+                self._stop(pod, container)
+            elif container is None:
+                if _phase(pod) not in ("Succeeded", "Failed") and not pod["spec"].get("nodeName"):
+                    self._admit(pod)
+                elif _phase(pod) == "Pending" and pod["spec"].get("nodeName") == NODE:
+                    self._admit(pod)  # bound, waiting for a Secret
+            else:
+                self._observe(pod, container)
+        for uid in [u for u in self.containers if u not in seen]:  # force-deleted: no grace
+            self.containers.pop(uid).signal_group(signal.SIGKILL)
 
     def shutdown(self) -> None:
-        """SIGKILL every container left (the node goes away with the test)."""
-        with self.lock:
-            for container in self.containers.values():
-                container.signal_group(signal.SIGKILL)
-                if container.proc is not None:
-                    container.proc.wait()
+        """SIGKILL every container left (the node goes away with the test); after the loop stopped."""
+        for container in list(self.containers.values()):
+            container.signal_group(signal.SIGKILL)
+            if container.proc is not None:
+                container.proc.wait()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -752,6 +755,7 @@ class Kubelet:
             return
         code = code if code >= 0 else 128 - code  # killed by signal N: the runtime reports 128 + N
         container.signal_group(signal.SIGKILL)  # the container ends with its main process
+        self.exits.append((container.namespace, container.pod, code))
         reason = "Completed" if code == 0 else "Error"
         policy = pod["spec"].get("restartPolicy", "Always")
         if policy == "Always" or policy == "OnFailure" and code != 0:
@@ -799,6 +803,7 @@ class Kubelet:
             container.signal_group(signal.SIGKILL)
             code = container.proc.returncode
             code = code if code >= 0 else 128 - code
+            self.exits.append((container.namespace, container.pod, code))
             self._terminated(pod, container, code, "Completed" if code == 0 else "Error")
         if FINALIZER in (meta.get("finalizers") or []):
             _ignore(404, self.core.patch_namespaced_pod, meta["name"], meta["namespace"],
@@ -829,7 +834,7 @@ class Kubelet:
         env["HOSTNAME"] = meta["name"]
         for var in spec.get("env") or []:
             env[var["name"]] = self._value(pod, var)
-        env.update(self.extra_env)
+        env.update(self.extra_env(pod) if callable(self.extra_env) else self.extra_env)
         # no cluster DNS: the Master's name is this machine; its port is one free port per job
         for var in ("MASTER_ADDR", "PET_MASTER_ADDR"):
             if var in env:
@@ -877,8 +882,7 @@ class Kubelet:
         """pods/<name>/log: the current (or previous) log file of the pod's container."""
         if container not in (None, CONTAINER):
             return None
-        with self.lock:
-            found = next((c for c in self.containers.values() if c.pod == pod and c.namespace == namespace), None)
+        found = self.container(pod, namespace)
         if found is None or found.proc is None and found.terminated is None:
             return None
         if previous:
@@ -886,8 +890,7 @@ class Kubelet:
         return PodLog(found.log(), lambda: found.running)
 
     def container(self, pod: str, namespace: str) -> Container | None:
-        with self.lock:
-            return next((c for c in self.containers.values() if c.pod == pod and c.namespace == namespace), None)
+        return next((c for c in list(self.containers.values()) if c.pod == pod and c.namespace == namespace), None)
 
     def kill_pod(self, pod: str, namespace: str) -> int:
         """Node loss: SIGKILL the pod's whole process group now. Returns the main process's pid."""
@@ -906,7 +909,7 @@ class ClusterEmulator:
     """kmock's API server + the training-operator + one kubelet; `kill_pod` fails a node."""
 
     def __init__(self, emulator: Emulator, kubeconfig: Path, root: Path, *, max_grace_s: float | None = None,
-                 extra_env: dict[str, str] | None = None, interval_s: float = 0.1):
+                 extra_env: ExtraEnv | None = None, interval_s: float = 0.1):
         self.emulator, self.kubeconfig = emulator, kubeconfig
         self.api = api_client(kubeconfig)
         self.core = kubernetes.client.CoreV1Api(self.api)

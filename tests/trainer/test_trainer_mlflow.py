@@ -3,55 +3,13 @@ block or fail, and everything logged meanwhile arrives once the server answers."
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from urllib.parse import urlparse
 
 from fixtures.services import free_port
+from fixtures.tcp_proxy import TcpForwarder
 
 from eve_trainer.metrics import MLflowLogger
-
-
-class TcpForwarder:
-    """A loopback port that forwards to the MLflow server once `start()` is called: before that
-    nothing listens there, as when the tracking server is down."""
-
-    def __init__(self, port: int, target: tuple[str, int]):
-        self.port, self.target = port, target
-        self._sock: socket.socket | None = None
-
-    def start(self) -> None:
-        self._sock = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
 
 
 def test_metrics_logged_during_an_outage_arrive_later(mlflow_server):

@@ -61,8 +61,12 @@ class DistInfo:
         return cls(rank=rank, world_size=world, local_rank=local_rank)
 
 
-def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0) -> str:
-    """Start torch.distributed (also for world 1: DeepSpeed needs a group). Returns the device."""
+def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0, collective_timeout_s: float | None = None) -> str:
+    """Start torch.distributed (also for world 1: DeepSpeed needs a group). Returns the device.
+
+    `timeout_s` bounds the rendezvous (pods start minutes apart while images pull);
+    `collective_timeout_s` then bounds every collective, also on the groups DeepSpeed creates
+    later, so a dead or hung peer ends the other ranks in minutes (exit 1, retried)."""
     import torch
     import torch.distributed as dist
 
@@ -87,7 +91,21 @@ def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0) -> str:
                 raise ConfigError(f"{var} is not set; a {info.world_size}-rank run needs a rendezvous address")
         with _saying_while_waiting(info, timeout_s):
             dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, timeout=timeout)
+    if collective_timeout_s is not None:
+        set_collective_timeout(collective_timeout_s)
     return device
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """The timeout of collectives on the default group and on every group created after this
+    (torch gives new groups its module default, 30 min for gloo, not the default group's)."""
+    import torch.distributed.distributed_c10d as c10d
+
+    timeout = datetime.timedelta(seconds=seconds)
+    c10d.default_pg_timeout = timeout
+    if getattr(c10d, "default_pg_nccl_timeout", None) is not None:
+        c10d.default_pg_nccl_timeout = timeout
+    c10d._set_pg_timeout(timeout)
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
 from eve_trainer.export import export_stage
+from eve_trainer.heartbeat import HeartbeatWriter, hang_forever
 from eve_trainer.metrics import BaseLogger, build_logger
 from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
@@ -76,6 +77,8 @@ class StepResult:
     data_wait_s: float
     stop: bool
     extra: dict[str, float] = field(default_factory=dict)
+    positions: float = 0.0  # sequence positions run, padding included (tokens: real ones only)
+    model_flops: float = 0.0  # flops.StepFlops over the real tokens, all ranks
 
 
 class Trainer:
@@ -89,13 +92,16 @@ class Trainer:
         self.progress: Progress | None = None
         self.engine: Any = None
         self.resume_run_id: str | None = None
-        self.device = device or D.init_process_group(dist)
+        self.device = device or D.init_process_group(dist, collective_timeout_s=cfg.distributed.timeout_s)
         self.cuda = self.device.startswith("cuda")
         self.bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and self.cuda)
 
         from eve_model import EveImageProcessor, get_preset
 
         self.store = open_store(cfg.output, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+        self.heartbeat = HeartbeatWriter(self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank,
+                                         every_s=cfg.heartbeat.every_s)
+        self.heartbeat.start()
         preset_kwargs = {}
         if cfg.model.teacher_path:  # the frozen CLIP teacher, as a local folder
             preset_kwargs["clip_teacher_path"] = str(fetch_dir(cfg.model.teacher_path, cfg))
@@ -113,9 +119,8 @@ class Trainer:
         has_checkpoint = D.broadcast_object(
             bool(layout.list_checkpoint_steps(self.store, cfg.pipeline, cfg.stage)) if dist.is_main else None)
         self._build_model_and_engine(load_weights=not has_checkpoint)
-        self.flops_per_token = flops.flops_per_token(
-            num_params=flops.count_params(self.model), num_layers=flops.text_dims(self.model_config)[0],
-            hidden_size=flops.text_dims(self.model_config)[1], seq_len=cfg.data.max_length)
+        self.step_flops = flops.step_flops(self.model_config, llm_trains=flops.llm_trains(self.model))
+        self.flops_per_token = self.step_flops.nominal_per_token(cfg.data.max_length)  # a full text row
         self.peak_flops = flops.peak_flops(self.device)
         #: test-only: seconds to sleep after each step, so a test can signal a run mid-stage
         self._debug_step_delay_s = float(os.environ.get("EVE_DEBUG_STEP_DELAY_S", "0") or 0)
@@ -131,11 +136,16 @@ class Trainer:
                     f"{self.dist.world_size}, grad accumulation {self.grad_accum}, device {self.device}",
                     step=self.step, total_steps=self.total_steps, resumed_from=resumed)
         self.progress.start(self.step)
+        self.heartbeat.update(step=self.step, total_steps=self.total_steps, phase="train")
+        hang = self.cfg.debug.hang_at_step if self.cfg.debug.hang_rank == self.dist.rank else None
         batches = iter(self.loader)
         while self.step < self.total_steps:
+            if self.step == hang:
+                hang_forever(self.step, self.dist.rank)
             result = self.train_step(batches)
             self.step += 1
             self.started = True
+            self.heartbeat.update(step=self.step, loss=result.loss, tokens_per_s=result.tokens / result.step_s)
             last = self.step == self.total_steps
             if self.step % self.cfg.mlflow.log_every == 0 or last or result.stop:
                 self.log_step(result)
@@ -148,6 +158,7 @@ class Trainer:
         if self.cfg.checkpoint.export:
             self.export()
         self._event("done", f"stage {self.cfg.stage} complete at step {self.step}", step=self.step)
+        self.heartbeat.close("done")
         self.logger.close("FINISHED")
         return EXIT_OK
 
@@ -157,8 +168,9 @@ class Trainer:
 
         t0 = time.perf_counter()
         wait = 0.0
-        # loss, lm_loss, align_loss, tokens, stop: summed on the device, one host sync per step
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        # loss, lm_loss, align_loss, real tokens, stop, positions, model FLOPs: summed on the
+        # device, one host sync per step
+        sums = torch.zeros(7, dtype=torch.float64, device=self.device)
         lrs = dict(zip((g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)),
                        self.scheduler.get_last_lr()))  # the LRs this step uses
         for _ in range(self.grad_accum):
@@ -172,6 +184,8 @@ class Trainer:
             sums[1] += _detached(getattr(out, "lm_loss", None), out.loss)
             sums[2] += _detached(getattr(out, "align_loss", None), 0.0)
             sums[3] += _num_tokens(out, batch)
+            sums[5] += _num_positions(out, batch)
+            sums[6] += self.step_flops.of_output(out)
         sums[4] = float(self.stop.requested)
         # one collective per step: the mean losses, the token count, and whether any rank got SIGTERM
         reduced = self._all_reduce(sums)
@@ -181,16 +195,18 @@ class Trainer:
                           lr=lrs.get("base", lrs.get("vision", math.nan)),
                           grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
                           tokens=reduced[3], step_s=time.perf_counter() - t0, data_wait_s=wait,
-                          stop=reduced[4] > 0, extra={"vision_lr": lrs["vision"]} if "vision" in lrs else {})
+                          stop=reduced[4] > 0, extra={"vision_lr": lrs["vision"]} if "vision" in lrs else {},
+                          positions=reduced[5], model_flops=reduced[6] or self.flops_per_token * reduced[3])
 
     def log_step(self, r: StepResult) -> None:
         metrics = {"loss": r.loss, "lm_loss": r.lm_loss, "align_loss": r.align_loss, "lr": r.lr,
                    "grad_norm": r.grad_norm, **r.extra,
                    "samples_per_s": self.cfg.global_batch_size / r.step_s,
-                   "tokens_per_s": r.tokens / r.step_s,
+                   "tokens_per_s": r.tokens / r.step_s, "padding_fraction": 1 - r.tokens / max(r.positions, 1),
+                   "model_tflops_per_s": r.model_flops / r.step_s / 1e12,
                    "data_wait_fraction": r.data_wait_s / r.step_s, "step_time_s": r.step_s}
         if self.peak_flops:
-            metrics["mfu"] = self.flops_per_token * metrics["tokens_per_s"] / (self.peak_flops * self.dist.world_size)
+            metrics["mfu"] = r.model_flops / r.step_s / (self.peak_flops * self.dist.world_size)
         if self.cuda:
             import torch
 
@@ -202,7 +218,9 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         t0 = time.perf_counter()
+        self.heartbeat.update(phase="checkpoint")
         manifest = self.checkpointer.save(self.step, self.engine, self._trainer_state(), self.logger.run_id)
+        self.heartbeat.update(phase="train")
         if manifest is not None:
             size = sum(f.size for f in manifest.files)
             self.logger.log_text(manifest.to_json().decode(), f"checkpoints/step-{self.step}/manifest.json")
@@ -262,6 +280,8 @@ class Trainer:
         """Safe on a half-built trainer."""
         if self.progress is not None:
             self.progress.close()
+        if getattr(self, "heartbeat", None) is not None:
+            self.heartbeat.close("done" if status == "FINISHED" else status.lower())
         self.logger.close(status)
 
     # -- building blocks -------------------------------------------------------------------------
@@ -381,12 +401,16 @@ def _detached(value: Any, default: Any) -> Any:
     return value.detach() if hasattr(value, "detach") else float(value)
 
 
-def _num_tokens(out: Any, batch: dict[str, Any]) -> float:
-    """Sequence positions the model ran (image tokens included once spliced in)."""
-    logits = getattr(out, "logits", None)
-    if logits is not None and logits.dim() >= 2:
-        return float(logits.shape[0] * logits.shape[1])
-    return float(batch["input_ids"].numel())
+def _num_tokens(out: Any, batch: dict[str, Any]) -> Any:
+    """Real (non-padding) positions after the splice, image tokens included."""
+    mask = getattr(out, "attention_mask", None)
+    return (mask if mask is not None else batch["attention_mask"]).sum()
+
+
+def _num_positions(out: Any, batch: dict[str, Any]) -> float:
+    """Sequence positions the model ran, padding included."""
+    mask = getattr(out, "attention_mask", None)
+    return float((mask if mask is not None else batch["input_ids"]).numel())
 
 
 def _numel(model: Any, trainable: bool = False) -> int:

@@ -27,6 +27,11 @@ class Out(str, Enum):
     json = "json"
 
 
+class Profile(str, Enum):
+    demo = "demo"
+    eve = "eve"
+
+
 class Kind(str, Enum):
     caption = "caption"
     conversation = "conversation"
@@ -115,6 +120,8 @@ def synth_cmd(
     samples_per_shard: int = typer.Option(50, "--samples-per-shard", min=1),
     endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT"),
     out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
+    profile: Profile = typer.Option(Profile.demo, "--profile",
+                                    help="demo (compact) or eve (EVE-like aspect ratios and text lengths)."),
 ) -> None:
     """Write a small synthetic dataset (random images + captions or conversations) for demos and tests."""
     import time
@@ -129,7 +136,8 @@ def synth_cmd(
     try:
         index = write_synthetic_dataset(output, num_samples=num_samples, kind=kind.value, seed=seed,
                                         image_size=(lo, hi), endpoint_url=endpoint_url,
-                                        samples_per_shard=samples_per_shard, shard_size=_size(shard_size))
+                                        samples_per_shard=samples_per_shard, shard_size=_size(shard_size),
+                                        profile=profile.value)
     except _user_errors() as err:
         _fail(str(err))
     _emit({"output": index.url, "kind": index.kind, "samples": index.num_samples, "shards": len(index.shards),
