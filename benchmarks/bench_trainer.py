@@ -16,14 +16,20 @@ CPU (default; what CI machines can run):
    The target is >= 0.8x of boto3's throughput. The checkpointed model is a widened tiny
    preset (--ckpt-hidden, --ckpt-layers) so the files are a few hundred MB.
 
-GPU (--gpu; single process, world 1, no S3; < 3 minutes on one H100):
+GPU (--gpu; single process, world 1, no S3):
 
-    python benchmarks/bench_trainer.py --gpu [--micro 4] [--seq 2048] [--steps 10]
+    python benchmarks/bench_trainer.py --gpu [--micro 4] [--seq 2048] [--steps 10] [--preset small]
+        [--width 7b --layers 4] [--zero 2|3] [--compile] [--checkpointing]
+        [--dist full|caption|sft] [--pack] [--no-group] [--loss-chunk N] [--attn flex_attention]
+    python benchmarks/bench_trainer.py --gpu --suite FILE --out results.jsonl --budget-s 400
 
-preset small (1.1B-class LLM + 672 px vision tower + CLIP-L teacher), bf16, ZeRO-2 (world 1),
-random token batches of --seq positions (text + the image's 601 visual tokens), through
-Trainer.train_step. Prints tokens/s and MFU = model FLOPs per token (6N + 12 L H S, PaLM
-appendix B) x tokens/s / peak (989 TFLOP/s dense bf16 for an H100 SXM; EVE_PEAK_TFLOPS overrides).
+bf16, world 1, through Trainer.train_step, on synthetic micro-batches laid out by the data
+pipeline's collate: `full` rows (one square image + text to --seq positions, no padding) or EVE
+length distributions (`caption`, `sft`; see sample_lengths), padded (grouped by length unless
+--no-group) or packed. Prints real tokens/s, the padding fraction and the useful-token MFU: the
+trainer's step FLOPs (flops.py, docs/trainer.md) / step time / peak (989 TFLOP/s dense bf16 for
+an H100 or H200; EVE_PEAK_TFLOPS overrides). --width 7b gives EVE-7B's decoder width with
+--layers layers. A suite file lists one configuration per line (benchmarks/gpu_suite.sh).
 """
 
 from __future__ import annotations
@@ -199,63 +205,183 @@ def bench_checkpoint(tmp: Path, hidden: int, layers: int, reps: int) -> dict:
 
 # -- GPU ---------------------------------------------------------------------------------------
 
+#: --width 7b: EVE-7B's decoder width (hidden 4096, intermediate 11008, 32 heads) with --layers
+#: layers, so that one GPU holds it; the vision tower, PAL and teacher are the real ones.
+WIDTH_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32}
 
-def synthetic_batches(trainer, micro: int, seq: int):
-    """Full-length random batches: one image (601 visual tokens at 672 px) + text up to `seq`."""
+
+def sample_lengths(dist: str, rng, proc, seq: int) -> tuple[tuple[int, int] | None, int]:
+    """(image size or None, text tokens) of one sample of distribution `dist`:
+
+    full     one square image (601 visual tokens at 672 px) and text up to `seq` positions (no padding)
+    caption  EVE stage 1-2 captions: photo aspect ratios (126-601 visual tokens), 10-60 text tokens
+    sft      EVE SFT: 1 in 10 text-only, conversations of 50-1500 tokens (log-normal, median ~200)
+    """
+    from eve_trainer.data.synth import pick_aspect
+
+    if dist == "full":
+        return (672, 672), seq - proc.num_image_tokens(672, 672) + 1
+    aspect = pick_aspect(rng, "eve")
+    size = (672, max(8, round(672 / aspect))) if aspect >= 1 else (max(8, round(672 * aspect)), 672)
+    if dist == "caption":
+        return size, 2 + round(rng.triangular(10, 60, 20))
+    text = min(1500, max(50, round(rng.lognormvariate(5.3, 0.8))))
+    image = None if rng.random() < 0.1 else size
+    n_img = proc.num_image_tokens(*image) - 1 if image else 0
+    return image, min(text, seq - n_img)  # text truncated before the splice, as the reference does
+
+
+def synthetic_batches(trainer, micro: int, seq: int, dist: str = "full", *, pack: bool = False, group: bool = True,
+                      n_batches: int = 8, seed: int = 0):
+    """Endless cycle over `n_batches` micro-batches of `micro` samples drawn from `dist`, laid out
+    by the data pipeline's own collate (padded rows, or packed rows of `seq` positions), sorted
+    by spliced length within chunks of 16 micro-batches when `group` (data.group_by_length)."""
+    import random
+
     import torch
+    from PIL import Image
+
     from eve_model import IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveImageProcessor
+    from eve_trainer.data.plan import group_by_length
+    from eve_trainer.data.samples import collate
 
     cfg = trainer.model_config
     proc = EveImageProcessor.from_config(cfg)
-    n_image = proc.num_image_tokens(cfg.image_size, cfg.image_size)
-    n_text = seq - n_image + 1
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, cfg.vocab_size, (micro, n_text), generator=g)
-    ids[:, 1] = IMAGE_TOKEN_INDEX
-    labels = ids.clone()
-    labels[:, :2] = IGNORE_INDEX
-    images = torch.randn(micro, 4, cfg.image_size, cfg.image_size, generator=g)
-    images[:, 3] = 1.0
-    clip = torch.randn(micro, 4, cfg.image_size_clip, cfg.image_size_clip, generator=g)
-    clip[:, 3] = 1.0
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-             "images": images, "images_clip": clip}
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    scale = cfg.image_size / 672
+    samples = []
+    for _ in range(micro * n_batches):
+        image, n_text = sample_lengths(dist, rng, proc, seq)
+        ids = torch.randint(3, cfg.vocab_size, (n_text + (1 if image else 0),), generator=g)
+        labels = ids.clone()
+        labels[:2] = IGNORE_INDEX
+        pil = None
+        if image:
+            ids[1] = IMAGE_TOKEN_INDEX
+            pil = Image.new("RGB", (max(8, round(image[0] * scale)), max(8, round(image[1] * scale))),
+                            tuple(rng.randrange(256) for _ in range(3)))
+        im, clip = proc(pil)
+        n = len(ids) + (proc.num_image_tokens(*pil.size) - 1 if pil else 0)
+        samples.append({"input_ids": ids, "labels": labels, "image": im, "image_clip": clip, "length": n})
+    order = list(range(len(samples)))
+    if group:
+        order = group_by_length(order, [s["length"] for s in samples], micro * 16)
+    batches = [collate([samples[k] for k in order[i:i + micro]], 0, seq if pack else 0)
+               for i in range(0, len(order), micro)]
     while True:
-        yield batch
+        yield from batches
 
 
-def bench_gpu(tmp: Path, micro: int, seq: int, steps: int, checkpointing: bool, compile_: bool = False) -> dict:
+def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkpointing: bool = False,
+              compile_: bool = False, *,
+              preset: str = "small", layers: int = 0, width: str = "", zero: int = 2, dist: str = "full",
+              pack: bool = False, group: bool = True, loss_chunk: int = 0, attn: str = "sdpa",
+              bare: bool = True) -> dict:
+    """One configuration: build, one warm-up step per distinct batch, `steps` timed steps (alternating with the bare
+    loop when `bare`). MFU = the trainer's step FLOPs (flops.py: real tokens, frozen parts priced as
+    such) / step time / peak."""
+    import eve_model
     import torch
 
+    original = eve_model.get_preset
+    overrides = {**(WIDTH_7B if width == "7b" else {}), **({"num_hidden_layers": layers} if layers else {})}
+    eve_model.get_preset = lambda name, **kw: original(name, **{**overrides, **kw})
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:  # what an earlier configuration of this process left allocated is not this one's
+        torch.cuda.reset_peak_memory_stats()
+        start_bytes = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
-    trainer = build_trainer(tmp, ["max_steps=1000", f"micro_batch_size={micro}", f"global_batch_size={micro}",
-                                  f"data.max_length={seq}", "deepspeed.zero_stage=2",
-                                  f"model.gradient_checkpointing={str(checkpointing).lower()}",
-                                  f"model.compile={str(compile_).lower()}"], preset="small")
+    try:
+        trainer = build_trainer(tmp, ["max_steps=1000", f"micro_batch_size={micro}", f"global_batch_size={micro}",
+                                      f"data.max_length={seq}", f"deepspeed.zero_stage={zero}",
+                                      f"model.gradient_checkpointing={str(checkpointing).lower()}",
+                                      f"model.compile={str(compile_).lower()}"], preset=preset)
+    finally:
+        eve_model.get_preset = original
+    module = trainer.engine.module
+    module.loss_chunk_tokens = loss_chunk
+    if attn != "sdpa":
+        module.set_attn_implementation(attn)
     build_s = time.perf_counter() - t0
-    batches = synthetic_batches(trainer, micro, seq)
-    for _ in range(3):
+    n_batches = max(2, min(8, 256 // micro))
+    batches = synthetic_batches(trainer, micro, seq, dist, pack=pack, group=group, n_batches=n_batches)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):  # every distinct batch shape once: compilation stays out of the timing
         trainer_step(trainer, batches)
-    torch.cuda.synchronize()
-    bare, full, results = [], [], []
+    sync()
+    warmup_s = time.perf_counter() - t0
+    plain, full, results = [], [], []
     for i in range(steps):  # alternate, order swapped each time, wall time of each call
-        pair = [(bare, lambda: (bare_step(trainer, batches), torch.cuda.synchronize())),
-                (full, lambda: results.append(trainer_step(trainer, batches)))]
+        pair = [(full, lambda: results.append(trainer_step(trainer, batches)))]
+        if bare:
+            pair.append((plain, lambda: (bare_step(trainer, batches), sync())))
         for times, fn in pair if i % 2 else pair[::-1]:
             times += timed(fn, 1)
     step_s = statistics.median(full)
-    tokens = results[-1].tokens
-    tps = tokens / step_s
+    total_s = sum(full)
+    tokens = sum(r.tokens for r in results)
+    positions = sum(r.positions for r in results)
+    flops = sum(r.model_flops for r in results)
     peak = trainer.peak_flops or 989e12
-    return {"device": torch.cuda.get_device_name(), "preset": "small",
-            "params": sum(p.numel() for p in trainer.model.parameters()),
-            "micro_batch": micro, "seq_positions": tokens / micro, "gradient_checkpointing": checkpointing,
-            "compile": compile_,
-            "build_s": round(build_s, 1), "trainer_step_s": step_s, "bare_step_s": statistics.median(bare),
-            "overhead_pct": 100 * (step_s / statistics.median(bare) - 1), "tokens_per_s": tps,
-            "flops_per_token": trainer.flops_per_token, "peak_tflops": peak / 1e12,
-            "mfu": trainer.flops_per_token * tps / peak,
-            "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    out = {"device": torch.cuda.get_device_name() if cuda else "cpu", "preset": preset, "width": width or preset,
+           "layers": trainer.model_config.num_hidden_layers, "hidden": trainer.model_config.hidden_size,
+           "params": sum(p.numel() or getattr(p, "ds_numel", 0) for p in trainer.model.parameters()),
+           "zero": zero, "compile": compile_, "gradient_checkpointing": checkpointing, "dist": dist, "pack": pack,
+           "group": group, "loss_chunk": loss_chunk, "attn": attn, "micro_batch": micro, "seq": seq,
+           "build_s": round(build_s, 1), "warmup_s": round(warmup_s, 1), "trainer_step_s": step_s,
+           "tokens_per_s": tokens / total_s, "positions_per_s": positions / total_s,
+           "padding_fraction": 1 - tokens / positions, "samples_per_s": micro * steps / total_s,
+           "model_tflops_per_s": flops / total_s / 1e12, "peak_tflops": peak / 1e12, "mfu": flops / total_s / peak,
+           "max_memory_gib": (torch.cuda.max_memory_allocated() - start_bytes) / 2**30 if cuda else None,
+           "left_by_earlier_gib": start_bytes / 2**30 if cuda else None}
+    if bare:
+        out["bare_step_s"] = statistics.median(plain)
+        out["overhead_pct"] = 100 * (step_s / statistics.median(plain) - 1)
+    del trainer, module, batches
+    return out
+
+
+def run_suite(path: Path, tmp: Path, out_path: Path | None, budget_s: float) -> None:
+    """Each line of `path` is one configuration: `name key=value ...` (bench_gpu's keywords).
+    Runs them in order in this process, each guarded (an OOM or error is recorded, the next one
+    runs), until `budget_s` is spent; appends one JSON line per configuration to `out_path`."""
+    import gc
+
+    import torch
+
+    t_start = time.perf_counter()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        name, *pairs = line.split()
+        kw = {k: _parse(v) for k, v in (p.split("=", 1) for p in pairs)}
+        if time.perf_counter() - t_start > budget_s:
+            row = {"name": name, "skipped": "time budget spent", **kw}
+        else:
+            try:
+                args = {("compile_" if k == "compile" else k): v for k, v in kw.items()}
+                row = {"name": name, **bench_gpu(tmp, **args)}
+            except Exception as err:  # noqa: BLE001 - record and go on (OOM, compile failure, ...)
+                row = {"name": name, "error": f"{type(err).__name__}: {str(err)[:400]}", **kw}
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        print(json.dumps(row), flush=True)
+        if out_path:
+            with out_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def _parse(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
 
 
 def main() -> None:
@@ -271,14 +397,33 @@ def main() -> None:
     parser.add_argument("--ckpt-layers", type=int, default=8)
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-checkpoint", action="store_true")
+    parser.add_argument("--preset", default="small", help="GPU mode: model preset")
+    parser.add_argument("--width", default="", choices=["", "7b"], help="GPU mode: 7b = EVE-7B decoder width")
+    parser.add_argument("--layers", type=int, default=0, help="GPU mode: decoder layers (0: the preset's)")
+    parser.add_argument("--zero", type=int, default=2, choices=[2, 3])
+    parser.add_argument("--dist", default="full", choices=["full", "caption", "sft"],
+                        help="GPU mode: sample length distribution (see sample_lengths)")
+    parser.add_argument("--pack", action="store_true", help="GPU mode: packed rows (data.pack)")
+    parser.add_argument("--no-group", action="store_true", help="GPU mode: no length grouping")
+    parser.add_argument("--loss-chunk", type=int, default=0, help="GPU mode: loss_chunk_tokens of the model")
+    parser.add_argument("--attn", default="sdpa", help="GPU mode: attention implementation (sdpa, flex_attention)")
+    parser.add_argument("--suite", type=Path, help="GPU mode: run the configurations listed in this file")
+    parser.add_argument("--out", type=Path, help="GPU suite: append JSON lines here")
+    parser.add_argument("--budget-s", type=float, default=1e9, help="GPU suite: start no configuration after this")
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as d:
         tmp = Path(d)
+        if args.gpu and args.suite:
+            run_suite(args.suite, tmp, args.out, args.budget_s)
+            return
         if args.gpu:
-            print(json.dumps(bench_gpu(tmp, args.micro, args.seq, args.steps, args.checkpointing, args.compile), indent=2))
+            print(json.dumps(bench_gpu(tmp, args.micro, args.seq, args.steps, args.checkpointing, args.compile,
+                                       preset=args.preset, width=args.width, layers=args.layers, zero=args.zero,
+                                       dist=args.dist, pack=args.pack, group=not args.no_group,
+                                       loss_chunk=args.loss_chunk, attn=args.attn), indent=2))
             return
         if not args.skip_overhead:
             r = bench_overhead(tmp, args.steps, args.reps)

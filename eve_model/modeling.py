@@ -16,7 +16,7 @@ Forward = splice (``prepare_multimodal_inputs``) + Llama + LM loss + alignment l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,8 @@ class EveCausalLMOutput(ModelOutput):
     logits: torch.Tensor | None = None  # [B, T', V] over the spliced sequence
     attention_mask: torch.Tensor | None = None  # [B, T'] after the splice
     labels: torch.Tensor | None = None  # [B, T'] after the splice
+    sample_lengths: torch.Tensor | None = None  # [n] spliced length of each sample (FLOP accounting)
+    image_grids: torch.Tensor | None = None  # [n_img, 2] (h, w) visual-token grid of each image
 
 
 @dataclass
@@ -53,6 +55,9 @@ class MultimodalInputs:
     image_spans: list[tuple[int, int, int, int]]  # (row, start, h, w) per image sample
     image_rows: list[int]  # batch rows that carry an image
     dummy: torch.Tensor | None  # zero touching the PEL when the batch has no image
+    position_ids: torch.Tensor | None = None  # [B, T'] per-sample positions (packed batches only)
+    sample_lengths: list[int] = field(default_factory=list)  # spliced length of each sample
+    image_grids: list[tuple[int, int]] = field(default_factory=list)  # (h, w) of each image
 
 
 class _EveInitMixin:
@@ -110,6 +115,10 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         self.model = EveModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        #: 0: full logits [B, T', V] (returned). N > 0: with labels, the LM head runs only on the
+        #: positions that have a target, N at a time, each chunk's logits recomputed in the
+        #: backward (no [B, T', V] float32 tensor is kept); ``logits`` is then None. Same loss.
+        self.loss_chunk_tokens = 0
         self.post_init()
 
     # ------------------------------------------------------------------------------------------
@@ -133,17 +142,44 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
 
     def prepare_multimodal_inputs(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None,
                                   labels: torch.LongTensor | None, images: torch.Tensor | None,
-                                  padding_side: str = "right") -> MultimodalInputs:
+                                  padding_side: str = "right",
+                                  sample_index: torch.LongTensor | None = None) -> MultimodalInputs:
         """Replace each IMAGE_TOKEN_INDEX by the sample's visual tokens (labels IGNORE_INDEX there),
-        drop padding, re-pad to the longest spliced sample (right for training as in the reference,
-        left for generation), extend the attention mask."""
+        drop padding, re-pad to the longest spliced row (right for training as in the reference,
+        left for generation), extend the attention mask.
+
+        Packed batches (``sample_index`` [R, T]: the sample each position belongs to, 0..n-1 in
+        the order of ``images``, -1 on padding): each row holds several samples back to back.
+        They are spliced one by one and re-packed in their row; ``position_ids`` restart at 0 for
+        every sample (and for the trailing padding), which makes the decoder's mask
+        block-diagonal (document-masked causal attention), and the first label of each sample is
+        ignored so no sample predicts its neighbour's first token."""
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side={padding_side!r}; allowed: 'right', 'left'")
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        keep = attention_mask.bool()
+        if sample_index is None:  # one sample per row
+            sample_row = list(range(b))
+            sample_pos = [keep[i] for i in range(b)]
+        else:
+            if padding_side != "right" or sample_index.shape != input_ids.shape:
+                raise ValueError(f"sample_index: expected shape {tuple(input_ids.shape)} (right padding), got "
+                                 f"{tuple(sample_index.shape)}")
+            si = sample_index.cpu()
+            n = int(si.max()) + 1 if si.numel() else 0
+            rows_of = (si >= 0).nonzero()
+            sample_row, layout = [0] * n, []  # layout: samples in row-major order of appearance
+            for r, k in zip(rows_of[:, 0].tolist(), si[rows_of[:, 0], rows_of[:, 1]].tolist()):
+                if not layout or layout[-1] != k:
+                    sample_row[k] = r
+                    layout.append(k)
+            sample_pos = [(sample_index[sample_row[k]] == k) for k in range(n)]
+        n = len(sample_row)
         is_img = input_ids == IMAGE_TOKEN_INDEX
-        n_placeholders = is_img.sum(1)
+        n_placeholders = torch.stack([is_img[r][m].sum() for r, m in zip(sample_row, sample_pos)]) \
+            if sample_index is not None else is_img.sum(1)
         if (n_placeholders > 1).any():
             row = int((n_placeholders > 1).nonzero()[0])
             raise ValueError(f"input_ids[{row}]: {int(n_placeholders[row])} IMAGE_TOKEN_INDEX placeholders; "
@@ -155,7 +191,7 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
                                  "images is None (0 images with a valid mask)")
             has_img = has_ph
         else:
-            self._check_images(images, "images", self.config.image_size, b)
+            self._check_images(images, "images", self.config.image_size, n)
             has_img = self.model.vision_tower._patch_mask(images).flatten(1).any(1).cpu()
             if (has_img != has_ph).any():
                 bad = int((has_img != has_ph).nonzero()[0])
@@ -177,43 +213,68 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
             dummy = sum(f.sum() for f in self.encode_images(images[:1])[0]) * 0.0
 
         embeds = self.model.embed_tokens(input_ids.clamp(min=0))  # [B, T, D]
-        keep = attention_mask.bool()
         new_embeds, new_labels, spans = [], [], []
         it = iter(zip(rows, feats, grids))
-        for i in range(b):
-            e, ids = embeds[i][keep[i]], input_ids[i][keep[i]]
-            lab = labels[i][keep[i]] if labels is not None else None
-            if has_ph[i]:
+        for k in range(n):
+            r, m = sample_row[k], sample_pos[k]
+            e, ids = embeds[r][m], input_ids[r][m]
+            lab = labels[r][m] if labels is not None else None
+            p = None
+            if has_ph[k]:
                 _, vis, (h, w) = next(it)
                 p = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0])
                 e = torch.cat([e[:p], vis.to(e.dtype), e[p + 1:]])
                 if lab is not None:
                     lab = torch.cat([lab[:p], lab.new_full((vis.shape[0],), IGNORE_INDEX), lab[p + 1:]])
-                spans.append((i, p, h, w))
+                spans.append((k, p, h, w))
+            if lab is not None and sample_index is not None and lab.numel():
+                lab = torch.cat([lab.new_full((1,), IGNORE_INDEX), lab[1:]])  # never a target unpacked either
             new_embeds.append(e)
             new_labels.append(lab)
         lengths = [e.shape[0] for e in new_embeds]
-        tmax = max(lengths)
+        # place the samples in their rows: (row, offset) of each sample
+        offsets, row_len = [0] * n, [0] * b
+        for k in (layout if sample_index is not None else range(n)):
+            offsets[k] = row_len[sample_row[k]]
+            row_len[sample_row[k]] += lengths[k]
+        tmax = max(row_len) if row_len else 0
         out_embeds = embeds.new_zeros(b, tmax, embeds.shape[-1])
         out_mask = attention_mask.new_zeros(b, tmax)
         out_labels = None if labels is None else labels.new_full((b, tmax), IGNORE_INDEX)
-        for i, (e, n) in enumerate(zip(new_embeds, lengths)):
-            span = slice(0, n) if padding_side == "right" else slice(tmax - n, tmax)
-            out_embeds[i, span] = e
-            out_mask[i, span] = 1
+        out_index = torch.full((b, tmax), -1, dtype=torch.long)
+        for k, (e, ln) in enumerate(zip(new_embeds, lengths)):
+            r = sample_row[k]
+            start = offsets[k] if padding_side == "right" else tmax - ln
+            span = slice(start, start + ln)
+            out_embeds[r, span] = e
+            out_mask[r, span] = 1
+            out_index[r, span] = k
             if out_labels is not None:
-                out_labels[i, span] = new_labels[i]
-        if padding_side == "left":
-            spans = [(i, p + tmax - lengths[i], h, w) for i, p, h, w in spans]
-        return MultimodalInputs(out_embeds, out_mask, out_labels, spans, rows, dummy)
+                out_labels[r, span] = new_labels[k]
+        spans = [(sample_row[k], offsets[k] + p if padding_side == "right" else p + tmax - lengths[k], h, w)
+                 for k, p, h, w in spans]
+        position_ids = None
+        if sample_index is not None:
+            # per-sample positions; the trailing padding of a row counts as one more sample
+            idx = torch.where(out_index >= 0, out_index, n + torch.arange(b)[:, None])
+            start_of = torch.ones_like(idx, dtype=torch.bool)
+            start_of[:, 1:] = idx[:, 1:] != idx[:, :-1]
+            ar = torch.arange(tmax).expand(b, tmax)
+            position_ids = (ar - torch.cummax(torch.where(start_of, ar, 0), dim=1).values).to(input_ids.device)
+        return MultimodalInputs(out_embeds, out_mask, out_labels, spans, rows, dummy, position_ids=position_ids,
+                                sample_lengths=lengths, image_grids=grids)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, images: torch.Tensor | None = None,
                 images_clip: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                **kwargs):
+                sample_index: torch.LongTensor | None = None, **kwargs):
         """input_ids [B, T] (<=1 IMAGE_TOKEN_INDEX each), images [B,4,S,S], images_clip [B,4,Sc,Sc].
+
+        Packed: ``sample_index`` [R, T] names the sample of each position (-1: padding); images
+        and images_clip then hold one canvas per sample [n, 4, S, S], in sample order.  Every
+        sample sees only its own tokens (document-masked attention, positions restart at 0).
 
         ``num_items_in_batch``: divide the summed token loss by this instead of the local count
         (gradient accumulation).  Calls with ``inputs_embeds`` or generation kwargs (``cache``,
@@ -222,9 +283,9 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         unknown = set(kwargs) - _DECODE_KWARGS
         if unknown:
             raise ValueError(f"unexpected arguments {sorted(unknown)}; allowed: input_ids, attention_mask, labels, "
-                             f"images, images_clip, num_items_in_batch (+ decoding: {sorted(_DECODE_KWARGS)})")
+                             f"images, images_clip, num_items_in_batch, sample_index (+ decoding: {sorted(_DECODE_KWARGS)})")
         if inputs_embeds is not None or kwargs:
-            if images is not None or images_clip is not None:
+            if images is not None or images_clip is not None or sample_index is not None:
                 raise ValueError("images/images_clip cannot be combined with inputs_embeds or cache arguments")
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                                    inputs_embeds=inputs_embeds, position_ids=position_ids, **kwargs)
@@ -232,13 +293,20 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
             raise ValueError("input_ids is required")
         align = self.model.has_aligner and self.config.requires_cliploss and images_clip is not None
         if align:
-            self._check_images(images_clip, "images_clip", self.config.image_size_clip, input_ids.shape[0])
-        mm = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
-        out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask,
-                         use_cache=False, output_hidden_states=align)
-        logits = self.lm_head(out.last_hidden_state)  # [B, T', V]
+            n = input_ids.shape[0] if sample_index is None else images_clip.shape[0]
+            self._check_images(images_clip, "images_clip", self.config.image_size_clip, n)
+        mm = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images, sample_index=sample_index)
+        if mm.position_ids is None:
+            out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask,
+                             use_cache=False, output_hidden_states=align)
+        else:  # packed: no 2-D mask, so transformers derives the per-sample block mask from the positions
+            out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=None, position_ids=mm.position_ids,
+                             use_cache=False, output_hidden_states=align)
+        hidden = out.last_hidden_state
+        chunked = self.loss_chunk_tokens > 0 and mm.labels is not None
+        logits = None if chunked else self.lm_head(hidden)  # [B, T', V]
 
-        zero = logits.new_zeros((), dtype=torch.float32)
+        zero = hidden.new_zeros((), dtype=torch.float32)
         align_loss = zero
         if align:
             aligner = self.model.vision_tower_compressor
@@ -255,9 +323,12 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
 
         lm_loss = loss = None
         if mm.labels is not None:
-            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
             shift_labels = mm.labels[:, 1:].reshape(-1)
-            total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+            if chunked:
+                total = self._chunked_lm_loss(hidden[:, :-1].reshape(-1, hidden.shape[-1]), shift_labels)
+            else:
+                shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+                total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
             # Clamped: a micro-batch whose labels are all IGNORE_INDEX gives 0, not NaN (reference: NaN).
             denom = num_items_in_batch
             if denom is None:
@@ -266,8 +337,30 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
             loss = lm_loss + align_loss.float()
             if mm.dummy is not None:
                 loss = loss + mm.dummy.float()
+        dev = hidden.device
         return EveCausalLMOutput(loss=loss, lm_loss=lm_loss, align_loss=align_loss, logits=logits,
-                                 attention_mask=mm.attention_mask, labels=mm.labels)
+                                 attention_mask=mm.attention_mask, labels=mm.labels,
+                                 sample_lengths=torch.tensor(mm.sample_lengths, dtype=torch.long).to(dev, non_blocking=True),
+                                 image_grids=torch.tensor(mm.image_grids, dtype=torch.long).reshape(-1, 2).to(
+                                     dev, non_blocking=True))
+
+    def _chunked_lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy over the positions with a target, ``loss_chunk_tokens`` at a time."""
+        from torch.utils.checkpoint import checkpoint
+
+        rows = (labels != IGNORE_INDEX).nonzero().flatten()
+        if rows.numel() == 0:  # no target: a zero that still runs the head (ZeRO-3 / DDP see it used)
+            return self.lm_head(hidden[:1]).float().sum() * 0.0
+        h, y = hidden.index_select(0, rows), labels.index_select(0, rows)
+        total = hidden.new_zeros((), dtype=torch.float32)
+
+        def chunk_loss(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self.lm_head(h_c).float(), y_c, reduction="sum")
+
+        for start in range(0, h.shape[0], self.loss_chunk_tokens):
+            sl = slice(start, start + self.loss_chunk_tokens)
+            total = total + checkpoint(chunk_loss, h[sl], y[sl], use_reentrant=False)
+        return total
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, images: torch.Tensor | None = None,

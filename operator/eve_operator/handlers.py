@@ -21,13 +21,15 @@ from typing import Any
 
 import kopf
 
-from eve_operator import metrics, tracking
+from eve_operator import metrics, tracking, trainjob
 from eve_operator.crd import GROUP, PLURAL, VERSION
-from eve_operator.jobapi import PYTORCHJOB
+from eve_operator.defaults import operator_defaults
+from eve_operator.jobapi import PYTORCHJOB, TRAINJOB
 from eve_operator.jobspec import LABEL_PIPELINE
 from eve_operator.kube import Kube
 from eve_operator.loop import PipelineLoop
-from eve_operator.metrics_server import serve_metrics
+from eve_operator.metrics import serve as serve_metrics  # prometheus-client's HTTP server
+from eve_operator.spec import MlflowSpec
 
 log = logging.getLogger("eve_operator")
 JOB_API = PYTORCHJOB
@@ -67,6 +69,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.ERROR  # Events are posted explicitly, one per transition
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16, thread_name_prefix="eve-io"))
     memo.kube = Kube(JOB_API)
+    log.info("operator defaults: %s", operator_defaults(reload=True))
     memo.wakers = {}
     memo.phases = {}
     memo.jobs = {}
@@ -148,15 +151,31 @@ def child_changed(type: str | None, name: str, namespace: str, labels: kopf.Labe
         _wake(memo, namespace, labels.get(LABEL_PIPELINE))
 
 
+def watch_trainjobs() -> None:
+    """Also watch stage TrainJobs (Kubeflow Trainer v2): on when the operator runs with Trainer v2
+    support (EVE_TRAINJOB_RUNTIME, chart value trainJob.enabled, which also grants the RBAC)."""
+    if not getattr(watch_trainjobs, "done", False):
+        watch_trainjobs.done = True  # type: ignore[attr-defined]
+        kopf.on.event(TRAINJOB.group, TRAINJOB.version, TRAINJOB.plural, id="trainjob_changed",
+                      labels={LABEL_PIPELINE: kopf.PRESENT})(child_changed)
+
+
+if trainjob.enabled(os.environ):
+    watch_trainjobs()
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def pipeline_deleted(name: str, namespace: str, status: kopf.Status, spec: kopf.Spec,
                            memo: kopf.Memo, **_: Any) -> None:
     """Delete the stage jobs explicitly: ownerReferences GC them on a cluster, but not everywhere."""
     deleted = await asyncio.to_thread(memo.kube.delete_children, namespace, name)
+    if getattr(watch_trainjobs, "done", False):
+        deleted += await asyncio.to_thread(memo.kube.using(TRAINJOB).delete_children, namespace, name)
     log.info("[%s/%s] deleted %d stage job(s): %s", namespace, name, len(deleted), ", ".join(deleted))
-    run_id, uri = status.get("mlflowRunId"), (spec.get("mlflow") or {}).get("trackingUri")
-    if run_id and uri and status.get("phase") not in ("Succeeded", "Failed"):
-        try:
-            await asyncio.to_thread(tracking.finish_run, uri, run_id, "KILLED")
-        except tracking.TrackingError as err:
-            log.warning("[%s/%s] could not close the MLflow run: %s", namespace, name, err)
+    run_id, mlflow = status.get("mlflowRunId"), operator_defaults().apply(spec).get("mlflow") or {}
+    if run_id and mlflow.get("trackingUri") and status.get("phase") not in ("Succeeded", "Failed"):
+        runs = tracking.RunRecords(mlflow["trackingUri"], MlflowSpec.model_validate(mlflow).experiment, name,
+                                   warn=lambda msg: log.warning("[%s/%s] %s", namespace, name, msg))
+        if stage := status.get("currentStage"):
+            await asyncio.to_thread(runs.end_stage, run_id, stage, "KILLED", "the pipeline was deleted")
+        await asyncio.to_thread(runs.finish, run_id, "KILLED")

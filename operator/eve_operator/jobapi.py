@@ -9,14 +9,16 @@ TrainJob) plugs in as one more `JobApi` value.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from eve_operator import pytorchjob
+from eve_operator import pytorchjob, trainjob
 from eve_operator.jobspec import JobSpec
 from eve_operator.observe import JobReport
+from eve_operator.spec import PipelineSpec
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class JobApi:
     status: Callable[[dict[str, Any] | None], tuple[str, str, str | None]]
     """status(obj) -> (state, message, finished-at ISO), state as pipeline.JobState."""
     suspend_patch: Callable[[bool], dict[str, Any]]
+    object_name: Callable[[str], str] = lambda name: name
+    """The object's name for a stage attempt's job name (TrainJob shortens long ones)."""
 
     def report(self, obj: dict[str, Any] | None) -> JobReport:
         state, message, finished = self.status(obj)
@@ -57,4 +61,28 @@ PYTORCHJOB = JobApi(
     build=pytorchjob.build_pytorchjob, status=pytorchjob.job_state,
     suspend_patch=lambda suspended: {"spec": {"runPolicy": {"suspend": suspended}}})
 
-__all__ = ["JobApi", "PYTORCHJOB"]
+TRAINJOB = JobApi(
+    group=trainjob.GROUP, version=trainjob.VERSION, plural=trainjob.PLURAL,
+    container=trainjob.CONTAINER, pod_label=trainjob.JOBSET_NAME_LABEL,
+    build=lambda job, *, namespace, owner: trainjob.build_trainjob(
+        job, namespace=namespace, owner=owner, runtime=trainjob.runtime_of(os.environ)),
+    status=trainjob.job_state,
+    suspend_patch=lambda suspended: {"spec": {"suspend": suspended}},
+    object_name=trainjob.trainjob_name)
+
+JOB_APIS = {"PyTorchJob": PYTORCHJOB, "TrainJob": TRAINJOB}
+
+
+def job_api_for(spec: PipelineSpec) -> JobApi:
+    """The pipeline's job API: spec.jobApi, else the operator's EVE_JOB_API, else PyTorchJob.
+
+    Raises ValueError when it is TrainJob and this operator runs without Trainer v2 support.
+    """
+    name = trainjob.job_api_of(spec, os.environ)
+    if name == "TrainJob" and not trainjob.enabled(os.environ):
+        raise ValueError("jobApi=TrainJob, but this operator runs without Kubeflow Trainer v2 support: "
+                         "install the chart with trainJob.enabled=true (docs/install.md), or use jobApi=PyTorchJob")
+    return JOB_APIS[name]
+
+
+__all__ = ["JobApi", "PYTORCHJOB", "TRAINJOB", "JOB_APIS", "job_api_for"]

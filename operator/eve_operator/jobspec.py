@@ -13,7 +13,7 @@ from typing import Any
 from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
 
 from eve_operator.pipeline import SubmitJob
-from eve_operator.spec import PipelineSpec, ResourcesSpec, SchedulingSpec
+from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
 
 #: Labels every child object carries, so `kubectl get -l` and the CLI can find them.
 LABEL_PIPELINE = "eve-platform.io/pipeline"
@@ -42,6 +42,8 @@ class JobSpec:
     active_deadline_s: int | None
     suspend: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    pod_template: PodTemplateSpec = field(default_factory=PodTemplateSpec)  # type: ignore[arg-type]
+    """The pipeline's pod customisation with the stage's on top (eve_operator.podtemplate)."""
 
     @property
     def world_size(self) -> int:
@@ -135,4 +137,5 @@ def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
         scheduling=spec.scheduling, backoff_limit=spec.backoff_limit,
         active_deadline_s=spec.active_deadline_s, suspend=spec.suspend,
         labels={LABEL_PIPELINE: name, LABEL_STAGE: submit.stage, LABEL_ATTEMPT: str(submit.attempt)},
+        pod_template=spec.pod_template_for(submit.stage),
     )

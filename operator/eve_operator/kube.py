@@ -7,6 +7,7 @@ API call is counted in eve_operator_api_requests_total. Job calls go through a `
 from __future__ import annotations
 
 import base64
+import copy
 import os
 from typing import Any
 
@@ -35,6 +36,14 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.ApiException = kubernetes.client.ApiException
 
+    def using(self, jobs: JobApi) -> Kube:
+        """This client (same connections) for another job API."""
+        if jobs is self.jobs:
+            return self
+        other = copy.copy(self)
+        other.jobs = jobs
+        return other
+
     def call(self, verb: str, resource: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         code = "201" if verb == "create" else "200"
         try:
@@ -55,7 +64,7 @@ class Kube:
 
     def get_job(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._job_call("get", "get_namespaced_custom_object", ns, name)
+            return self._job_call("get", "get_namespaced_custom_object", ns, self.jobs.object_name(name))
         except self.ApiException as err:
             if err.status == 404:
                 return None
@@ -73,7 +82,8 @@ class Kube:
     def suspend_job(self, ns: str, name: str, suspended: bool) -> None:
         """Suspend or resume; a job already gone (404) is left alone."""
         try:
-            self._job_call("patch", "patch_namespaced_custom_object", ns, name, self.jobs.suspend_patch(suspended))
+            self._job_call("patch", "patch_namespaced_custom_object", ns, self.jobs.object_name(name),
+                           self.jobs.suspend_patch(suspended))
         except self.ApiException as err:
             if err.status != 404:
                 raise
@@ -81,7 +91,8 @@ class Kube:
     def delete_job(self, ns: str, name: str) -> None:
         """Delete a job and (in the background) its pods: the kubelet SIGTERMs each trainer."""
         try:
-            self._job_call("delete", "delete_namespaced_custom_object", ns, name, propagation_policy="Background")
+            self._job_call("delete", "delete_namespaced_custom_object", ns, self.jobs.object_name(name),
+                           propagation_policy="Background")
         except self.ApiException as err:
             if err.status != 404:
                 raise
@@ -99,7 +110,7 @@ class Kube:
     def exit_codes(self, ns: str, job: str) -> list[int]:
         """Exit codes of the trainer containers of a job's pods (its failed pods stay: cleanPodPolicy
         Running deletes only running ones)."""
-        label = self.jobs.pod_label
+        label, job = self.jobs.pod_label, self.jobs.object_name(job)
         pods = self.call("list", "pods", self.core.list_namespaced_pod, ns, label_selector=f"{label}={job}")
         codes = []
         for pod in pods.items:

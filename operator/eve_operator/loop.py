@@ -24,11 +24,14 @@ from pydantic import ValidationError
 from eve_trainer.config import ConfigError
 
 from eve_operator import metrics, tracking
+from eve_operator.defaults import operator_defaults
+from eve_operator.jobapi import job_api_for
 from eve_operator.jobspec import build_job_spec
 from eve_operator.kube import Kube, open_store
 from eve_operator.observe import JobReport, StoreReads, observe
 from eve_operator.pipeline import (
-    Emit, Observation, PipelineStatus, SetSuspended, StageComplete, SubmitJob, decide, initial_status,
+    EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
+    initial_status, parent_run_params, parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec, validate_name
 
@@ -59,7 +62,7 @@ class ClusterReader:
 
     def job(self, name: str) -> JobReport:
         kube, ns = self.loop.kube, self.loop.namespace
-        obj = self.loop.jobs.get((ns, name))  # as last seen by the watch (saves a GET per pass)
+        obj = self.loop.jobs.get((ns, kube.jobs.object_name(name)))  # as last seen by the watch (saves a GET)
         if obj is None:
             obj = kube.get_job(ns, name)
         return kube.jobs.report(obj)
@@ -96,6 +99,9 @@ class PipelineLoop:
     mlflow_tried: bool = False
     woken_at: float | None = None
     creds: tuple[float, dict[str, str]] | None = None
+    effective: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Effective defaultable fields and their source (eve_operator.defaults), for describe."""
+    runs: tracking.RunRecords | None = None
 
     @property
     def uid(self) -> str:
@@ -113,7 +119,7 @@ class PipelineLoop:
     async def write_status(self, status: PipelineStatus) -> None:
         if self.status is not None and status == self.status:
             return
-        body = status.model_dump(by_alias=True, mode="json")
+        body = {**status.model_dump(by_alias=True, mode="json"), "effective": self.effective}
         generation = self.body.get("metadata", {}).get("generation")
         if generation is not None:
             body["observedGeneration"] = generation
@@ -133,15 +139,21 @@ class PipelineLoop:
         status = self.load_status()
         try:
             validate_name(self.name)
-            spec = PipelineSpec.model_validate(dict(self.body.get("spec") or {}))
+            spec, self.effective = operator_defaults().parse(self.body.get("spec")), \
+                operator_defaults().provenance(self.body.get("spec"))
         except ValidationError as err:
             return await self.fail(status, spec_error(err), "InvalidSpec")
         except ValueError as err:
             return await self.fail(status, f"invalid name: {err}", "InvalidSpec")
+        try:
+            self.kube = self.kube.using(job_api_for(spec))  # PyTorchJob or TrainJob (spec.jobApi)
+        except ValueError as err:
+            return await self.fail(status, f"invalid spec: spec.jobApi: {err}", "InvalidSpec")
         if status.phase == "Failed" and not status.stages and status.message.startswith("invalid "):
             status = PipelineStatus()  # the spec was fixed: start over
         if status.done:
             return status
+        self.runs = self.run_records(spec)
         if not status.stages:
             status = initial_status(spec)
             status.mlflow_run_id = await self.parent_run(spec)
@@ -167,8 +179,10 @@ class PipelineLoop:
         if emitted and self.woken_at is not None:
             for action in emitted:
                 metrics.TRANSITIONS.observe(time.monotonic() - self.woken_at, transition=action.reason)
-        if new.done and new.mlflow_run_id and spec.mlflow.tracking_uri:
-            await self.finish_parent_run(spec, new)
+        await asyncio.to_thread(self.runs.sync, new.mlflow_run_id, parent_run_tags(new))
+        if new.done:
+            await asyncio.to_thread(self.runs.finish, new.mlflow_run_id,
+                                    "FINISHED" if new.phase == "Succeeded" else "FAILED")
         return new
 
     async def fail(self, status: PipelineStatus, message: str, reason: str) -> PipelineStatus:
@@ -180,32 +194,26 @@ class PipelineLoop:
         self.event("Warning", reason, message)
         return failed
 
+    def run_records(self, spec: PipelineSpec) -> tracking.RunRecords:
+        if self.runs is None or (self.runs.uri, self.runs.experiment) != (spec.mlflow.tracking_uri,
+                                                                          spec.mlflow.experiment):
+            return tracking.RunRecords(spec.mlflow.tracking_uri, spec.mlflow.experiment, self.name,
+                                       warn=lambda msg: self.warn_once("MlflowUnavailable", msg))
+        return self.runs
+
     async def parent_run(self, spec: PipelineSpec) -> str | None:
-        if not spec.mlflow.tracking_uri or self.mlflow_tried:
+        if self.mlflow_tried or self.runs is None:
             return None
         self.mlflow_tried = True
-        try:
-            return await asyncio.to_thread(
-                tracking.create_pipeline_run, spec.mlflow.tracking_uri, spec.mlflow.experiment, self.name,
-                {"eve.pipeline": self.name, "eve.namespace": self.namespace, "eve.preset": spec.preset})
-        except tracking.TrackingError as err:
-            log.warning("[%s/%s] continuing without an MLflow parent run: %s", self.namespace, self.name, err)
-            self.event("Warning", "MlflowUnavailable", f"continuing without an MLflow parent run: {err}")
-            return None
-
-    async def finish_parent_run(self, spec: PipelineSpec, status: PipelineStatus) -> None:
-        try:
-            await asyncio.to_thread(tracking.finish_run, spec.mlflow.tracking_uri or "", status.mlflow_run_id or "",
-                                    "FINISHED" if status.phase == "Succeeded" else "FAILED")
-        except tracking.TrackingError as err:
-            log.warning("[%s/%s] could not close the MLflow run: %s", self.namespace, self.name, err)
+        tags = {"eve.pipeline": self.name, "eve.namespace": self.namespace, "eve.preset": spec.preset}
+        return await asyncio.to_thread(self.runs.start, tags, parent_run_params(spec))
 
     # -- observe ---------------------------------------------------------------------
 
     def credentials(self, spec: PipelineSpec) -> dict[str, str] | None:
         secret = spec.s3.credentials_secret
-        if not secret:
-            return None
+        if not secret or not operator_defaults().read_pipeline_secrets:
+            return None  # the operator's own identity (its env, IRSA / workload identity)
         if self.creds is not None and time.monotonic() - self.creds[0] < 60:
             return self.creds[1]
         data = self.kube.secret_data(self.namespace, secret)
@@ -231,17 +239,27 @@ class PipelineLoop:
     # -- act -------------------------------------------------------------------------
 
     async def act(self, spec: PipelineSpec, actions: list[Any], status: PipelineStatus) -> None:
-        """Submit/suspend jobs. Jobs are built (and so validated) before any is created."""
-        bodies = []
+        """Carry out the actions in order. Jobs are built (and so validated) before any is touched.
+
+        StopJob deletes the job: there is no exec, so the stacks come from the trainer itself
+        (the kubelet SIGTERMs each rank; its handler dumps every thread's stack to the log).
+        """
+        bodies = {}
         for action in actions:
             if isinstance(action, SubmitJob):
                 job = build_job_spec(self.name, spec, action, parent_run_id=status.mlflow_run_id)
-                bodies.append(self.kube.jobs.body(job, self.namespace, {"name": self.name, "uid": self.uid}))
-        for body in bodies:
-            await asyncio.to_thread(self.kube.create_job, self.namespace, body)
+                bodies[action.job_name] = self.kube.jobs.body(job, self.namespace,
+                                                              {"name": self.name, "uid": self.uid})
         for action in actions:
-            if isinstance(action, SetSuspended) and action.job_name:
+            if isinstance(action, SubmitJob):
+                await asyncio.to_thread(self.kube.create_job, self.namespace, bodies[action.job_name])
+            elif isinstance(action, SetSuspended) and action.job_name:
                 await asyncio.to_thread(self.kube.suspend_job, self.namespace, action.job_name, action.suspended)
+            elif isinstance(action, StopJob) and action.job_name:
+                await asyncio.to_thread(self.kube.delete_job, self.namespace, action.job_name)
+            elif isinstance(action, EndStageRun) and self.runs is not None:
+                await asyncio.to_thread(self.runs.end_stage, status.mlflow_run_id, action.stage, action.status,
+                                        action.reason)
 
 
 __all__ = ["PipelineLoop", "WaitError", "spec_error", "ClusterReader"]

@@ -115,7 +115,7 @@ def start_pods(tmp_path: Path, replicas: int, nproc: str, command: list[str], *,
         env["MASTER_ADDR"] = env["PET_MASTER_ADDR"] = "127.0.0.1"  # no cluster DNS here
         log = tmp_path / f"pod-{index}.log"
         proc = subprocess.Popen([sys.executable, "-m", "eve_trainer.launch", "--", *command], env=env,
-                                stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
         pods.append((proc, log))
     return pods
 

@@ -12,7 +12,6 @@ from eve_trainer import layout
 from eve_trainer.checkpoint import CheckpointManager, state_file
 from eve_trainer.config import ConfigError, resolve
 from eve_trainer.distributed import DistInfo
-from eve_trainer.flops import flops_per_token
 from eve_trainer.metrics import BaseLogger, build_logger, flatten
 from eve_trainer.optim import deepspeed_config, lr_multiplier, param_groups, warmup_steps
 from eve_trainer.storage import LocalStore
@@ -117,11 +116,6 @@ def test_rank_from_torchrun_and_pytorchjob_env():
     assert DistInfo.from_env({**pet, "PET_NNODES": "1:2"}).world_size == 8
     with pytest.raises(ConfigError, match="RANK=4"):
         DistInfo.from_env({"RANK": "4", "WORLD_SIZE": "4"})
-
-
-def test_flops_per_token_palm_formula():
-    # 7B-class: 6N dominates; the attention term is 12 L H S
-    assert flops_per_token(num_params=10, num_layers=2, hidden_size=3, seq_len=4) == 60 + 12 * 2 * 3 * 4
 
 
 def test_null_logger_and_flatten():

@@ -64,6 +64,9 @@ class DataSection(_Section):
     max_skip_fraction: float = Field(0.01, ge=0.0, le=1.0)
     """Fail the run when more than this fraction of samples had to be skipped as corrupt."""
     group_by_length: bool = False
+    pack: bool = False
+    """Several samples per row of a micro-batch (rows of max_length spliced positions), with
+    document-masked attention: same losses and gradients, less padding."""
 
 
 class OptimSection(_Section):

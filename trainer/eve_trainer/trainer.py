@@ -77,6 +77,8 @@ class StepResult:
     data_wait_s: float
     stop: bool
     extra: dict[str, float] = field(default_factory=dict)
+    positions: float = 0.0  # sequence positions run, padding included (tokens: real ones only)
+    model_flops: float = 0.0  # flops.StepFlops over the real tokens, all ranks
 
 
 class Trainer:
@@ -117,9 +119,8 @@ class Trainer:
         has_checkpoint = D.broadcast_object(
             bool(layout.list_checkpoint_steps(self.store, cfg.pipeline, cfg.stage)) if dist.is_main else None)
         self._build_model_and_engine(load_weights=not has_checkpoint)
-        self.flops_per_token = flops.flops_per_token(
-            num_params=flops.count_params(self.model), num_layers=flops.text_dims(self.model_config)[0],
-            hidden_size=flops.text_dims(self.model_config)[1], seq_len=cfg.data.max_length)
+        self.step_flops = flops.step_flops(self.model_config, llm_trains=flops.llm_trains(self.model))
+        self.flops_per_token = self.step_flops.nominal_per_token(cfg.data.max_length)  # a full text row
         self.peak_flops = flops.peak_flops(self.device)
         #: test-only: seconds to sleep after each step, so a test can signal a run mid-stage
         self._debug_step_delay_s = float(os.environ.get("EVE_DEBUG_STEP_DELAY_S", "0") or 0)
@@ -169,8 +170,9 @@ class Trainer:
 
         t0 = time.perf_counter()
         wait = 0.0
-        # loss, lm_loss, align_loss, tokens, stop: summed on the device, one host sync per step
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        # loss, lm_loss, align_loss, real tokens, stop, positions, model FLOPs: summed on the
+        # device, one host sync per step
+        sums = torch.zeros(7, dtype=torch.float64, device=self.device)
         lrs = dict(zip((g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)),
                        self.scheduler.get_last_lr()))  # the LRs this step uses
         for _ in range(self.grad_accum):
@@ -184,6 +186,8 @@ class Trainer:
             sums[1] += _detached(getattr(out, "lm_loss", None), out.loss)
             sums[2] += _detached(getattr(out, "align_loss", None), 0.0)
             sums[3] += _num_tokens(out, batch)
+            sums[5] += _num_positions(out, batch)
+            sums[6] += self.step_flops.of_output(out)
         sums[4] = float(self.stop.requested)
         # one collective per step: the mean losses, the token count, and whether any rank got SIGTERM
         reduced = self._all_reduce(sums)
@@ -193,16 +197,18 @@ class Trainer:
                           lr=lrs.get("base", lrs.get("vision", math.nan)),
                           grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
                           tokens=reduced[3], step_s=time.perf_counter() - t0, data_wait_s=wait,
-                          stop=reduced[4] > 0, extra={"vision_lr": lrs["vision"]} if "vision" in lrs else {})
+                          stop=reduced[4] > 0, extra={"vision_lr": lrs["vision"]} if "vision" in lrs else {},
+                          positions=reduced[5], model_flops=reduced[6] or self.flops_per_token * reduced[3])
 
     def log_step(self, r: StepResult) -> None:
         metrics = {"loss": r.loss, "lm_loss": r.lm_loss, "align_loss": r.align_loss, "lr": r.lr,
                    "grad_norm": r.grad_norm, **r.extra,
                    "samples_per_s": self.cfg.global_batch_size / r.step_s,
-                   "tokens_per_s": r.tokens / r.step_s,
+                   "tokens_per_s": r.tokens / r.step_s, "padding_fraction": 1 - r.tokens / max(r.positions, 1),
+                   "model_tflops_per_s": r.model_flops / r.step_s / 1e12,
                    "data_wait_fraction": r.data_wait_s / r.step_s, "step_time_s": r.step_s}
         if self.peak_flops:
-            metrics["mfu"] = self.flops_per_token * metrics["tokens_per_s"] / (self.peak_flops * self.dist.world_size)
+            metrics["mfu"] = r.model_flops / r.step_s / (self.peak_flops * self.dist.world_size)
         if self.cuda:
             import torch
 
@@ -411,12 +417,16 @@ def _detached(value: Any, default: Any) -> Any:
     return value.detach() if hasattr(value, "detach") else float(value)
 
 
-def _num_tokens(out: Any, batch: dict[str, Any]) -> float:
-    """Sequence positions the model ran (image tokens included once spliced in)."""
-    logits = getattr(out, "logits", None)
-    if logits is not None and logits.dim() >= 2:
-        return float(logits.shape[0] * logits.shape[1])
-    return float(batch["input_ids"].numel())
+def _num_tokens(out: Any, batch: dict[str, Any]) -> Any:
+    """Real (non-padding) positions after the splice, image tokens included."""
+    mask = getattr(out, "attention_mask", None)
+    return (mask if mask is not None else batch["attention_mask"]).sum()
+
+
+def _num_positions(out: Any, batch: dict[str, Any]) -> float:
+    """Sequence positions the model ran, padding included."""
+    mask = getattr(out, "attention_mask", None)
+    return float((mask if mask is not None else batch["input_ids"]).numel())
 
 
 def _numel(model: Any, trainable: bool = False) -> int:

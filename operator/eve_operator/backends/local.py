@@ -32,11 +32,15 @@ from eve_trainer.storage import open_store
 from eve_operator.jobspec import JobSpec, build_job_spec
 from eve_operator.observe import JobReport, StoreReads, observe
 from eve_operator.pipeline import (
-    Decision, Emit, JobState, Observation, PipelineStatus, SetSuspended, SubmitJob, decide, initial_status,
+    Decision, EndStageRun, Emit, JobState, Observation, PipelineStatus, SetSuspended, StopJob, SubmitJob, decide,
+    initial_status, parent_run_params, parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec
+from eve_operator.tracking import RunRecords
 
 POLL_S = 0.5
+#: SIGTERM -> SIGKILL grace of a stalled job: its ranks are blocked, no final checkpoint can come
+STALL_GRACE_S = 5.0
 
 
 def home() -> Path:
@@ -146,6 +150,7 @@ class LocalJob:
         self.finished_at: float | None = None
         self.message = ""
         self.exit_codes: list[int] = []
+        self.suspended = False
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -178,12 +183,28 @@ class LocalJob:
         if all(c == 0 for c in codes):
             self.finished_at = self.finished_at or time.time()
             return "Succeeded"
-        return "Running"
+        return "Suspended" if self.suspended else "Running"
 
     def set_suspended(self, suspended: bool) -> None:
+        self.suspended = suspended
         for p in self.procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGSTOP if suspended else signal.SIGCONT)
+
+    def dump_stacks(self, wait_s: float = 5.0) -> None:
+        """SIGUSR1 to each live rank: the trainer's faulthandler writes every thread's Python stack
+        to its log (even while blocked in C). Waits, up to `wait_s`, for each log to grow."""
+        sizes = {}
+        for rank, p in enumerate(self.procs):
+            if p.poll() is None:
+                log = self.logs / f"rank-{rank}.log"
+                sizes[log] = log.stat().st_size if log.exists() else 0
+                _signal_group(p.pid, signal.SIGCONT)
+                p.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + wait_s
+        while sizes and time.monotonic() < deadline:
+            sizes = {log: n for log, n in sizes.items() if (log.stat().st_size if log.exists() else 0) <= n}
+            time.sleep(0.05)
 
     def terminate(self, grace_s: float = 30.0) -> None:
         """SIGTERM to each rank's main process, as the kubelet does to a container's PID 1 (the
@@ -229,52 +250,6 @@ def last_line(path: Path, marker: str) -> str:
     return next((line for line in reversed(_log_end(path)) if marker in line), "")
 
 
-# -- MLflow parent run -----------------------------------------------------------------------
-
-
-def _create_parent_run(spec: PipelineSpec, name: str) -> str | None:
-    uri = spec.mlflow.tracking_uri
-    if not uri:
-        return None
-    tags = {"eve.pipeline": name, "eve.preset": spec.preset, "eve.backend": "local"}
-    try:
-        if uri.startswith(("http://", "https://")):
-            from eve_operator.tracking import create_pipeline_run
-
-            return create_pipeline_run(uri, spec.mlflow.experiment, name, tags)
-        import logging
-
-        from mlflow.tracking import MlflowClient  # file/sqlite stores need the client library
-
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(spec.mlflow.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(spec.mlflow.experiment)
-        return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    except Exception as err:  # noqa: BLE001 - tracking never stops training
-        print(f"warning: MLflow at {uri} unavailable ({err}); continuing without a pipeline run",
-              file=sys.stderr)
-        return None
-
-
-def _finish_parent_run(spec: PipelineSpec, run_id: str | None, phase: str) -> None:
-    uri = spec.mlflow.tracking_uri
-    if not uri or not run_id:
-        return
-    status = "FINISHED" if phase == "Succeeded" else "FAILED"
-    try:
-        if uri.startswith(("http://", "https://")):
-            from eve_operator.tracking import finish_run
-
-            finish_run(uri, run_id, status)
-        else:
-            from mlflow.tracking import MlflowClient
-
-            MlflowClient(uri).set_terminated(run_id, status)
-    except Exception as err:  # noqa: BLE001
-        print(f"warning: could not close MLflow run {run_id}: {err}", file=sys.stderr)
-
-
 # -- the runner ----------------------------------------------------------------------------
 
 
@@ -287,6 +262,8 @@ class LocalRunner:
         self.store = open_store(record.spec.output, endpoint_url=record.spec.s3.endpoint_url)
         self.job: LocalJob | None = None
         self.reads = StoreReads(record.name, record.spec.output, lambda: self.store)
+        self.runs = RunRecords(record.spec.mlflow.tracking_uri, record.spec.mlflow.experiment, record.name,
+                               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self._cancelled = False
 
     def cancel(self, *_: Any) -> None:
@@ -315,6 +292,11 @@ class LocalRunner:
                 self.job.start()
             elif isinstance(action, SetSuspended) and self.job is not None:
                 self.job.set_suspended(action.suspended)
+            elif isinstance(action, StopJob) and self.job is not None and self.job.job.name == action.job_name:
+                self.job.dump_stacks()
+                self.job.terminate(grace_s=STALL_GRACE_S)
+            elif isinstance(action, EndStageRun):
+                self.runs.end_stage(self.record.status.mlflow_run_id, action.stage, action.status, action.reason)
             elif isinstance(action, Emit):
                 self.record.events.append({"time": time.time(), "type": action.type,
                                            "reason": action.reason, "message": action.message})
@@ -327,7 +309,9 @@ class LocalRunner:
         if not rec.status.stages:
             rec.status = initial_status(rec.spec)
         if rec.status.mlflow_run_id is None:
-            rec.status.mlflow_run_id = _create_parent_run(rec.spec, rec.name)
+            rec.status.mlflow_run_id = self.runs.start(
+                {"eve.pipeline": rec.name, "eve.preset": rec.spec.preset, "eve.backend": "local"},
+                parent_run_params(rec.spec))
         rec.save()
         try:
             while not rec.status.done:
@@ -338,6 +322,7 @@ class LocalRunner:
                 rec.status = decision.status
                 self.act(decision)
                 rec.save()
+                self.runs.sync(rec.status.mlflow_run_id, parent_run_tags(rec.status))
                 if self.on_tick:
                     self.on_tick(rec, self.job)
                 if not rec.status.done:
@@ -348,7 +333,8 @@ class LocalRunner:
         finally:
             rec.runner_pid = None
             rec.save()
-            _finish_parent_run(rec.spec, rec.status.mlflow_run_id, rec.status.phase)
+            self.runs.sync(rec.status.mlflow_run_id, parent_run_tags(rec.status))
+            self.runs.finish(rec.status.mlflow_run_id, "FINISHED" if rec.status.phase == "Succeeded" else "FAILED")
         return rec.status
 
     def _stop(self, why: str) -> None:
@@ -357,10 +343,12 @@ class LocalRunner:
         rec = self.record
         if not rec.status.done:
             rec.status.phase, rec.status.message = "Failed", why
+            ended = []
             for s in rec.status.stages:
                 if s.state in ("Submitted", "Running"):
                     s.state, s.message, s.finished_at = "Failed", why, time.time()
-            self.act(Decision(rec.status, [Emit("PipelineFailed", why, "Warning")]))
+                    ended.append(EndStageRun(s.name, "KILLED", why))
+            self.act(Decision(rec.status, [*ended, Emit("PipelineFailed", why, "Warning")]))
         rec.save()
 
 

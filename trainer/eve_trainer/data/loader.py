@@ -211,6 +211,7 @@ def build_loader(data: Any, *, storage: Any = None, tokenizer: Any, processor: A
                   rank=rank, world_size=world_size, slots=slots, micro_batch_size=micro_batch_size,
                   shuffle_buffer=data.shuffle_buffer, group_by_length=data.group_by_length,
                   max_skip_fraction=data.max_skip_fraction,
-                  builder=SampleBuilder(tokenizer, processor, data.template, data.max_length), pad_id=pad_id)
+                  builder=SampleBuilder(tokenizer, processor, data.template, data.max_length,
+                                          pack=data.pack), pad_id=pad_id)
     blob = json.dumps([list(data.urls), [(s.source, s.name, s.samples) for s in shards]]).encode()
     return EveLoader(ctx, data.num_workers, hashlib.sha256(blob).hexdigest()[:16])

@@ -4,6 +4,11 @@ is trained on (one vocabulary for both, so synthetic text tokenises compactly).
 Images are random gradients with a few coloured boxes, of varied aspect ratios; captions
 name the colours and shapes. `kind="conversation"` writes LLaVA-style conversations for
 SFT. About 1 in 10 samples is text-only. Everything follows from `seed`.
+
+`profile="eve"` draws lengths like EVE's data instead of the compact demo ones: photo aspect
+ratios (mostly 4:3, 3:2, 16:9, 1:1, their portrait forms, a few panoramas), so a 672 px image
+gives 126-601 visual tokens; captions of 10-60 words (stages 1-2) and conversations of 1-8
+turns, about 50-1500 words (SFT). The tiny tokenizer turns most synthetic words into one token.
 """
 
 from __future__ import annotations
@@ -62,14 +67,36 @@ def caption(rng: random.Random, n_boxes: int, colors: list[str] | None = None) -
     return " ".join(parts)
 
 
-def make_image(rng: random.Random, size_range: tuple[int, int]) -> tuple[Any, list[str]]:
+PROFILES = ("demo", "eve")
+#: (width/height, weight): photo aspect ratios as they occur in web caption data (landscape
+#: 4:3 and 3:2 dominate, then square, 16:9 and the portrait forms; panoramas are rare).
+EVE_ASPECTS = ((4 / 3, 24), (3 / 2, 18), (1.0, 14), (16 / 9, 12), (3 / 4, 10), (2 / 3, 9), (9 / 16, 5),
+               (2.0, 3), (1 / 2, 2), (3.0, 1.5), (1 / 3, 1), (5.0, 0.5))
+
+
+def pick_aspect(rng: random.Random, profile: str) -> float:
+    if profile == "eve":
+        values, weights = zip(*EVE_ASPECTS)
+        return rng.choices(values, weights)[0]
+    return rng.choice([1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16, 2.0, 0.5, 1.5])
+
+
+def long_text(rng: random.Random, words: int, colors: list[str] | None) -> str:
+    """Caption-like sentences until about `words` words."""
+    out: list[str] = []
+    while sum(len(x.split()) for x in out) < words:
+        out.append(caption(rng, len(colors) if colors else rng.randint(1, 3), colors))
+    return " ".join(" ".join(out).split()[:words])
+
+
+def make_image(rng: random.Random, size_range: tuple[int, int], profile: str = "demo") -> tuple[Any, list[str]]:
     """A random RGB PIL image (varied aspect ratio) and the colour names of its boxes."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     lo, hi = size_range
     long_side = rng.randint(lo, hi)
-    aspect = rng.choice([1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16, 2.0, 0.5, 1.5])
+    aspect = pick_aspect(rng, profile)
     w, h = (long_side, max(8, int(long_side / aspect))) if aspect >= 1 else (max(8, int(long_side * aspect)), long_side)
     np_rng = np.random.default_rng(rng.getrandbits(32))
     c0, c1 = np_rng.integers(0, 256, 3), np_rng.integers(0, 256, 3)
@@ -105,18 +132,20 @@ def encode_image(img: Any, fmt: str) -> bytes:
 
 
 def synth_sample(i: int, seed: int, kind: str, image_size: tuple[int, int],
-                 text_only_every: int = 10) -> dict[str, bytes]:
-    """Sample `i` as tar parts {ext: bytes}; a pure function of (i, seed, kind, size)."""
+                 text_only_every: int = 10, profile: str = "demo") -> dict[str, bytes]:
+    """Sample `i` as tar parts {ext: bytes}; a pure function of (i, seed, kind, size, profile)."""
     rng = random.Random(f"{seed}/{i}")
     text_only = text_only_every > 0 and i % text_only_every == text_only_every - 1
     parts: dict[str, bytes] = {}
     colors: list[str] | None = None
     if not text_only:
-        img, colors = make_image(rng, image_size)
-        fmt = ("jpg", "png", "webp", "jpg")[i % 4]
+        img, colors = make_image(rng, image_size, profile)
+        fmt = ("jpg", "png", "webp", "jpg")[i % 4] if profile == "demo" else "jpg"
         parts[fmt] = encode_image(img, fmt)
     n = len(colors) if colors else rng.randint(1, 3)
-    if kind == "caption":
+    if profile == "eve":
+        meta = _eve_meta(rng, i, kind, text_only, colors)
+    elif kind == "caption":
         meta: dict[str, Any] = {"caption": caption(rng, n, colors)}
     else:
         turns = []
@@ -133,10 +162,27 @@ def synth_sample(i: int, seed: int, kind: str, image_size: tuple[int, int],
     return parts
 
 
+def _eve_meta(rng: random.Random, i: int, kind: str, text_only: bool, colors: list[str] | None) -> dict[str, Any]:
+    """EVE-like text lengths: captions 10-60 words (mode ~20), conversations ~50-1500 words."""
+    if kind == "caption":
+        return {"caption": long_text(rng, round(rng.triangular(10, 60, 20)), colors)}
+    total = min(1500, max(50, round(rng.lognormvariate(5.3, 0.8))))  # median ~200 words
+    n_turns = rng.randint(1, 8)
+    turns = []
+    for t in range(n_turns):
+        q = rng.choice(QUESTIONS) if not text_only else rng.choice(TEXT_QUESTIONS).format(
+            o=rng.choice(OBJECTS), a=rng.choice(ADJECTIVES), c=rng.choice(COLORS))
+        if t == 0 and not text_only:
+            q = f"<image>\n{q}"
+        turns += [{"from": "human", "value": q},
+                  {"from": "gpt", "value": long_text(rng, max(1, total // n_turns), colors)}]
+    return {"id": f"synth-{i}", "conversations": turns}
+
+
 def write_synthetic_dataset(url: str, num_samples: int = 300, kind: str = "caption", seed: int = 0,
                             image_size: tuple[int, int] = (64, 256), endpoint_url: str | None = None,
                             *, samples_per_shard: int = 50, shard_size: int = 256 << 20,
-                            text_only_every: int = 10) -> DatasetIndex:
+                            text_only_every: int = 10, profile: str = "demo") -> DatasetIndex:
     """Write `num_samples` synthetic samples as shards + index.json under `url`."""
     from eve_trainer.data.errors import DataError
     from eve_trainer.data.shards import ShardWriter
@@ -146,12 +192,14 @@ def write_synthetic_dataset(url: str, num_samples: int = 300, kind: str = "capti
         raise DataError(f"kind={kind!r}: choose caption or conversation")
     if num_samples < 1:
         raise DataError("num_samples must be at least 1")
+    if profile not in PROFILES:
+        raise DataError(f"profile={profile!r}: choose one of {', '.join(PROFILES)}")
     store = open_store(url, endpoint_url=endpoint_url)
     store.check()
     writer = ShardWriter(store, shard_size=shard_size, max_samples=samples_per_shard)
     for i in range(num_samples):
-        writer.write(f"{i:09d}", synth_sample(i, seed, kind, image_size, text_only_every))
+        writer.write(f"{i:09d}", synth_sample(i, seed, kind, image_size, text_only_every, profile))
     index = DatasetIndex(shards=writer.close(), kind=kind,
-                         extra={"synthetic": {"seed": seed, "image_size": list(image_size)}})
+                         extra={"synthetic": {"seed": seed, "image_size": list(image_size), "profile": profile}})
     index.write(store)
     return index

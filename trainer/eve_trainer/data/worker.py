@@ -200,7 +200,7 @@ class SlotStream:
                         self._advance(len(order))
                     st.samples += len(pending)
                     st.batches += 1
-                    yield collate(pending, ctx.pad_id), st.to_json()
+                    yield collate(pending, ctx.pad_id, ctx.builder.pack_length), st.to_json()
                     pending = []
                     if st.consumed == 0:
                         break
