@@ -325,7 +325,7 @@ def _run_foreground(record: Any) -> Any:
     from eve_operator.cli import progress
 
     tty = sys.stderr.isatty()
-    last_line = {"t": 0.0}
+    last_line: dict[str, Any] = {"t": 0.0}
 
     def on_event(event: Any) -> None:
         color = typer.colors.YELLOW if event.type == "Warning" else typer.colors.GREEN
@@ -340,7 +340,8 @@ def _run_foreground(record: Any) -> Any:
         except Exception:  # noqa: BLE001 - progress display never stops the run
             now = None
         line = progress.short(now) or lb.last_line(job.logs / "rank-0.log", "[eve-train]")
-        if line:
+        if line and line != last_line.get("text"):
+            last_line["text"] = line
             text = f"  {job.job.stage}: {line[:110]}"
             if tty:
                 sys.stderr.write("\r\033[K" + text)
