@@ -104,6 +104,14 @@ class MlflowSection(_Section):
     previous_run_id: str | None = None
     """MLflow run id of the stage this one starts from (lineage)."""
     system_metrics: bool = True
+    system_metrics_interval_s: float = Field(30.0, ge=1.0)
+    """Seconds between system-metric samples (CPU, memory, disk, network, GPU via nvidia-ml-py).
+    30 s suits steps of seconds and runs of days (about 3000 points a day per metric)."""
+    register: bool = True
+    """Register each stage export as a version of `registered_model`; the aliases prealign, pretrain,
+    sft point at each stage's newest export (and MLflow's @latest at the newest version)."""
+    registered_model: str | None = None
+    """One registered model per pipeline family; None = eve-<model preset> (eve-7b-hd -> eve-7b)."""
 
 
 class StorageSection(_Section):

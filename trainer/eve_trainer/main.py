@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = StopFlag.install()  # from the very start: a SIGTERM during startup still ends in 143
     trainer = None
+    error = None  # the traceback, uploaded to the stage's MLflow run
     try:
         args = parse_args(argv)
         dist = DistInfo.from_env()
@@ -111,16 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         if not started and _is_user_error(err):
             print(f"eve-train: error: {err}", file=sys.stderr)
             return EXIT_USER
-        traceback.print_exc()
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, end="")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except Exception:  # noqa: BLE001 - the exit code is the contract; the trace goes to the log
-        traceback.print_exc()
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, end="")
         return EXIT_FAILED
     finally:
         if trainer is not None:
-            trainer.close("KILLED" if stop.requested else "FAILED")
+            trainer.close("KILLED" if stop.requested else "FAILED", error=error)
         _shutdown()
 
 
