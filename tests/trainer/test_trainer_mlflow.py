@@ -269,3 +269,57 @@ def test_registered_export_loads_and_generates(two_stages, mlflow_server, s3_ser
     out = model.generate(input_ids=torch.tensor([ids]), images=processor(image)[0][None],
                          max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 4)
+
+
+def test_failed_attempt_logs_reach_the_stage_run(mlflow_server, tmp_path):
+    """What the local runner does when an attempt fails: the rank logs go to the stage run."""
+    from mlflow.tracking import MlflowClient
+
+    from eve_operator.tracking import create_pipeline_run
+
+    from eve_trainer.metrics import upload_rank_logs
+
+    uri = mlflow_server.tracking_uri
+    parent = create_pipeline_run(uri, "mlf-logs", "p", {"eve.pipeline": "p"})
+    stage_run = MLflowLogger(tracking_uri=uri, experiment="mlf-logs", run_name="sft", parent_run_id=parent,
+                             tags={"eve.stage": "sft", "eve.pipeline": "p"}, system_metrics=False)
+    run_id = stage_run.wait_for_run(30)
+    stage_run.log_text("Traceback ...\nRuntimeError: boom\n", "logs/rank-0-error.txt")
+    stage_run.close("FAILED")
+    logs = tmp_path / "attempt-1"
+    logs.mkdir()
+    for rank in range(2):
+        (logs / f"rank-{rank}.log").write_text(f"rank {rank} says goodbye\n")
+    assert upload_rank_logs(uri, "mlf-logs", parent, "sft", str(logs), 1) == run_id
+    assert upload_rank_logs(uri, "mlf-logs", parent, "pretrain", str(logs), 1) is None  # no such stage run
+    client = MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(run_id, "logs/attempt-1")} == {
+        "logs/attempt-1/rank-0.log", "logs/attempt-1/rank-1.log"}
+    assert client.download_artifacts(run_id, "logs/attempt-1/rank-1.log", str(tmp_path / "dl"))
+    assert client.get_run(run_id).info.status == "FAILED"
+    # the experiment a trainer creates opens on model training
+    assert client.get_experiment_by_name("mlf-logs").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_local_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
+    """The local default (sqlite:///<home>/mlflow.db): artifacts under <home>/mlartifacts, nothing in
+    the current directory."""
+    from mlflow.tracking import MlflowClient
+
+    from eve_trainer.metrics import get_or_create_experiment
+    from eve_trainer.tracking_names import artifact_location
+
+    home, cwd = tmp_path / ".eve-platform", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    assert artifact_location(uri) == (home / "mlartifacts").as_uri()
+    assert artifact_location("http://mlflow:5000") is None  # a server decides (the chart's: S3)
+    client = MlflowClient(uri)
+    exp_id = get_or_create_experiment(client, "local", uri)
+    assert get_or_create_experiment(client, "local", uri) == exp_id
+    run_id = client.create_run(exp_id, run_name="prealign").info.run_id
+    client.log_text(run_id, "{}", "config/resolved-config.json")
+    assert (home / "mlartifacts" / run_id / "artifacts" / "config" / "resolved-config.json").is_file()
+    assert list(cwd.iterdir()) == []

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StorageError, ValueError) as err:
         started = trainer is not None and trainer.started
         if not started and _is_user_error(err):
-            print(f"eve-train: error: {err}", file=sys.stderr)
+            error = f"eve-train: error: {err}\n"
+            print(error, file=sys.stderr, end="")
             return EXIT_USER
         error = traceback.format_exc()
         print(error, file=sys.stderr, end="")

@@ -29,6 +29,7 @@ from typing import Any
 
 from eve_trainer import layout
 from eve_trainer.storage import open_store
+from eve_trainer.tracking_names import experiment_create_fields
 
 from eve_operator.jobspec import JobSpec, build_job_spec
 from eve_operator.pipeline import (
@@ -148,6 +149,7 @@ class LocalJob:
         self.finished_at: float | None = None
         self.message = ""
         self.permanent = False
+        self.logs_uploaded = False
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -250,7 +252,9 @@ def _create_parent_run(spec: PipelineSpec, name: str) -> str | None:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(spec.mlflow.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(spec.mlflow.experiment)
+        # the training kind tag, and artifacts beside mlflow.db (not ./mlruns)
+        exp_id = exp.experiment_id if exp else client.create_experiment(spec.mlflow.experiment,
+                                                                        **experiment_create_fields(uri))
         return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     except Exception as err:  # noqa: BLE001 - tracking never stops training
         print(f"warning: MLflow at {uri} unavailable ({err}); continuing without a pipeline run",
@@ -274,6 +278,19 @@ def _finish_parent_run(spec: PipelineSpec, run_id: str | None, phase: str) -> No
             MlflowClient(uri).set_terminated(run_id, status)
     except Exception as err:  # noqa: BLE001
         print(f"warning: could not close MLflow run {run_id}: {err}", file=sys.stderr)
+
+
+def _upload_rank_logs(spec: PipelineSpec, parent_run_id: str | None, job: LocalJob) -> None:
+    """A failed attempt's rank logs go to its stage run in MLflow (logs/attempt-<k>/)."""
+    if not spec.mlflow.tracking_uri or not parent_run_id:
+        return
+    try:
+        from eve_trainer.metrics import upload_rank_logs
+
+        upload_rank_logs(spec.mlflow.tracking_uri, spec.mlflow.experiment, parent_run_id, job.job.stage,
+                         str(job.logs), job.job.attempt)
+    except Exception as err:  # noqa: BLE001 - tracking never stops the pipeline
+        print(f"warning: rank logs of {job.job.name} not uploaded to MLflow: {err}", file=sys.stderr)
 
 
 # -- the runner ----------------------------------------------------------------------------
@@ -315,6 +332,9 @@ class LocalRunner:
         if self.job is not None and self.job.job.stage == current.name:
             job_state, message = self.job.state(), self.job.message
             finished, permanent = self.job.finished_at, self.job.permanent
+            if job_state == "Failed" and not self.job.logs_uploaded:
+                self.job.logs_uploaded = True
+                _upload_rank_logs(spec, self.record.status.mlflow_run_id, self.job)
         complete = self._complete(current.name) if current.attempt == 0 or job_state != "Running" else None
         return Observation(job_state, message, finished, complete, previous, job_permanent=permanent)
 
