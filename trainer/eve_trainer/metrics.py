@@ -173,6 +173,8 @@ class MLflowLogger(BaseLogger):
         """Flush what is queued (up to timeout_s), end the run, stop the worker."""
         if self._closing.is_set():
             return
+        if self._monitor is not None:  # before the run ends: a monitor stops at a terminated run
+            self._put("op", lambda c, r: self._final_system_sample())
         self._put("op", lambda c, r: c.set_terminated(r, status))
         self._queue.put(None)
         # a server that never answered is not worth the whole wait
@@ -261,6 +263,20 @@ class MLflowLogger(BaseLogger):
         self._run_ready.set()
         if self.system_metrics:
             self._start_system_metrics(run_id)
+
+    def _final_system_sample(self) -> None:
+        """Stop the monitor and log one last sample, so a stage shorter than the sampling
+        interval still has system metrics (MLflow's monitor drops its unfinished interval)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        try:
+            monitor.finish()
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as err:  # noqa: BLE001 - tracking must never fail the job
+            log.warning("last system-metrics sample not logged: %s", err)
 
     def _start_system_metrics(self, run_id: str) -> None:
         try:

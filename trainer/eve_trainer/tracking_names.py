@@ -83,6 +83,15 @@ def stage_run_name(stage: str) -> str:
     return stage
 
 
+def ui_runs_url(ui_base: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow 3's UI, on the model-training view, oldest stage first.
+
+    MLflow 3.17's UI picks GenAI vs model training from a browser-wide setting (default GenAI)
+    unless the link says `workflowType`; older 3.x UIs read the experiment kind tag."""
+    return (f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            "&orderByKey=attributes.start_time&orderByAsc=true")
+
+
 def artifact_location(tracking_uri: str | None) -> str | None:
     """Where a new experiment's artifacts go when the tracking store is a local file.
 

@@ -253,7 +253,7 @@ class Trainer:
             digest = hashlib.sha256(blob).hexdigest()
             self.logger.set_tags({N.TAG_EXPORT_URI: url, N.TAG_MANIFEST_SHA256: digest})
             self.logger.log_text(blob.decode(), "export/stage-complete.json")
-            if self.cfg.mlflow.register:
+            if self.cfg.mlflow.register_exports:
                 name = N.registered_model_name(self.cfg.mlflow.registered_model, self.cfg.model.preset)
                 self.logger.register_export(ExportVersion(name=name, stage=self.cfg.stage, pipeline=self.cfg.pipeline,
                                                           source=url, manifest_sha256=digest, step=self.step))
