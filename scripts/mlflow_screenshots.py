@@ -1,6 +1,6 @@
 """Screenshots of the MLflow UI for docs/img/: headless Chromium driven over the DevTools protocol.
 
-    python scripts/mlflow_screenshots.py --url http://127.0.0.1:5077 --experiment 1 --out docs/img
+    PYTHONPATH=trainer python scripts/mlflow_screenshots.py --url http://127.0.0.1:5077 --out docs/img
 
 Needs Debian's `chromium` and the websocket-client package (in the venv). Each shot opens a
 page, waits until its text shows, runs a few clicks (expand the pipeline run, close the
@@ -67,12 +67,20 @@ class Browser:
         out = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         return out.get("result", {}).get("value")
 
-    def wait_text(self, text: str, timeout: float = 30) -> None:
+    def wait_text(self, text: str, timeout: float = 120) -> None:
+        self.wait_js(f"document.body && document.body.innerText.includes({json.dumps(text)})", text, timeout)
+
+    def wait_js(self, expression: str, what: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        while not self.js(f"document.body && document.body.innerText.includes({json.dumps(text)})"):
+        while not self.js(expression):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"page never showed {text!r}")
+                raise RuntimeError(f"page never showed {what!r}")
             time.sleep(0.3)
+
+    def wait_charts(self, count: int) -> None:
+        """Until `count` plotly charts have drawn (the UI loads metric histories lazily)."""
+        self.wait_js(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {count}", f"{count} charts")
+        time.sleep(2)
 
     def open(self, url: str, text: str) -> None:
         self.call("Page.navigate", url=url)
@@ -119,6 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     from mlflow.tracking import MlflowClient
 
+    from eve_trainer.tracking_names import ui_runs_url
+
     client = MlflowClient(args.url)
     exp = client.get_experiment_by_name(args.experiment)
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])}
@@ -128,7 +138,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     b = Browser()
     try:
-        b.open(f"{base}/runs?{ml}", parent.info.run_name)
+        b.open(ui_runs_url(args.url, exp.experiment_id), parent.info.run_name)  # oldest stage first
         b.js(CLOSE_ASSISTANT)
         b.js(EXPAND_RUNS)
         b.wait_text("prealign")
@@ -137,18 +147,19 @@ def main() -> None:
         b.open(f"{base}/runs?{ml}&compareRunsMode=CHART", "train")
         b.js(CLOSE_ASSISTANT)
         b.type_into("Search metric charts", "train/")
-        time.sleep(3)
+        b.wait_charts(6)
         b.shot(args.out / "mlflow-charts.png")
         b.type_into("Search metric charts", "progress/tokens_seen")
-        time.sleep(2)
+        time.sleep(1)
+        b.wait_charts(1)
         b.shot(args.out / "mlflow-charts-tokens.png")
         b.open(f"{base}/runs/{stage.info.run_id}?{ml}", stage.info.run_name)
         b.js(CLOSE_ASSISTANT)
         time.sleep(1)
         b.shot(args.out / "mlflow-stage-run.png")
-        b.open(f"{base}/runs/{stage.info.run_id}/system-metrics?{ml}", "system")
+        b.open(f"{base}/runs/{stage.info.run_id}/system-metrics?{ml}", "System metrics")
         b.js(CLOSE_ASSISTANT)
-        time.sleep(3)
+        b.wait_charts(6)
         b.shot(args.out / "mlflow-stage-system-metrics.png")
         b.open(f"{args.url}/#/models/{args.model}?{ml}", args.model)
         b.js(CLOSE_ASSISTANT)
