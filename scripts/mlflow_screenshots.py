@@ -124,6 +124,10 @@ def main() -> None:
     parser.add_argument("--experiment", default="eve-platform")
     parser.add_argument("--model", default="eve-tiny", help="registered model to show")
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    parser.add_argument("--shots", default="runs,charts,stage,registry",
+                        help="which: runs, charts (train/ and tokens seen), stage (overview + system metrics), registry")
+    parser.add_argument("--stage", default="sft", help="the stage run to show")
+    parser.add_argument("--prefix", default="mlflow", help="file name prefix")
     args = parser.parse_args()
     from mlflow.tracking import MlflowClient
 
@@ -132,42 +136,47 @@ def main() -> None:
     client = MlflowClient(args.url)
     exp = client.get_experiment_by_name(args.experiment)
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])}
-    stage = runs.get("sft") or runs.get("pretrain") or next(iter(runs.values()))
+    stage = runs[args.stage]
     parent = next(r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags)
     base, ml = f"{args.url}/#/experiments/{exp.experiment_id}", "workflowType=machine_learning"
+    shots = set(args.shots.split(","))
+    out = lambda name: args.out / f"{args.prefix}-{name}.png"  # noqa: E731
     args.out.mkdir(parents=True, exist_ok=True)
     b = Browser()
     try:
-        b.open(ui_runs_url(args.url, exp.experiment_id), parent.info.run_name)  # oldest stage first
-        b.js(CLOSE_ASSISTANT)
-        b.js(EXPAND_RUNS)
-        b.wait_text("prealign")
-        time.sleep(1)
-        b.shot(args.out / "mlflow-runs.png")
-        b.open(f"{base}/runs?{ml}&compareRunsMode=CHART", "train")
-        b.js(CLOSE_ASSISTANT)
-        b.type_into("Search metric charts", "train/")
-        b.wait_charts(6)
-        b.shot(args.out / "mlflow-charts.png")
-        b.type_into("Search metric charts", "progress/tokens_seen")
-        time.sleep(1)
-        b.wait_charts(1)
-        b.shot(args.out / "mlflow-charts-tokens.png")
-        b.open(f"{base}/runs/{stage.info.run_id}?{ml}", stage.info.run_name)
-        b.js(CLOSE_ASSISTANT)
-        time.sleep(1)
-        b.shot(args.out / "mlflow-stage-run.png")
-        b.open(f"{base}/runs/{stage.info.run_id}/system-metrics?{ml}", "System metrics")
-        b.js(CLOSE_ASSISTANT)
-        b.wait_charts(6)
-        b.shot(args.out / "mlflow-stage-system-metrics.png")
-        b.open(f"{args.url}/#/models/{args.model}?{ml}", args.model)
-        b.js(CLOSE_ASSISTANT)
-        time.sleep(1)
-        b.shot(args.out / "mlflow-registry.png")
+        if "runs" in shots:
+            b.open(ui_runs_url(args.url, exp.experiment_id), parent.info.run_name)  # oldest stage first
+            b.js(CLOSE_ASSISTANT)
+            b.js(EXPAND_RUNS)
+            b.wait_text(args.stage)
+            time.sleep(1)
+            b.shot(out("runs"))
+        if "charts" in shots:
+            b.open(f"{base}/runs?{ml}&compareRunsMode=CHART", "train")
+            b.js(CLOSE_ASSISTANT)
+            b.type_into("Search metric charts", "train/")
+            b.wait_charts(6)
+            b.shot(out("charts"))
+            b.type_into("Search metric charts", "progress/tokens_seen")
+            time.sleep(1)
+            b.wait_charts(1)
+            b.shot(out("charts-tokens"))
+        if "stage" in shots:
+            b.open(f"{base}/runs/{stage.info.run_id}?{ml}", stage.info.run_name)
+            b.js(CLOSE_ASSISTANT)
+            time.sleep(1)
+            b.shot(out("stage-run"))
+            b.open(f"{base}/runs/{stage.info.run_id}/system-metrics?{ml}", "System metrics")
+            b.js(CLOSE_ASSISTANT)
+            b.wait_charts(6)
+            b.shot(out("stage-system-metrics"))
+        if "registry" in shots:
+            b.open(f"{args.url}/#/models/{args.model}?{ml}", args.model)
+            b.js(CLOSE_ASSISTANT)
+            time.sleep(1)
+            b.shot(out("registry"))
     finally:
         b.close()
-
 
 if __name__ == "__main__":
     main()
