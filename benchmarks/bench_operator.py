@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     import kubernetes
     from fixtures.services import start_seaweedfs, stop
     from kube_emulator import Emulator
+    from operator_harness import Cluster, base_spec, wait_for, write_export  # the tests' harness
 
-    from eve_operator import handlers
+    from eve_operator import handlers, metrics
 
     work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     s3 = start_seaweedfs(work / "seaweedfs")
@@ -58,18 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["KUBECONFIG"] = str(emulator.write_kubeconfig(work / "kubeconfig"))
     handlers.CONFIG.resync_s = 60.0  # transitions must come from events, not the safety-net timer
 
-    conftest = _load("operator_conftest", ROOT / "tests/operator/conftest.py")  # the tests' helpers
     cfg = kubernetes.client.Configuration()
     kubernetes.config.load_kube_config(os.environ["KUBECONFIG"], client_configuration=cfg)
     api = kubernetes.client.ApiClient(cfg)
     api.user_agent = BENCH_AGENT
-    cluster = conftest.Cluster(emulator, Path(os.environ["KUBECONFIG"]))
+    cluster = Cluster(emulator, Path(os.environ["KUBECONFIG"]))
     cluster.api, cluster.custom = api, kubernetes.client.CustomObjectsApi(api)
     cluster.core = kubernetes.client.CoreV1Api(api)
 
     names = [f"bench-{i:03d}" for i in range(args.pipelines)]
     chain = ["prealign", "pretrain", "sft"]
-    spec = conftest.base_spec(output)
+    spec = base_spec(output)
     log = emulator.kmock.log  # type: ignore[union-attr]
 
     def operator_requests(since: float, until: float) -> Counter[str]:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
             t0 = time.monotonic()
             list(pool.map(lambda n: cluster.create_pipeline(n, spec), names))
-            conftest.wait_for(lambda: created("prealign") == len(names), timeout=120, what="every first job")
+            wait_for(lambda: created("prealign") == len(names), timeout=120, what="every first job")
             time.sleep(1.0)  # let kopf post the Events of that burst
             creation = operator_requests(t0, time.monotonic())
             results["create_to_first_job_s"] = round(time.monotonic() - t0 - 1.0, 3)
@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             latencies: list[float] = []
             per_transition: list[float] = []
             for stage, nxt in zip(chain, chain[1:], strict=False):
-                list(pool.map(lambda n: conftest.write_export(output, n, stage, work), names))
+                list(pool.map(lambda n: write_export(output, n, stage, work), names))
                 start = time.monotonic()
                 list(pool.map(lambda n: cluster.set_condition(f"{n}-{stage}", "Succeeded"), names))
-                conftest.wait_for(lambda: created(nxt) == len(names), timeout=120, what=f"every {nxt} job")
+                wait_for(lambda: created(nxt) == len(names), timeout=120, what=f"every {nxt} job")
                 time.sleep(1.0)
                 window = operator_requests(start, time.monotonic())
                 per_transition.append(sum(window.values()) / len(names))
@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             results["latency_p99_s"] = round(percentile(latencies, 99), 3)
             results["latency_max_s"] = round(max(latencies), 3)
             results["requests_per_transition"] = round(statistics.mean(per_transition), 2)
-            from eve_operator import metrics
-            row = metrics.TRANSITIONS.series.get((("transition", "StageSubmitted"),))
-            if row:  # inside the operator: child event seen -> next job created (mean)
-                results["operator_event_to_action_mean_s"] = round(row[-1] / row[-2], 3)
+            count = metrics.TRANSITIONS.value("_count", transition="StageSubmitted")
+            if count:  # inside the operator: child event seen -> next job created (mean)
+                total = metrics.TRANSITIONS.value("_sum", transition="StageSubmitted")
+                results["operator_event_to_action_mean_s"] = round(total / count, 3)
     finally:
         pool.shutdown()
         emulator.stop()
@@ -135,16 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     ok = results.get("latency_p99_s", 99) < 2.0  # type: ignore[operator]
     print(f"p99 {'<' if ok else '>='} 2 s target: {'met' if ok else 'MISSED'}", file=sys.stderr)
     return 0 if ok else 1
-
-
-def _load(name: str, path: Path):  # noqa: ANN202
-    import importlib.util
-
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
 
 
 def _kind(path: str) -> str:

@@ -10,15 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eve_trainer.config import TrainConfig, check_key, resolve, set_dotted
+from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
 
 from eve_operator.pipeline import SubmitJob
-from eve_operator.spec import PipelineSpec, ResourcesSpec, SchedulingSpec
+from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
 
 #: Labels every child object carries, so `kubectl get -l` and the CLI can find them.
 LABEL_PIPELINE = "eve-platform.io/pipeline"
 LABEL_STAGE = "eve-platform.io/stage"
 LABEL_ATTEMPT = "eve-platform.io/attempt"
+#: The node launcher (eve_trainer.launch): nodes x procs_per_node ranks, exit codes preserved.
+LAUNCHER = "eve-launch"
 
 
 @dataclass(frozen=True)
@@ -40,10 +42,18 @@ class JobSpec:
     active_deadline_s: int | None
     suspend: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    pod_template: PodTemplateSpec = field(default_factory=PodTemplateSpec)  # type: ignore[arg-type]
+    """The pipeline's pod customisation with the stage's on top (eve_operator.podtemplate)."""
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.procs_per_node
+
+    @property
+    def pod_command(self) -> list[str]:
+        """A pod's command: a pod is a node, so it runs the node launcher, which starts
+        procs_per_node ranks of `command` from the env the job controller injects (PET_*)."""
+        return [LAUNCHER, "--", *self.command]
 
 
 def stage_overrides(name: str, spec: PipelineSpec, submit: SubmitJob, *,
@@ -97,10 +107,16 @@ def _format_value(value: Any) -> str:
 
 def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
                    parent_run_id: str | None = None) -> JobSpec:
-    resolve_stage_config(name, spec, submit, parent_run_id=parent_run_id)  # validate before submit
+    cfg = resolve_stage_config(name, spec, submit, parent_run_id=parent_run_id)  # validate before submit
+    resources = spec.resources_for(submit.stage)
+    world = resources.nodes * resources.procs_per_node
+    try:  # the job's real world size: every rank would exit 2 on a batch that does not split
+        cfg.gradient_accumulation(world)
+    except ConfigError as err:
+        raise ConfigError(f"stage {submit.stage} on {resources.nodes} node(s) x {resources.procs_per_node} "
+                          f"process(es) = world size {world}: {err}") from None
     flat = stage_overrides(name, spec, submit, parent_run_id=parent_run_id)
     args = [f"{k}={_format_value(v)}" for k, v in flat.items() if v is not None and v != []]
-    resources = spec.resources_for(submit.stage)
     env = {"EVE_PIPELINE": name, "EVE_STAGE": submit.stage, "EVE_ATTEMPT": str(submit.attempt),
            "PYTHONUNBUFFERED": "1"}
     if spec.s3.endpoint_url:
@@ -121,4 +137,5 @@ def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
         scheduling=spec.scheduling, backoff_limit=spec.backoff_limit,
         active_deadline_s=spec.active_deadline_s, suspend=spec.suspend,
         labels={LABEL_PIPELINE: name, LABEL_STAGE: submit.stage, LABEL_ATTEMPT: str(submit.attempt)},
+        pod_template=spec.pod_template_for(submit.stage),
     )

@@ -1,106 +1,99 @@
-"""A few Prometheus metrics, in the text exposition format (no client library needed).
+"""The operator's Prometheus metrics (prometheus-client, on a registry of their own).
 
     eve_operator_pipelines{phase}                       gauge
     eve_operator_transition_seconds{transition}         histogram: observed -> acted on
     eve_operator_api_requests_total{verb,resource,code} counter
+    eve_operator_reconciles_total{outcome}              counter: one per reconcile pass
+
+Call sites pass labels as keywords (`API_REQUESTS.inc(verb=..., code=...)`); `serve(port)`
+exposes /metrics with prometheus-client's own HTTP server.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
-from collections.abc import Iterable
+import asyncio
+import logging
+from typing import Any
 
+import prometheus_client as prom
+
+log = logging.getLogger("eve_operator")
+prom.disable_created_metrics()  # no *_created series: nothing here is reset but the process
+REGISTRY = prom.CollectorRegistry()
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-LabelKey = tuple[tuple[str, str], ...]
 
 
-def _labels(key: LabelKey, extra: Iterable[tuple[str, str]] = ()) -> str:
-    pairs = [*key, *extra]
-    if not pairs:
-        return ""
-    escaped = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in pairs)
-    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(pairs, escaped, strict=True)) + "}"
+class _Labelled:
+    """A labelled prometheus-client metric whose labels are keyword arguments."""
+
+    def __init__(self, kind: type, name: str, help_text: str, labels: tuple[str, ...], **kw: Any):
+        self.name = name
+        self.metric = kind(name, help_text, labels, registry=REGISTRY, **kw)
+
+    def value(self, suffix: str = "", **labels: str) -> float:
+        """The current value of one series (0 when it has none yet); for tests and benchmarks."""
+        return REGISTRY.get_sample_value(self.name + suffix, labels) or 0.0
+
+    def total(self, suffix: str = "") -> float:
+        """The sum over every series."""
+        return sum(s.value for m in self.metric.collect() for s in m.samples if s.name == self.name + suffix)
 
 
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help_text: str):
-        self.name, self.help = name, help_text
-        self._lock = threading.Lock()
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str):
-        super().__init__(name, help_text)
-        self.values: dict[LabelKey, float] = defaultdict(float)
+class Counter(_Labelled):
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...]):
+        super().__init__(prom.Counter, name, help_text, labels)  # exposed as name (ends in _total)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        with self._lock:
-            self.values[tuple(sorted(labels.items()))] += amount
-
-    def total(self) -> float:
-        return sum(self.values.values())
-
-    def render(self) -> list[str]:
-        with self._lock:
-            return self.header() + [f"{self.name}{_labels(k)} {v}" for k, v in sorted(self.values.items())]
+        self.metric.labels(**labels).inc(amount)
 
 
-class Gauge(Counter):
-    kind = "gauge"
+class Gauge(_Labelled):
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...]):
+        super().__init__(prom.Gauge, name, help_text, labels)
 
     def set_all(self, label: str, values: dict[str, float]) -> None:
-        with self._lock:
-            self.values = defaultdict(float, {((label, k),): v for k, v in values.items()})
+        """Replace every series: one per key of `values`."""
+        self.metric.clear()
+        for key, value in values.items():
+            self.metric.labels(**{label: key}).set(value)
 
 
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = _BUCKETS):
-        super().__init__(name, help_text)
-        self.buckets = buckets
-        self.series: dict[LabelKey, list[float]] = {}  # bucket counts..., +Inf, sum
+class Histogram(_Labelled):
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...]):
+        super().__init__(prom.Histogram, name, help_text, labels, buckets=_BUCKETS)
 
     def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            row = self.series.setdefault(key, [0.0] * (len(self.buckets) + 2))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    row[i] += 1
-            row[-2] += 1
-            row[-1] += value
-
-    def render(self) -> list[str]:
-        lines = self.header()
-        with self._lock:
-            for key, row in sorted(self.series.items()):
-                for bound, count in zip(self.buckets, row, strict=False):
-                    lines.append(f"{self.name}_bucket{_labels(key, [('le', str(bound))])} {count}")
-                lines.append(f"{self.name}_bucket{_labels(key, [('le', '+Inf')])} {row[-2]}")
-                lines.append(f"{self.name}_sum{_labels(key)} {row[-1]}")
-                lines.append(f"{self.name}_count{_labels(key)} {row[-2]}")
-        return lines
+        self.metric.labels(**labels).observe(value)
 
 
-PIPELINES = Gauge("eve_operator_pipelines", "EvePipelines by phase, as last reconciled.")
+PIPELINES = Gauge("eve_operator_pipelines", "EvePipelines by phase, as last reconciled.", ("phase",))
 TRANSITIONS = Histogram("eve_operator_transition_seconds",
-                        "Seconds from observing a stage change (job or manifest) to acting on it.")
-API_REQUESTS = Counter("eve_operator_api_requests_total", "Kubernetes API requests made by the handlers.")
-RECONCILES = Counter("eve_operator_reconciles_total", "Reconcile passes, by outcome.")
-REGISTRY = (PIPELINES, TRANSITIONS, API_REQUESTS, RECONCILES)
+                        "Seconds from observing a stage change (job or manifest) to acting on it.", ("transition",))
+API_REQUESTS = Counter("eve_operator_api_requests_total", "Kubernetes API requests made by the handlers.",
+                       ("verb", "resource", "code"))
+RECONCILES = Counter("eve_operator_reconciles_total", "Reconcile passes, by outcome.", ("outcome",))
 
 
 def render() -> str:
-    return "\n".join(line for metric in REGISTRY for line in metric.render()) + "\n"
+    """The text exposition of every metric."""
+    return prom.generate_latest(REGISTRY).decode()
 
 
-__all__ = ["Counter", "Gauge", "Histogram", "PIPELINES", "TRANSITIONS", "API_REQUESTS", "RECONCILES", "render"]
+class Server:
+    """prometheus-client's /metrics server (a daemon thread), stopped by `await cleanup()`."""
+
+    def __init__(self, port: int):
+        self.httpd, self.thread = prom.start_http_server(port, registry=REGISTRY)
+        log.info("metrics on :%d/metrics", port)
+
+    async def cleanup(self) -> None:
+        await asyncio.to_thread(self.httpd.shutdown)
+        self.httpd.server_close()
+
+
+async def serve(port: int) -> Server:
+    """Serve /metrics on `port` (all interfaces) until `cleanup()`."""
+    return await asyncio.to_thread(Server, port)
+
+
+__all__ = ["API_REQUESTS", "PIPELINES", "RECONCILES", "REGISTRY", "TRANSITIONS", "render", "serve"]

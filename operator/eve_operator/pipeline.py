@@ -9,6 +9,13 @@ so every transition is unit-tested as data.
 
 A stage is done only when its stage-complete manifest verifies: a PyTorchJob reports
 Succeeded as soon as the Master exits, even while workers still run or upload.
+
+Stall rule: a running stage's `step` is the highest step in its current attempt's
+heartbeats, `trainerPhase` theirs, and `progressAt` the time either last changed (or the
+job was first seen running). When neither has changed for the stage's stallTimeoutSeconds
+(at least STARTUP_GRACE_S during start-up and checkpoints), the
+stage stalled: the job is stopped (each rank's stacks dumped first), its MLflow run closed
+as KILLED, and a new attempt resumes from the last checkpoint (counting against maxAttempts).
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 #: How long a job may report Succeeded without a verified stage-complete manifest
 #: before the attempt counts as failed (uploads by the last ranks may still be running).
 COMPLETE_GRACE_S = 600.0
+#: Before an attempt's first heartbeat (imports, model load, rendezvous), the stall limit is at
+#: least this long, however short stallTimeoutSeconds is.
+STARTUP_GRACE_S = 300.0
 
 
 class StageStatus(BaseModel):
@@ -41,6 +51,12 @@ class StageStatus(BaseModel):
     message: str = ""
     started_at: float | None = Field(None, alias="startedAt")
     finished_at: float | None = Field(None, alias="finishedAt")
+    step: int | None = None
+    """The highest step in the current attempt's heartbeats."""
+    trainer_phase: str | None = Field(None, alias="trainerPhase")
+    """startup | train | checkpoint | done, from the current attempt's heartbeats."""
+    progress_at: float | None = Field(None, alias="progressAt")
+    """When `step` or `trainerPhase` last changed, or the job was first seen running (stall clock)."""
 
     model_config = {"populate_by_name": True}
 
@@ -75,6 +91,16 @@ class StageComplete:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """One rank's heartbeat of the current attempt, as the core needs it."""
+
+    rank: int
+    step: int
+    time: float
+    phase: str = "train"
+
+
+@dataclass(frozen=True)
 class Observation:
     job: JobState = "Absent"
     job_message: str = ""
@@ -85,6 +111,8 @@ class Observation:
     """The previous stage's verified export, looked up when the pipeline starts mid-chain."""
     job_permanent: bool = False
     """The job failed for a reason a retry cannot fix (the trainer's exit code 2: bad input)."""
+    beats: tuple[Beat, ...] = ()
+    """The current attempt's heartbeats, one per rank that wrote one (read while the job runs)."""
 
 
 # -- actions ----------------------------------------------------------------------------
@@ -106,13 +134,30 @@ class SetSuspended:
 
 
 @dataclass(frozen=True)
+class StopJob:
+    """End a stage job before its retry: dump every rank's Python stacks to its log, then stop it."""
+
+    job_name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EndStageRun:
+    """Close the stage's MLflow run if it is still RUNNING (its pods are gone or going)."""
+
+    stage: str
+    status: Literal["FAILED", "KILLED"]
+    reason: str
+
+
+@dataclass(frozen=True)
 class Emit:
     reason: str
     message: str
     type: Literal["Normal", "Warning"] = "Normal"
 
 
-Action = SubmitJob | SetSuspended | Emit
+Action = SubmitJob | SetSuspended | StopJob | EndStageRun | Emit
 
 
 @dataclass
@@ -132,6 +177,21 @@ def job_name(pipeline: str, stage: str, attempt: int) -> str:
         digest = hashlib.sha256(base.encode()).hexdigest()[:6]
         base = f"{base[: 50 - len(suffix) - 7].rstrip('-')}-{digest}"
     return base + suffix
+
+
+def parent_run_params(spec: PipelineSpec) -> dict[str, str]:
+    """The pipeline's parent-run params: fixed when it is submitted."""
+    return {"preset": spec.preset, "chain": " -> ".join(spec.chain()), "output": spec.output,
+            "max_attempts": str(spec.max_attempts), "stall_timeout_s": str(spec.stall_timeout_s)}
+
+
+def parent_run_tags(status: PipelineStatus) -> dict[str, str]:
+    """What the pipeline's MLflow parent run says about it, updated as the pipeline moves."""
+    finals = [s.checkpoint for s in status.stages if s.state == "Succeeded" and s.checkpoint]
+    return {"eve.phase": status.phase, "eve.current_stage": status.current_stage or "",
+            "eve.attempts": " ".join(f"{s.name}={s.attempt}" for s in status.stages),
+            "eve.final_checkpoint": finals[-1] if status.phase == "Succeeded" and finals else "",
+            "eve.message": status.message[:500]}
 
 
 def initial_status(spec: PipelineSpec) -> PipelineStatus:
@@ -164,11 +224,13 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
 
     if spec.suspend and obs.job not in ("Suspended", "Absent"):
         status.phase = "Suspended"
+        current.progress_at = None  # the stall clock restarts when the job runs again
         d.actions += [SetSuspended(current.job_name or "", True),
                       Emit("Suspended", f"stage {current.name} suspended")]
         return d
     if not spec.suspend and obs.job == "Suspended":
         status.phase = "Running"
+        current.progress_at = None
         d.actions += [SetSuspended(current.job_name or "", False),
                       Emit("Resumed", f"stage {current.name} resumed")]
         return d
@@ -179,27 +241,86 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
         case "Pending" | "Suspended":
             status.phase = "Suspended" if obs.job == "Suspended" else "Running"
             current.message = obs.job_message
+            current.progress_at = None  # the stall clock runs only while the job runs
         case "Running":
             status.phase = "Running"
             current.message = obs.job_message
             if current.state != "Running":
                 current.state = "Running"
                 d.actions.append(Emit("StageRunning", f"stage {current.name} is running ({current.job_name})"))
+            if (stalled := _stalled(spec, current, obs, now)) is not None:
+                d.actions += [StopJob(current.job_name or "", stalled),
+                              EndStageRun(current.name, "KILLED", stalled),
+                              Emit("StageStalled", stalled, "Warning")]
+                _retry_or_fail(name, spec, status, current, now, d, stalled)
         case "Succeeded":
             waited = now - (obs.job_finished_at or now)
             if waited > COMPLETE_GRACE_S:
-                _retry_or_fail(name, spec, status, current, now, d,
-                               f"job {current.job_name} succeeded but no verified stage-complete "
-                               f"manifest appeared within {COMPLETE_GRACE_S:.0f}s")
+                reason = (f"job {current.job_name} succeeded but no verified stage-complete "
+                          f"manifest appeared within {COMPLETE_GRACE_S:.0f}s")
+                d.actions.append(EndStageRun(current.name, "FAILED", reason))
+                _retry_or_fail(name, spec, status, current, now, d, reason)
             else:
                 current.message = "job succeeded; waiting for the verified stage-complete manifest"
         case "Failed" if obs.job_permanent:
-            _fail(status, current, now, d, f"job {current.job_name} failed permanently: "
-                                           f"{obs.job_message or 'no reason given'}")
+            reason = f"job {current.job_name} failed permanently: {obs.job_message or 'no reason given'}"
+            d.actions.append(EndStageRun(current.name, "FAILED", reason))
+            _fail(status, current, now, d, reason)
         case "Failed":
-            _retry_or_fail(name, spec, status, current, now, d,
-                           f"job {current.job_name} failed: {obs.job_message or 'no reason given'}")
+            reason = f"job {current.job_name} failed: {obs.job_message or 'no reason given'}"
+            d.actions.append(EndStageRun(current.name, "FAILED", reason))
+            _retry_or_fail(name, spec, status, current, now, d, reason)
     return d
+
+
+def stall_timeout(spec: PipelineSpec, stage: str) -> int:
+    """The stage's stallTimeoutSeconds, else the pipeline's; 0: never."""
+    own = spec.stage(stage).stall_timeout_s
+    return spec.stall_timeout_s if own is None else own
+
+
+def _stalled(spec: PipelineSpec, current: StageStatus, obs: Observation, now: float) -> str | None:
+    """Advance the stall clock from the heartbeats; the reason when the stage has stalled."""
+    top = max((b.step for b in obs.beats), default=None)
+    phase = _trainer_phase(obs.beats)
+    if current.progress_at is None or (top, phase) != (current.step, current.trainer_phase):
+        current.progress_at = now  # first seen running (the start-up grace starts), or progress
+        current.step, current.trainer_phase = top, phase
+        return None
+    timeout = stall_timeout(spec, current.name)
+    limit = max(timeout, STARTUP_GRACE_S) if phase in (None, "startup", "checkpoint") else timeout
+    if not timeout or phase == "done" or now - current.progress_at < limit:
+        return None  # phase done: every rank finished, the grace for the manifest applies
+    resources = spec.resources_for(current.name)
+    world = resources.nodes * resources.procs_per_node
+    head = f"stage {current.name} attempt {current.attempt} stalled: "
+    if top is None:
+        return (f"{head}no rank wrote a heartbeat within {limit:.0f}s of the job starting "
+                f"(ranks 0-{world - 1} stopped during start-up)")
+    low = min(b.step for b in obs.beats)
+    behind = [b.rank for b in obs.beats if b.step == low]
+    silent = sorted(set(range(world)) - {b.rank for b in obs.beats})
+    stopped = f"ranks {_ranks(behind)} stopped at step {low}" if low < top or len(behind) < world \
+        else f"all {world} ranks stopped at step {low}"
+    if silent:
+        stopped += f"; ranks {_ranks(silent)} wrote no heartbeat"
+    what = f"no rank's step advanced past {top}" if phase == "train" else f"ranks stuck in {phase} at step {top}"
+    return f"{head}{what} for {now - current.progress_at:.0f}s (stallTimeoutSeconds={timeout}); {stopped}"
+
+
+def _trainer_phase(beats: tuple[Beat, ...]) -> str | None:
+    """The stage's phase from its ranks' beats: startup or checkpoint while any rank is in it."""
+    phases = {b.phase for b in beats}
+    for busy in ("startup", "checkpoint"):
+        if busy in phases:
+            return busy
+    if phases == {"done"}:
+        return "done"
+    return "train" if phases else None
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ",".join(str(r) for r in ranks[:16]) + (f",... ({len(ranks)})" if len(ranks) > 16 else "")
 
 
 def _start_first(name: str, spec: PipelineSpec, status: PipelineStatus, current: StageStatus,
@@ -228,6 +349,7 @@ def _start_first(name: str, spec: PipelineSpec, status: PipelineStatus, current:
 def _submit(name: str, status: PipelineStatus, stage: StageStatus, attempt: int) -> SubmitJob:
     stage.attempt = attempt
     stage.state = "Submitted"
+    stage.step = stage.progress_at = stage.trainer_phase = None  # a new attempt's clock starts when it runs
     stage.job_name = job_name(name, stage.name, attempt)
     prev_run = None
     i = [s.name for s in status.stages].index(stage.name)

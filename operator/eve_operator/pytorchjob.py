@@ -1,4 +1,6 @@
-"""JobSpec -> Kubeflow PyTorchJob (kubeflow.org/v1) manifest, as a plain dict.
+"""JobSpec -> Kubeflow PyTorchJob (kubeflow.org/v1) manifest, as the API's JSON.
+
+The pod template comes from eve_operator.podtemplate (shared with the TrainJob builder).
 
 Pure: no I/O, unit-tested as data and validated against the PyTorchJob CRD schema.
 Every field that training-operator defaults surprisingly is set explicitly:
@@ -12,118 +14,64 @@ from typing import Any
 
 from eve_operator.crd import API_VERSION, KIND
 from eve_operator.jobspec import JobSpec
+from eve_operator.podtemplate import CONTAINER, SCHEDULER_NAMES, build_pod_template
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
-CONTAINER = "pytorch"  # training-operator reads exit codes from the container of this name
-PORT = 23456
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-#: Pod schedulerName per gang scheduler; training-operator only sets it itself when it
-#: runs with --gang-scheduler-name, and a secondary scheduler must be named explicitly.
-SCHEDULER_NAMES = {"volcano": "volcano", "scheduler-plugins": "scheduler-plugins-scheduler"}
-#: Seconds between SIGTERM and SIGKILL: the trainer writes a final checkpoint, then exits 143.
-TERMINATION_GRACE_S = 300
 
 
 def build_pytorchjob(job: JobSpec, *, namespace: str, owner: dict[str, str] | None = None) -> dict[str, Any]:
-    """The PyTorchJob of one stage attempt.
+    """The PyTorchJob of one stage attempt, as the JSON the API server takes.
 
-    owner: {"name", "uid"} of the EvePipeline; the job gets a controller ownerReference
-    so deleting the pipeline garbage-collects it.
+    Built from kubeflow-training's typed models (the SDK of training-operator v1.9), so a
+    misnamed field is an AttributeError here, not a silently dropped key; serialised with the
+    kubernetes client, as TrainingClient.create_job does. owner: {"name", "uid"} of the
+    EvePipeline; the job gets a controller ownerReference so deleting the pipeline
+    garbage-collects it.
     """
+    from kubeflow.training.models import (
+        KubeflowOrgV1PyTorchJob, KubeflowOrgV1PyTorchJobSpec, KubeflowOrgV1ReplicaSpec)
+    from kubernetes.client import ApiClient, V1ObjectMeta, V1OwnerReference
+
     gang = job.scheduling.gang_scheduler
     labels = dict(job.labels)
     if gang == "kueue":
         labels[KUEUE_QUEUE_LABEL] = job.scheduling.queue or ""
-    metadata: dict[str, Any] = {"name": job.name, "namespace": namespace, "labels": labels}
+    owners = None
     if owner is not None:
-        metadata["ownerReferences"] = [{
-            "apiVersion": API_VERSION, "kind": KIND, "name": owner["name"], "uid": owner["uid"],
-            "controller": True, "blockOwnerDeletion": True}]
-
-    replicas = {"Master": _replica(job, 1)}
-    if job.nodes > 1:
-        replicas["Worker"] = _replica(job, job.nodes - 1)
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "PyTorchJob", "metadata": metadata,
-        "spec": {
-            "nprocPerNode": str(job.procs_per_node),
-            "runPolicy": _run_policy(job),
-            "pytorchReplicaSpecs": replicas,
-        },
-    }
-
-
-def _run_policy(job: JobSpec) -> dict[str, Any]:
-    gang = job.scheduling.gang_scheduler
-    policy: dict[str, Any] = {
-        "cleanPodPolicy": "Running",
-        "backoffLimit": job.backoff_limit,
-        # Kueue admits a job by un-suspending it: it must be created suspended.
-        "suspend": job.suspend or gang == "kueue",
-    }
-    if job.active_deadline_s:
-        policy["activeDeadlineSeconds"] = job.active_deadline_s
-    if gang in SCHEDULER_NAMES:
-        scheduling: dict[str, Any] = {"minAvailable": job.nodes}  # all ranks or none: DDP needs every one
-        if job.scheduling.queue and gang == "volcano":
-            scheduling["queue"] = job.scheduling.queue
-        if job.scheduling.priority_class:
-            scheduling["priorityClass"] = job.scheduling.priority_class
-        if job.scheduling.schedule_timeout_s:
-            scheduling["scheduleTimeoutSeconds"] = job.scheduling.schedule_timeout_s
-        policy["schedulingPolicy"] = scheduling
-    return policy
-
-
-def _replica(job: JobSpec, replicas: int) -> dict[str, Any]:
+        owners = [V1OwnerReference(api_version=API_VERSION, kind=KIND, name=owner["name"], uid=owner["uid"],
+                                   controller=True, block_owner_deletion=True)]
     # ExitCode: 1-127 fail the job at once (2 = config error), >=128 (143 = SIGTERM after a
     # checkpoint) restart the pod, counted against backoffLimit.
-    return {"replicas": replicas, "restartPolicy": "ExitCode", "template": _pod_template(job)}
+    template = build_pod_template(job)
+    replicas = {"Master": KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="ExitCode", template=template)}
+    if job.nodes > 1:
+        replicas["Worker"] = KubeflowOrgV1ReplicaSpec(replicas=job.nodes - 1, restart_policy="ExitCode",
+                                                      template=template)
+    body = KubeflowOrgV1PyTorchJob(
+        api_version=f"{GROUP}/{VERSION}", kind="PyTorchJob",
+        metadata=V1ObjectMeta(name=job.name, namespace=namespace, labels=labels, owner_references=owners),
+        spec=KubeflowOrgV1PyTorchJobSpec(nproc_per_node=str(job.procs_per_node), run_policy=_run_policy(job),
+                                         pytorch_replica_specs=replicas))
+    return ApiClient().sanitize_for_serialization(body)
 
 
-def _pod_template(job: JobSpec) -> dict[str, Any]:
-    res = job.resources
-    gpus = res.gpus_per_node
-    requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, Any] = {"memory": res.memory}
-    if gpus:
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = gpus
-    env = [{"name": k, "value": v} for k, v in sorted(job.env.items())]
-    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-            for k, (secret, key) in sorted(job.secret_env.items())]
-    container = {
-        "name": CONTAINER,
-        "image": job.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": list(job.command),
-        "env": env,
-        "ports": [{"name": "pytorchjob-port", "containerPort": PORT, "protocol": "TCP"}],
-        "resources": {"requests": requests, "limits": limits},
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
-    }
-    spec: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}}],
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-    }
-    if gpus:
-        if res.gpu_product:
-            spec["nodeSelector"] = {GPU_PRODUCT_LABEL: res.gpu_product}
-        spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-    if res.tolerations:
-        spec["tolerations"] = spec.get("tolerations", []) + [dict(t) for t in res.tolerations]
-    if (scheduler := SCHEDULER_NAMES.get(job.scheduling.gang_scheduler)) is not None:
-        spec["schedulerName"] = scheduler
-    if job.scheduling.priority_class:
-        spec["priorityClassName"] = job.scheduling.priority_class
-    return {
-        "metadata": {"labels": dict(job.labels),
-                     # an Istio sidecar keeps pods alive after training and breaks rendezvous
-                     "annotations": {"sidecar.istio.io/inject": "false"}},
-        "spec": spec,
-    }
+def _run_policy(job: JobSpec) -> Any:
+    from kubeflow.training.models import KubeflowOrgV1RunPolicy, KubeflowOrgV1SchedulingPolicy
+
+    gang = job.scheduling.gang_scheduler
+    scheduling = None
+    if gang in SCHEDULER_NAMES:
+        scheduling = KubeflowOrgV1SchedulingPolicy(
+            min_available=job.nodes,  # all ranks or none: DDP needs every one
+            queue=job.scheduling.queue if gang == "volcano" else None,
+            priority_class=job.scheduling.priority_class or None,
+            schedule_timeout_seconds=job.scheduling.schedule_timeout_s or None)
+    return KubeflowOrgV1RunPolicy(
+        clean_pod_policy="Running", backoff_limit=job.backoff_limit,
+        # Kueue admits a job by un-suspending it: it must be created suspended.
+        suspend=job.suspend or gang == "kueue",
+        active_deadline_seconds=job.active_deadline_s or None, scheduling_policy=scheduling)
 
 
 def job_state(job: dict[str, Any] | None) -> tuple[str, str, str | None]:

@@ -21,8 +21,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="safety-net reconcile period per pipeline (S3 manifests send no events)")
     parser.add_argument("--verify", choices=("deep", "size"), default="deep",
                         help="stage-complete check: re-hash every export file, or compare sizes only")
-    parser.add_argument("--standalone", action="store_true", default=True,
-                        help="always on: one replica, no kopf peering (deploy with strategy Recreate)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if not args.namespace and not args.all_namespaces:

@@ -14,12 +14,22 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from eve_trainer.config import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage
 
 GangScheduler = Literal["volcano", "scheduler-plugins", "kueue", "none"]
+JobApi = Literal["PyTorchJob", "TrainJob"]
 OverrideValue = str | int | float | bool | list[str] | list[int] | list[float] | None
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 #: A Kubernetes quantity ("32", "400Gi"); YAML may give a bare number (`cpu: 32`).
 Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool)
                                           else v)]
 _INT_OR_STRING = {"x-kubernetes-int-or-string": True}
+
+
+def _operator_default(schema: dict[str, Any]) -> None:
+    """No `default` in the CRD: the API server would fill it in, and the operator's own
+    default (eve_operator.defaults) could never apply."""
+    schema.pop("default", None)
+
+#: A quantity inside a map (resources.limits): int-or-string in the CRD as well.
+MapQuantity = Annotated[Quantity, Field(json_schema_extra=_INT_OR_STRING)]
 
 
 class _Model(BaseModel):
@@ -36,15 +46,17 @@ class S3Spec(_Model):
 
 class MlflowSpec(_Model):
     tracking_uri: str | None = Field(None, alias="trackingUri", description="MLflow tracking URI.")
-    experiment: str = Field("eve-platform", description="MLflow experiment name.")
+    experiment: str = Field("eve-platform", json_schema_extra=_operator_default,
+                            description="MLflow experiment name; default the operator's, else eve-platform.")
 
 
 class ResourcesSpec(_Model):
     nodes: int = Field(1, ge=1, le=512, description="Pods (nodes) per stage job.")
     gpus_per_node: int = Field(8, alias="gpusPerNode", ge=0, le=16, description="GPUs per pod; 0 runs on CPU.")
     gpu_product: str | None = Field(
-        "NVIDIA-A100-SXM4-80GB", alias="gpuProduct",
-        description="nvidia.com/gpu.product node label to select; empty for any.")
+        "NVIDIA-A100-SXM4-80GB", alias="gpuProduct", json_schema_extra=_operator_default,
+        description="nvidia.com/gpu.product node label to select; empty for any. "
+                    "Default the operator's, else NVIDIA-A100-SXM4-80GB.")
     cpu: Quantity = Field("32", description="CPU request per pod.", json_schema_extra=_INT_OR_STRING)
     memory: Quantity = Field("400Gi", description="Memory request per pod.", json_schema_extra=_INT_OR_STRING)
     shm_size: Quantity = Field("64Gi", alias="shmSize", description="Size of the memory-backed /dev/shm.",
@@ -59,12 +71,158 @@ class ResourcesSpec(_Model):
 
 
 class SchedulingSpec(_Model):
-    gang_scheduler: GangScheduler = Field("volcano", alias="gangScheduler",
-                                          description="volcano | scheduler-plugins | kueue | none.")
+    gang_scheduler: GangScheduler = Field("volcano", alias="gangScheduler", json_schema_extra=_operator_default,
+                                          description="volcano | scheduler-plugins | kueue | none; "
+                                                      "default the operator's, else volcano.")
     queue: str | None = Field(None, description="Volcano queue or Kueue LocalQueue name.")
     priority_class: str | None = Field(None, alias="priorityClass", description="PriorityClass of the pods.")
     schedule_timeout_s: int = Field(3600, alias="scheduleTimeoutSeconds", ge=0,
                                     description="Give up gang scheduling after this long.")
+
+
+_FREEFORM = {"x-kubernetes-preserve-unknown-fields": True}
+#: Env the operator sets on the trainer container, with the spec field that sets it instead.
+RESERVED_ENV = {
+    "EVE_PIPELINE": "the pipeline name", "EVE_STAGE": "the stage", "EVE_ATTEMPT": "the attempt",
+    "PYTHONUNBUFFERED": "the operator", "AWS_ENDPOINT_URL": "spec.s3.endpointUrl", "AWS_REGION": "spec.s3.region",
+    "AWS_ACCESS_KEY_ID": "spec.s3.credentialsSecret", "AWS_SECRET_ACCESS_KEY": "spec.s3.credentialsSecret",
+    "MLFLOW_TRACKING_URI": "spec.mlflow.trackingUri",
+}
+#: Resources the operator sets from spec.resources; podTemplate.resources adds others only.
+RESERVED_RESOURCES = {"cpu": "spec.resources.cpu", "memory": "spec.resources.memory",
+                      "nvidia.com/gpu": "spec.resources.gpusPerNode"}
+#: The memory-backed /dev/shm of every trainer pod.
+SHM_VOLUME, SHM_PATH = "dshm", "/dev/shm"
+
+
+def _named(items: list[dict[str, Any]], key: str, field: str, *, unique: bool = True) -> list[dict[str, Any]]:
+    for i, item in enumerate(items):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise ValueError(f"{field}[{i}] needs a non-empty {key!r} (got {item!r})")
+    if not unique:
+        return items
+    seen = [item[key] for item in items]
+    if dups := sorted({k for k in seen if seen.count(k) > 1}):
+        raise ValueError(f"{field}: {key} {', '.join(dups)} given more than once")
+    return items
+
+
+class PodResources(_Model):
+    requests: dict[str, MapQuantity] = Field(default_factory=dict, description="Extra resource requests.")
+    limits: dict[str, MapQuantity] = Field(default_factory=dict, description="Extra resource limits.")
+
+    @model_validator(mode="after")
+    def _extra_only(self) -> PodResources:
+        for kind, values in (("requests", self.requests), ("limits", self.limits)):
+            for name in values:
+                if name in RESERVED_RESOURCES:
+                    raise ValueError(f"podTemplate.resources.{kind}.{name} is set by {RESERVED_RESOURCES[name]}; "
+                                     "podTemplate.resources adds other resources (rdma/hca, "
+                                     "vpc.amazonaws.com/efa, hugepages-2Mi)")
+        return self
+
+
+class PodTemplateSpec(_Model):
+    """Pod customisation of a stage's pods (Kubernetes field names and shapes).
+
+    Merged over the operator's pod: maps key by key, lists by name (volumeMounts by
+    mountPath; tolerations appended); the trainer's own env, command, resources and
+    /dev/shm cannot be overwritten (docs/install.md#pod-customisation).
+    """
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    service_account_name: str | None = Field(None, alias="serviceAccountName",
+                                             description="ServiceAccount of the pods (IRSA, workload identity).")
+    image_pull_secrets: list[dict[str, Any]] = Field(default_factory=list, alias="imagePullSecrets",
+                                                     description="Image pull secrets, e.g. [{name: regcred}].")
+    env: list[dict[str, Any]] = Field(default_factory=list, description="Extra env of the trainer (EnvVar list).")
+    env_from: list[dict[str, Any]] = Field(default_factory=list, alias="envFrom",
+                                           description="Extra envFrom of the trainer (ConfigMaps, Secrets).")
+    volumes: list[dict[str, Any]] = Field(default_factory=list, description="Extra pod volumes.")
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list, alias="volumeMounts",
+                                                description="Extra volume mounts of the trainer.")
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector",
+                                          description="Extra node selector labels.")
+    affinity: dict[str, Any] = Field(default_factory=dict, description="Pod affinity (Kubernetes Affinity).",
+                                     json_schema_extra=_FREEFORM)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Extra tolerations.")
+    priority_class_name: str | None = Field(None, alias="priorityClassName", description="PriorityClass of the pods.")
+    security_context: dict[str, Any] = Field(
+        default_factory=dict, alias="securityContext", json_schema_extra=_FREEFORM,
+        description="Pod securityContext fields, merged over the restricted defaults (explicit relaxation only).")
+    container_security_context: dict[str, Any] = Field(
+        default_factory=dict, alias="containerSecurityContext", json_schema_extra=_FREEFORM,
+        description="Trainer container securityContext fields, merged over the restricted defaults.")
+    resources: PodResources = Field(default_factory=PodResources,  # type: ignore[arg-type]
+                                    description="Extra resources (rdma/hca, vpc.amazonaws.com/efa, hugepages).")
+
+    @model_validator(mode="after")
+    def _names(self) -> PodTemplateSpec:
+        _named(self.image_pull_secrets, "name", "podTemplate.imagePullSecrets")
+        _named(self.env, "name", "podTemplate.env")
+        _named(self.volumes, "name", "podTemplate.volumes")
+        _named(self.volume_mounts, "name", "podTemplate.volumeMounts", unique=False)
+        _named(self.volume_mounts, "mountPath", "podTemplate.volumeMounts")
+        for item in self.env:
+            if item["name"] in RESERVED_ENV:
+                raise ValueError(f"podTemplate.env: {item['name']} is set by the operator from "
+                                 f"{RESERVED_ENV[item['name']]}; it cannot be overwritten")
+        if any(v["name"] == SHM_VOLUME for v in self.volumes):
+            raise ValueError(f"podTemplate.volumes: {SHM_VOLUME!r} is the operator's /dev/shm; pick another name")
+        if any(m["mountPath"] == SHM_PATH for m in self.volume_mounts):
+            raise ValueError(f"podTemplate.volumeMounts: {SHM_PATH} is the operator's memory-backed volume "
+                             "(size it with spec.resources.shmSize)")
+        return self
+
+    def merged(self, over: PodTemplateSpec | None) -> PodTemplateSpec:
+        """This template with `over` (a stage's) on top: maps by key, lists by name."""
+        if over is None:
+            return self
+        return PodTemplateSpec.model_validate(merge_pod_templates(
+            self.model_dump(by_alias=True, exclude_defaults=True),
+            over.model_dump(by_alias=True, exclude_defaults=True)))
+
+
+#: List fields of a pod template and the key their items are merged by (None: appended, deduplicated).
+LIST_MERGE_KEYS = {"imagePullSecrets": "name", "env": "name", "envFrom": None, "volumes": "name",
+                   "volumeMounts": "mountPath", "tolerations": None}
+
+
+def merge_lists(base: list[Any], over: list[Any], key: str | None) -> list[Any]:
+    """Items of `over` replace the base item with the same key, in place; new ones are appended."""
+    out = list(base)
+    for item in over:
+        at = next((i for i, b in enumerate(out) if (key is None and b == item)
+                   or (key is not None and isinstance(b, dict) and b.get(key) == item.get(key))), None)
+        if at is None:
+            out.append(item)
+        else:
+            out[at] = item
+    return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Maps merged key by key, recursively; any other value of `over` replaces the base's."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge_pod_templates(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if key in LIST_MERGE_KEYS:
+            out[key] = merge_lists(out.get(key, []), value, LIST_MERGE_KEYS[key])
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class StageSpec(_Model):
@@ -72,6 +230,10 @@ class StageSpec(_Model):
     overrides: dict[str, OverrideValue] = Field(
         default_factory=dict, description="Trainer overrides (dotted keys) for this stage.")
     resources: ResourcesSpec | None = Field(None, description="Resources of this stage; default spec.resources.")
+    stall_timeout_s: int | None = Field(None, alias="stallTimeoutSeconds", ge=0,
+                                        description="Stall timeout of this stage; default spec.stallTimeoutSeconds.")
+    pod_template: PodTemplateSpec | None = Field(None, alias="podTemplate",
+                                                 description="Pod customisation, merged over spec.podTemplate.")
 
 
 class PipelineSpec(_Model):
@@ -89,14 +251,25 @@ class PipelineSpec(_Model):
     s3: S3Spec = Field(default_factory=S3Spec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    image: str = Field("ghcr.io/eve-platform/trainer:0.1.0", description="Trainer image.")
+    image: str = Field("ghcr.io/eve-platform/trainer:0.1.0", json_schema_extra=_operator_default,
+                       description="Trainer image; default the operator's (the chart's trainer.image), "
+                                   "else ghcr.io/eve-platform/trainer:0.1.0.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec,  # type: ignore[arg-type]
+                                          alias="podTemplate",
+                                          description="Pod customisation of every stage (docs/install.md).")
     max_attempts: int = Field(3, alias="maxAttempts", ge=1, le=20,
                               description="Attempts per stage before the pipeline fails.")
     backoff_limit: int = Field(3, alias="backoffLimit", ge=0, description="PyTorchJob pod restarts per attempt.")
     active_deadline_s: int | None = Field(None, alias="activeDeadlineSeconds", ge=1,
                                           description="Wall-clock limit of one stage job.")
     suspend: bool = Field(False, description="Suspend the current stage's job.")
+    stall_timeout_s: int = Field(900, alias="stallTimeoutSeconds", ge=0, description=(
+        "Restart a stage (as a new attempt) when no rank's step advanced for this long; 0: never."))
+    job_api: JobApi | None = Field(
+        None, alias="jobApi",
+        description="Job API of the stage jobs: PyTorchJob (Training Operator v1) or TrainJob (Kubeflow "
+                    "Trainer v2); default the operator's (EVE_JOB_API, else PyTorchJob).")
 
     @model_validator(mode="after")
     def _cross_field(self) -> PipelineSpec:
@@ -142,6 +315,20 @@ class PipelineSpec(_Model):
     def data_for(self, name: str) -> list[str]:
         return self.stage(name).data or self.data
 
+    def planned_init_from(self, pipeline: str, stage: str) -> str | None:
+        """Where a stage will start: the pipeline's init_from for the first stage, else the
+        previous stage's export (what the pipeline core hands it once that stage completes)."""
+        from eve_trainer.layout import export_prefix
+
+        previous = self.previous_stage(stage)
+        if stage == self.chain()[0] and (self.init_from or previous is None):
+            return self.init_from
+        return f"{self.output.rstrip('/')}/{export_prefix(pipeline, previous)}"
+
+    def pod_template_for(self, name: str) -> PodTemplateSpec:
+        """The pipeline's pod customisation with the stage's on top."""
+        return self.pod_template.merged(self.stage(name).pod_template)
+
 
 def validate_name(name: str) -> str:
     """Pipeline names become PyTorchJob names: DNS-1035 labels, short enough for suffixes."""
@@ -152,5 +339,5 @@ def validate_name(name: str) -> str:
     return name
 
 
-__all__ = ["PipelineSpec", "StageSpec", "ResourcesSpec", "SchedulingSpec", "S3Spec", "MlflowSpec",
-           "GangScheduler", "validate_name", "STAGES"]
+__all__ = ["PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources", "ResourcesSpec", "SchedulingSpec",
+           "S3Spec", "MlflowSpec", "GangScheduler", "JobApi", "validate_name", "STAGES"]

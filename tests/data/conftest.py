@@ -20,21 +20,19 @@ def proc():  # noqa: ANN201
     return tiny_processor()
 
 
-@pytest.fixture(scope="session")
-def caption_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _synthetic(factory: pytest.TempPathFactory, kind: str, **kw: object) -> Path:
     from eve_trainer.data import write_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("caption-ds")
-    write_synthetic_dataset(str(root), num_samples=130, kind="caption", seed=3, image_size=(24, 80),
-                            samples_per_shard=20)
+    root = factory.mktemp(f"{kind}-ds")
+    write_synthetic_dataset(str(root), kind=kind, image_size=(24, 80), **kw)
     return root
+
+
+@pytest.fixture(scope="session")
+def caption_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _synthetic(tmp_path_factory, "caption", num_samples=130, seed=3, samples_per_shard=20)
 
 
 @pytest.fixture(scope="session")
 def conv_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eve_trainer.data import write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("conv-ds")
-    write_synthetic_dataset(str(root), num_samples=90, kind="conversation", seed=4, image_size=(24, 80),
-                            samples_per_shard=16)
-    return root
+    return _synthetic(tmp_path_factory, "conversation", num_samples=90, seed=4, samples_per_shard=16)

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 def tiny_processor():  # noqa: ANN201
     """eve_model's EveImageProcessor for the tiny preset (224 px / 112 px teacher)."""
-    try:
-        from eve_model import EveImageProcessor, get_preset
-    except ImportError:  # the package __init__ may land after its modules
-        from eve_model.presets import get_preset
-        from eve_model.processing import EveImageProcessor
+    from eve_model import EveImageProcessor, get_preset
+
     return EveImageProcessor.from_config(get_preset("tiny"))
 
 

@@ -104,3 +104,21 @@ def test_tar_reader_offsets_and_truncation(caption_ds) -> None:  # noqa: ANN001
         for s in iter_tar(io.BytesIO(data[: ours[5].offset + 700])):
             got.append(s.key)
     assert got == [s.key for s in ours[:5]]  # complete samples only
+
+
+def test_a_shard_cut_between_samples_fails_here_but_not_in_webdataset(caption_ds, tmp_path) -> None:  # noqa: ANN001
+    """Why the reader stays ours (docs/data.md): webdataset takes a shard cut at a sample
+    boundary for a complete one; iter_tar raises. It yields the samples before the last one
+    (the last one might have had more members) and never a sample cut short."""
+    import webdataset as wds
+
+    shard = caption_ds / "shard-000000.tar"
+    ours = list(iter_tar(shard.open("rb")))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(shard.read_bytes()[: ours[5].offset])
+    assert [s["__key__"] for s in wds.WebDataset(str(cut), shardshuffle=False)] == [s.key for s in ours[:5]]
+    got = []
+    with pytest.raises(ShardReadError, match="no end-of-archive marker"):
+        for s in iter_tar(cut.open("rb")):
+            got.append(s.key)
+    assert got == [s.key for s in ours[:4]]

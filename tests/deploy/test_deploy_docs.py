@@ -1,12 +1,13 @@
-"""values.yaml is the one source of the values schema and of the values tables."""
+"""The docs: generated from values.yaml, walking the whole install, links and RBAC true to the chart."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import gen_chart_docs
 import yaml
-from deploy_support import CHART, ROOT
+from deploy_support import CHART, RELEASE, ROOT, Helm, find
 
 
 def test_schema_and_tables_are_generated_from_values_yaml() -> None:
@@ -47,10 +48,38 @@ def test_install_doc_walks_the_whole_way() -> None:
     assert "`operator.metricsPort`" in table and "`crds.keep`" in table
 
 
-def test_readme_links_and_rbac_table_match_the_chart() -> None:
-    doc = (ROOT / "docs" / "install.md").read_text()
-    rows = re.findall(r"^\| (eve-platform\.io|kubeflow\.org|\"\" \(core\)[^|]*|apiextensions\.k8s\.io) \| ([^|]+) \| ([^|]+) \|",
-                      doc, re.M)
-    resources = {r[1].strip() for r in rows}
-    assert {"evepipelines", "evepipelines/status", "evepipelines/finalizers", "pytorchjobs", "pods", "pods/log",
-            "events", "secrets", "customresourcedefinitions"} <= resources
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    headings = re.findall(r"^#+ (.+)$", doc.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def _rbac_table(doc: str) -> dict[tuple[str, str], set[str]]:
+    """{(API group, resource): verbs} of the table under "What the operator may do (RBAC)"."""
+    section = doc.split("### What the operator may do (RBAC)", 1)[1].split("\n#", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| API group")]
+    table: dict[tuple[str, str], set[str]] = {}
+    for groups, resources, verbs in rows:
+        for group in groups.split(","):
+            group = "" if group.strip().startswith('""') else group.strip()
+            for resource in resources.split(","):
+                table[(group, resource.strip())] = set(verbs.split("(", 1)[0].split())
+    return table
+
+
+def test_readme_links_and_rbac_table_match_the_chart(chart: Helm) -> None:
+    for doc in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not fetched here
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            assert linked.exists(), f"{doc.relative_to(ROOT)} links to {target}, which does not exist"
+            if anchor:
+                assert anchor in _anchors(linked), f"{doc.relative_to(ROOT)} links to {target}: no such heading"
+    documented = _rbac_table((ROOT / "docs" / "install.md").read_text())
+    (role,) = find(chart.template(), "ClusterRole", RELEASE)
+    rendered = {(group, resource): set(rule["verbs"])
+                for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert documented == rendered, "docs/install.md's RBAC table differs from the chart's ClusterRole"

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import copy
-import shutil
 import subprocess
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from deploy_support import K8S_VERSION, NAMESPACE, ROOT, crd_file
+from fixtures.schema_check import assert_structural, crd_schema, problems
 
 import render_manifests
+from eve_operator.spec import PipelineSpec, validate_name
 
 MANIFESTS = ROOT / "manifests"
 SAMPLES = sorted((MANIFESTS / "samples").glob("*.yaml"))
@@ -40,18 +39,14 @@ def test_base_objects_are_valid() -> None:
         assert "helm.sh/hook" not in docs[0]["metadata"].get("annotations", {}), name
 
 
-def kustomize(path: Path) -> list[dict]:
-    local = ROOT / ".tools" / "bin" / "kubectl"  # scripts/install-helm.sh installs it beside helm
-    kubectl = str(local) if local.exists() else shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl (for kubectl kustomize) is not installed: run scripts/install-helm.sh")
+def kustomize(kubectl: str, path: Path) -> list[dict]:
     proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-def test_overlay_example_builds(helm: str) -> None:  # helm: the installer also brings kubectl
-    objs = kustomize(MANIFESTS / "overlays" / "example")
+def test_overlay_example_builds(kubectl: str) -> None:
+    objs = kustomize(kubectl, MANIFESTS / "overlays" / "example")
     for obj in objs:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         if obj["kind"] == "Namespace":
@@ -75,37 +70,6 @@ def test_overlay_example_builds(helm: str) -> None:  # helm: the installer also 
 
 # -- the CRD --------------------------------------------------------------------------------
 
-NOT_STRUCTURAL = ("$ref", "definitions", "$defs", "$schema", "const")
-JUNCTORS = ("allOf", "anyOf", "oneOf")
-#: A branch of allOf/anyOf/oneOf/not may only carry value validations.
-NOT_IN_JUNCTOR = {"type", "properties", "items", "additionalProperties", "default", "description", "nullable"}
-
-
-def walk_schema(node: dict, path: str, problems: list[str]) -> None:
-    """apiextensions v1 structural-schema rules (the subset that a generator can get wrong)."""
-    for key in NOT_STRUCTURAL:
-        if key in node:
-            problems.append(f"{path}: `{key}` is not allowed in a CRD schema")
-    branches = [b for j in JUNCTORS for b in node.get(j, [])] + ([node["not"]] if "not" in node else [])
-    if not node.get("x-kubernetes-int-or-string"):
-        for branch in branches:
-            if NOT_IN_JUNCTOR & set(branch):
-                problems.append(f"{path}: allOf/anyOf/oneOf/not may only hold value validations, got {sorted(branch)}")
-    if not ("type" in node or node.get("x-kubernetes-int-or-string")
-            or node.get("x-kubernetes-preserve-unknown-fields")):
-        problems.append(f"{path}: no type")
-    if "properties" in node and node.get("additionalProperties") not in (None, True):
-        problems.append(f"{path}: properties and additionalProperties are mutually exclusive")
-    if node.get("type") == "array" and "items" not in node:
-        problems.append(f"{path}: array without items")
-    for key, sub in node.get("properties", {}).items():
-        walk_schema(sub, f"{path}.{key}", problems)
-    if isinstance(node.get("items"), dict):
-        walk_schema(node["items"], f"{path}[]", problems)
-    if isinstance(node.get("additionalProperties"), dict):
-        walk_schema(node["additionalProperties"], f"{path}{{}}", problems)
-
-
 def test_crd_is_structural() -> None:
     crd = crd_file()
     kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
@@ -119,33 +83,7 @@ def test_crd_is_structural() -> None:
     assert versions["v1alpha1"]["subresources"]["status"] == {}
     schema = versions["v1alpha1"]["schema"]["openAPIV3Schema"]
     assert schema["type"] == "object" and "spec" in schema["properties"]
-    problems: list[str] = []
-    walk_schema(schema, "openAPIV3Schema", problems)
-    assert not problems, "\n".join(problems)
-
-
-def to_jsonschema(node: object) -> object:
-    """OpenAPI v3 (Kubernetes flavour) -> JSON Schema: `nullable` becomes a null type, and
-    unknown fields fail as they do under kubectl's default strict field validation."""
-    if isinstance(node, list):
-        return [to_jsonschema(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
-    if "properties" in node and "additionalProperties" not in node \
-            and not node.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    if node.get("x-kubernetes-int-or-string") and "type" not in node and "anyOf" not in node:
-        out["type"] = ["integer", "string"]
-    if out.pop("nullable", False) and "type" in out:
-        out["type"] = [out["type"], "null"] if isinstance(out["type"], str) else [*out["type"], "null"]
-    return out
-
-
-def crd_validator() -> jsonschema.Validator:
-    version = next(v for v in crd_file()["spec"]["versions"] if v["name"] == "v1alpha1")
-    schema = to_jsonschema(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
-    return jsonschema.Draft4Validator(schema)
+    assert_structural(schema)
 
 
 def test_samples_exist() -> None:
@@ -157,17 +95,16 @@ def test_samples_exist() -> None:
 def test_sample_matches_the_crd(sample: Path) -> None:
     obj = yaml.safe_load(sample.read_text())
     assert obj["apiVersion"] == "eve-platform.io/v1alpha1" and obj["kind"] == "EvePipeline"
-    errors = sorted(crd_validator().iter_errors(obj), key=lambda e: list(e.path))
-    assert not errors, "\n".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+    found = problems(obj, crd_schema(crd_file(), "v1alpha1"))
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[p.stem for p in SAMPLES])
 def test_sample_matches_the_pipeline_model(sample: Path) -> None:
     """The pydantic model the CRD is generated from accepts the sample too (cross-field rules)."""
-    spec_mod = pytest.importorskip("eve_operator.spec")
     obj = yaml.safe_load(sample.read_text())
-    spec_mod.validate_name(obj["metadata"]["name"])
-    spec = spec_mod.PipelineSpec.model_validate(obj["spec"])
+    validate_name(obj["metadata"]["name"])
+    spec = PipelineSpec.model_validate(obj["spec"])
     assert spec.chain()
 
 

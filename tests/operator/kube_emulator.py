@@ -2,8 +2,17 @@
 
 The operator (kopf, in another thread) and the tests (the official `kubernetes` client,
 synchronous) both talk to it over HTTP, as they would to a real API server. The emulator
-stores objects and streams watch events; it does no defaulting, no GC, no label
-selectors and no controllers, so the tests play the training-operator's part.
+stores objects and streams watch events; it does no defaulting, no label selectors and no
+controllers. Either the tests play the training-operator's part (patching PyTorchJob status),
+or cluster_emulator.py runs the training-operator and a kubelet beside it.
+
+What it adds to kmock, as a real API server would:
+- generateName, uid, creationTimestamp on create; 201 Created;
+- graceful pod deletion: a DELETE of a pod that a kubelet holds (its finalizer) sets
+  deletionTimestamp and deletionGracePeriodSeconds (the request's gracePeriodSeconds, else the
+  pod's terminationGracePeriodSeconds, else 30); a shorter grace in a later DELETE wins;
+- the pods/log subresource, served from the log file the kubelet names (`log_source`), with
+  `follow`, `tailLines`, `previous` and `container`.
 """
 
 from __future__ import annotations
@@ -14,13 +23,15 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import attrs
 import kmock
 import yaml
+from kmock._internal.k8s import KubernetesError
 
 GROUP, VERSION, PLURAL = "eve-platform.io", "v1alpha1", "evepipelines"
 RESOURCES: dict[str, kmock.ResourceInfo] = {
@@ -30,12 +41,16 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "kubeflow.org/v1/pytorchjobs": kmock.ResourceInfo(
         kind="PyTorchJob", singular="pytorchjob", namespaced=True,
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, subresources={"status"}),
+    "trainer.kubeflow.org/v1alpha1/trainjobs": kmock.ResourceInfo(  # Kubeflow Trainer v2 (trainjob_emulator.py)
+        kind="TrainJob", singular="trainjob", namespaced=True,
+        verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, subresources={"status"}),
     "v1/secrets": kmock.ResourceInfo(kind="Secret", singular="secret", namespaced=True,
                                      verbs={"create", "get", "list", "watch", "delete"}),
     "v1/events": kmock.ResourceInfo(kind="Event", singular="event", namespaced=True,
                                     verbs={"create", "get", "list", "watch", "patch"}),
     "v1/pods": kmock.ResourceInfo(kind="Pod", singular="pod", namespaced=True,
-                                  verbs={"create", "get", "list", "watch"}, subresources={"log"}),
+                                  verbs={"create", "delete", "get", "list", "patch", "update", "watch"},
+                                  subresources={"log", "status"}),
     "v1/namespaces": kmock.ResourceInfo(kind="Namespace", singular="namespace", namespaced=False,
                                         verbs={"get", "list", "watch"}),
     "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
@@ -55,6 +70,35 @@ class Logged(NamedTuple):
     name: str
 
 
+class PodLog(NamedTuple):
+    """Where a container's log is, and whether it can still grow (for `follow`)."""
+
+    path: Path
+    running: Callable[[], bool]
+
+
+#: (namespace, pod, container or None, previous) -> the log, or None while the container waits
+LogSource = Callable[[str, str, "str | None", bool], "PodLog | None"]
+
+
+@attrs.frozen
+class _BadRequest(KubernetesError):
+    message: str = ""
+    status: int = 400
+    reason: str = "BadRequest"
+
+
+@attrs.frozen
+class _PodNotFound(KubernetesError):
+    message: str = ""
+    status: int = 404
+    reason: str = "NotFound"
+
+
+def _is_pods(request: kmock.Request) -> bool:
+    return request.resource is not None and request.resource.group == "" and request.resource.plural == "pods"
+
+
 class _Emulator(kmock.KubernetesEmulator):
     """What an API server fills in on create and kmock does not: generateName, uid, timestamps.
 
@@ -65,6 +109,61 @@ class _Emulator(kmock.KubernetesEmulator):
 
     _serial = itertools.count(1)
     log: list[Logged]
+    log_source: LogSource | None = None
+
+    def _stored(self, key: tuple[Any, str | None, str | None]) -> Any:
+        """The live stored object (kmock's view), or None when absent or deleted."""
+        obj = self.objects[key] if key[0] is not None and key in self.objects else None
+        return None if obj is None or obj.deleted else obj
+
+    def serve_pod_logs(self) -> None:
+        """Answer GET pods/<name>/log below any reaction a test declares, above kmock's fetch."""
+        reaction = (self.fallback ** 1)[kmock.action.FETCH, kmock.subresource("log")]
+        reaction << kmock.headers({"Content-Type": "text/plain"}) << self._serve_log
+
+    async def _serve_log(self, request: kmock.Request) -> AsyncIterator[bytes]:
+        ns, name = request.namespace or "default", request.name or ""
+        if self._stored((request.resource, ns, name)) is None:
+            raise _PodNotFound(message=f'pods "{name}" not found')
+        params = request.params
+        container, previous = params.get("container"), params.get("previous") == "true"
+        found = self.log_source(ns, name, container, previous) if self.log_source else None
+        if found is None:
+            what = "previous terminated container" if previous else "container"
+            raise _BadRequest(message=f'{what} "{container or "pytorch"}" in pod "{name}" '
+                                      "is waiting to start: ContainerCreating")
+        tail = int(params["tailLines"]) if params.get("tailLines") else None
+        follow = params.get("follow") == "true"
+        yield b""  # start the response: a follower sees the headers before the first line
+        with open(found.path, "rb") as f:
+            if tail is not None:
+                lines = f.read().splitlines(keepends=True)[-tail:] if tail > 0 else []
+                yield b"".join(lines)
+            while True:
+                running = found.running()  # read before the chunk: no line written at exit is lost
+                chunk = f.read(65536)
+                if chunk:
+                    yield chunk
+                elif not follow or not running:
+                    return
+                else:
+                    await asyncio.sleep(0.05)
+
+    def _pod_deletion_grace(self, request: kmock.Request) -> None:
+        """After kmock marked a held pod deleted: the grace its kubelet allows (shorter wins)."""
+        key = (request.resource, request.namespace, request.name)
+        body = request.data if isinstance(request.data, dict) else {}
+        raw = request.params.get("gracePeriodSeconds", body.get("gracePeriodSeconds"))
+        obj = self._stored(key)
+        if obj is None:
+            return
+        meta = obj.get("metadata", {})
+        if not meta.get("deletionTimestamp"):
+            return
+        grace = int(raw) if raw is not None else int(obj.get("spec", {}).get("terminationGracePeriodSeconds", 30))
+        current = meta.get("deletionGracePeriodSeconds")
+        if current is None or grace < current:
+            obj.patch({"metadata": {"deletionGracePeriodSeconds": grace}})
 
     async def _handle(self, request: kmock.Request) -> Any:
         # kmock matches every request against its whole request history (its DSL filters are
@@ -88,6 +187,8 @@ class _Emulator(kmock.KubernetesEmulator):
         response = await super()._handle(request)
         if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
             response.set_status(201)  # the official client reads the body of a 201 only
+        if request.action == kmock.action.DELETE and _is_pods(request) and response.status == 200:
+            self._pod_deletion_grace(request)
         return response
 
 
@@ -117,6 +218,7 @@ class Emulator:
             handler.log = []
             for key, info in RESOURCES.items():
                 handler.resources[key] = info
+            handler.serve_pod_logs()
             self.kmock, self.url = handler, str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
@@ -138,6 +240,11 @@ class Emulator:
         async def wrapper() -> Any:
             return fn(*args)
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
+
+    def set_log_source(self, source: LogSource | None) -> None:
+        """Where pods/<name>/log reads from: the kubelet's log files (the API server asks the node)."""
+        assert self.kmock is not None
+        self.kmock.log_source = source
 
     @property
     def requests(self) -> list[Logged]:

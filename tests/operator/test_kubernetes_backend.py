@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from operator_harness import NS, Cluster
-from schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
+from fixtures.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
 
 from eve_operator import crd
 from eve_operator.backends import kubernetes as kb
@@ -14,6 +14,7 @@ from eve_operator.spec import PipelineSpec
 
 SPEC = PipelineSpec.model_validate({"output": "s3://ckpt/eve", "preset": "tiny",
                                     "resources": {"nodes": 2, "gpuProduct": None},
+                                    "overrides": {"global_batch_size": 16, "micro_batch_size": 1},
                                     "scheduling": {"gangScheduler": "kueue", "queue": "team-a"}})
 
 
@@ -21,15 +22,22 @@ def test_render_pipeline_is_a_minimal_valid_cr() -> None:
     obj = kb.render_pipeline("demo", NS, SPEC)
     assert obj["metadata"] == {"name": "demo", "namespace": NS}
     assert obj["spec"]["resources"] == {"nodes": 2, "gpuProduct": None}
+    assert obj["spec"]["overrides"] == {"global_batch_size": 16, "micro_batch_size": 1}
     validate(obj, crd_schema(crd.crd_manifest()))
     assert PipelineSpec.model_validate(obj["spec"]) == SPEC
 
 
-def test_render_jobs_is_the_first_stage_job() -> None:
+def test_render_jobs_is_every_stage_job_each_from_the_previous_export() -> None:
     jobs = kb.render_jobs("demo", NS, SPEC)
-    assert [j["metadata"]["name"] for j in jobs] == ["demo-prealign"]
-    assert jobs[0]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    validate(jobs[0], load_crd_schema(VENDORED_PYTORCHJOB))
+    assert [j["metadata"]["name"] for j in jobs] == ["demo-prealign", "demo-pretrain", "demo-sft"]
+    for job in jobs:
+        assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+        validate(job, load_crd_schema(VENDORED_PYTORCHJOB))
+    commands = [j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+                for j in jobs]
+    assert not any(a.startswith("init_from=") for a in commands[0])
+    assert "init_from=s3://ckpt/eve/demo/prealign/export" in commands[1]
+    assert "init_from=s3://ckpt/eve/demo/pretrain/export" in commands[2]
 
 
 def test_render_jobs_mid_chain_shows_the_previous_export() -> None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from operator_harness import NS, Cluster, Operator, base_spec, wait_for, write_export
+from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
+
+from eve_operator import metrics
+
+
+def wait_passes(n: int = 2) -> None:
+    """Wait until `n` more reconcile passes have finished (timer or event driven), counted by
+    eve_operator_reconciles_total: whatever they were going to do is done. Each test runs one
+    operator on one pipeline at the time of the call, so every pass counted is that pipeline's."""
+    target = metrics.RECONCILES.total() + n
+    wait_for(lambda: metrics.RECONCILES.total() >= target, what=f"{n} more reconcile passes")
 
 
 def test_full_chain_prealign_pretrain_sft(cluster: Cluster, operator: Operator, output: str,
@@ -40,7 +49,7 @@ def test_succeeded_without_manifest_waits_for_it(cluster: Cluster, operator: Ope
     cluster.set_condition("wait-prealign", "Succeeded")
     wait_for(lambda: "waiting for the verified stage-complete manifest"
              in cluster.status("wait")["stages"][0]["message"], what="the waiting message")
-    time.sleep(1.5)  # several resync passes: still no next stage
+    wait_passes(3)  # resync passes: still no next stage
     assert "wait-pretrain" not in cluster.jobs()
     assert cluster.status("wait")["phase"] == "Running"
     write_export(output, "wait", "prealign", tmp_path)  # no job event: the resync notices it
@@ -57,7 +66,7 @@ def test_a_corrupt_export_does_not_count(cluster: Cluster, operator: Operator, o
     open_store(output).put_bytes("corrupt/prealign/export/model.safetensors", b"truncated")
     cluster.set_condition("corrupt-prealign", "Succeeded")
     wait_for(lambda: "waiting" in cluster.status("corrupt")["stages"][0]["message"])
-    time.sleep(1.0)
+    wait_passes(2)
     assert "corrupt-pretrain" not in cluster.jobs()
 
 
@@ -84,7 +93,7 @@ def test_operator_restart_mid_stage_creates_no_duplicate(cluster: Cluster, opera
     wait_for(lambda: cluster.status("steady")["stages"][0]["state"] == "Running")
     creates = _creates(cluster)
     operator.restart()
-    time.sleep(1.5)  # resume + several resync passes
+    wait_passes(3)  # resume + resync passes
     assert _creates(cluster) == creates == 1
     assert sorted(cluster.jobs()) == ["steady-prealign"]
     write_export(output, "steady", "prealign", tmp_path)
@@ -144,7 +153,13 @@ def test_deleting_the_pipeline_deletes_its_jobs(cluster: Cluster, operator: Oper
     wait_for(lambda: sorted(cluster.jobs()) == ["kept-prealign"], what="only the other pipeline's job left")
 
 
-def test_missing_secret_waits_then_submits(cluster: Cluster, operator: Operator, output: str) -> None:
+def test_missing_secret_waits_then_submits(cluster: Cluster, output: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("EVE_READ_PIPELINE_SECRETS", "true")  # chart: operator.readPipelineSecrets
+    with running_operator():
+        _missing_secret_waits_then_submits(cluster, output)
+
+
+def _missing_secret_waits_then_submits(cluster: Cluster, output: str) -> None:
     cluster.create_pipeline("creds", base_spec(output, s3={"credentialsSecret": "s3-creds"}))
     status = wait_for(lambda: cluster.status("creds") if "waiting" in cluster.status("creds").get("message", "")
                       else None)
@@ -206,7 +221,7 @@ def test_kueue_jobs_are_created_suspended_and_left_to_kueue(cluster: Cluster, op
     job = wait_for(lambda: cluster.jobs().get("queued-prealign"))
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     assert job["spec"]["runPolicy"]["suspend"] is True
-    time.sleep(1.0)  # resync passes: the operator must not un-suspend what Kueue has not admitted
+    wait_passes(2)  # resync passes: the operator must not un-suspend what Kueue has not admitted
     assert cluster.jobs()["queued-prealign"]["spec"]["runPolicy"]["suspend"] is True
     assert cluster.status("queued")["phase"] == "Running" and "Resumed" not in cluster.reasons("queued")
 

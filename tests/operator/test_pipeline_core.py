@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from eve_operator.pipeline import (
-    COMPLETE_GRACE_S, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, SubmitJob, decide,
-    initial_status, job_name,
+    COMPLETE_GRACE_S, STARTUP_GRACE_S, Beat, EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob,
+    SubmitJob, decide, initial_status, job_name, parent_run_params, parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec
 
@@ -204,3 +204,157 @@ def test_pending_and_running_jobs_explain_themselves_in_the_stage_message() -> N
     assert status.stage("prealign").message == "waiting for all 4 pods" and status.phase == "Running"
     status, _ = step(spec(), status, Observation(job="Running"))
     assert status.stage("prealign").message == ""
+
+
+# -- the stall rule ----------------------------------------------------------------------
+
+CPU2 = {"resources": {"gpusPerNode": 0, "nprocPerNode": 2}}  # world size 2
+
+
+def running(steps: dict[int, int], phase: str = "train") -> Observation:
+    return Observation(job="Running", beats=tuple(Beat(r, s, NOW, phase) for r, s in steps.items()))
+
+
+def at(sp: PipelineSpec, status: PipelineStatus, obs: Observation, t: float):
+    return step(sp, status, obs, NOW + t)
+
+
+def test_the_stall_clock_starts_when_the_job_is_first_seen_running() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), Observation(job="Pending"), 0)
+    assert status.stages[0].progress_at is None  # pending (gang scheduling) is not a stall
+    status, _ = at(sp, status, Observation(job="Running"), 100)
+    assert status.stages[0].progress_at == NOW + 100 and status.stages[0].step is None
+
+
+def test_no_heartbeat_within_the_start_up_grace_is_a_stall() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), Observation(job="Running"), 0)
+    status, actions = at(sp, status, Observation(job="Running"), STARTUP_GRACE_S - 1)
+    assert not submits(actions)  # imports, model load, rendezvous: at least STARTUP_GRACE_S
+    status, actions = at(sp, status, Observation(job="Running"), STARTUP_GRACE_S)
+    assert StopJob("demo-prealign", status.stages[0].message) in actions
+    assert "no rank wrote a heartbeat" in status.stages[0].message and "ranks 0-1" in status.stages[0].message
+    assert submits(actions) == [SubmitJob("prealign", 2, "demo-prealign-r2", None, None)]
+
+
+def test_start_up_and_checkpoints_get_the_start_up_grace_and_a_phase_change_is_progress() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 0, 1: 0}, "startup"), 0)  # beats from the first second
+    status, actions = at(sp, status, running({0: 0, 1: 0}, "startup"), STARTUP_GRACE_S - 1)
+    assert not submits(actions) and status.stages[0].trainer_phase == "startup"
+    status, actions = at(sp, status, running({0: 0, 1: 0}), STARTUP_GRACE_S)  # training: the clock restarts
+    assert not submits(actions) and status.stages[0].progress_at == NOW + STARTUP_GRACE_S
+    status, _ = at(sp, status, running({0: 2, 1: 2}, "checkpoint"), 1000)
+    status, actions = at(sp, status, running({0: 2, 1: 2}, "checkpoint"), 1000 + STARTUP_GRACE_S - 1)
+    assert not submits(actions)
+    status, actions = at(sp, status, running({0: 2, 1: 2}, "checkpoint"), 1000 + STARTUP_GRACE_S)
+    assert "ranks stuck in checkpoint at step 2" in status.stages[0].message and submits(actions)
+
+
+def test_a_step_that_advances_resets_the_clock() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 3, 1: 3}), 0)
+    status, actions = at(sp, status, running({0: 4, 1: 3}), 50)
+    assert status.stages[0].step == 4 and status.stages[0].progress_at == NOW + 50
+    status, actions = at(sp, status, running({0: 4, 1: 4}), 109)
+    assert not submits(actions) and status.stages[0].progress_at == NOW + 50
+
+
+def test_a_stall_stops_the_job_closes_its_run_and_retries_from_the_checkpoint() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 3, 1: 3}), 0)
+    status, actions = at(sp, status, running({0: 7, 1: 7}), 10)
+    status, actions = at(sp, status, running({0: 7, 1: 7}), 70)
+    reason = next(a.message for a in actions if isinstance(a, Emit) and a.reason == "StageStalled")
+    assert "no rank's step advanced past 7 for 60s" in reason and "all 2 ranks stopped at step 7" in reason
+    assert actions[:2] == [StopJob("demo-prealign", reason), EndStageRun("prealign", "KILLED", reason)]
+    assert reasons(actions) == ["StageStalled", "StageRetry"]
+    assert submits(actions) == [SubmitJob("prealign", 2, "demo-prealign-r2", None, None)]
+    first = status.stages[0]
+    assert (first.attempt, first.state, first.step, first.progress_at) == (2, "Submitted", None, None)
+    assert status.phase == "Running" and reason in first.message
+
+
+def test_the_stall_message_names_the_ranks_behind_and_the_silent_ones() -> None:
+    sp = spec(stallTimeoutSeconds=60, resources={"gpusPerNode": 0, "nprocPerNode": 4})
+    status, _ = at(sp, started(sp), running({0: 9, 1: 8, 2: 9}), 0)
+    status, actions = at(sp, status, running({0: 9, 1: 8, 2: 9}), 61)
+    reason = status.stages[0].message
+    assert "past 9" in reason and "ranks 1 stopped at step 8" in reason and "ranks 3 wrote no heartbeat" in reason
+
+
+def test_a_stall_on_the_last_attempt_fails_the_pipeline_and_still_stops_the_job() -> None:
+    sp = spec(stallTimeoutSeconds=60, maxAttempts=1, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 1, 1: 1}), 0)
+    status, actions = at(sp, status, running({0: 1, 1: 1}), 60)
+    assert status.phase == "Failed" and "stalled" in status.message and "attempt 1 of 1" in status.message
+    assert [type(a) for a in actions] == [StopJob, EndStageRun, Emit, Emit] and not submits(actions)
+
+
+def test_the_stage_timeout_overrides_the_pipeline_and_zero_turns_it_off() -> None:
+    sp = spec(stallTimeoutSeconds=600, stages={"prealign": {"stallTimeoutSeconds": 30}}, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 1, 1: 1}), 0)
+    _, actions = at(sp, status, running({0: 1, 1: 1}), 30)
+    assert any(isinstance(a, StopJob) for a in actions)
+    off = spec(stallTimeoutSeconds=600, stages={"prealign": {"stallTimeoutSeconds": 0}}, **CPU2)
+    _, actions = at(off, status, running({0: 1, 1: 1}), 10_000)
+    assert actions == []
+    assert PipelineSpec.model_validate({"output": "s3://x"}).stall_timeout_s == 900  # the 15 min default
+    long = spec(stallTimeoutSeconds=1000, **CPU2)  # longer than the start-up grace: it applies from the start
+    status, _ = at(long, started(long), Observation(job="Running"), 0)
+    _, actions = at(long, status, Observation(job="Running"), 999)
+    assert actions == []
+
+
+def test_suspension_stops_the_stall_clock() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 1, 1: 1}), 0)
+    suspended = spec(stallTimeoutSeconds=60, suspend=True, **CPU2)
+    status, _ = at(suspended, status, running({0: 1, 1: 1}), 10)
+    status, _ = at(suspended, status, Observation(job="Suspended"), 30)
+    assert status.stages[0].progress_at is None
+    status, _ = at(sp, status, Observation(job="Suspended"), 400)  # resumed
+    status, actions = at(sp, status, running({0: 1, 1: 1}), 500)  # resumed: a fresh start-up grace
+    assert not submits(actions) and status.stages[0].progress_at == NOW + 500
+
+
+def test_a_lower_step_after_a_pod_restart_counts_as_progress() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 12, 1: 12}), 0)
+    status, actions = at(sp, status, running({0: 10, 1: 10}), 59)  # resumed from the step-10 checkpoint
+    status, actions = at(sp, status, running({0: 10, 1: 10}), 100)
+    assert not submits(actions) and status.stages[0].step == 10
+
+
+def test_ranks_that_all_finished_are_not_a_stall() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 20, 1: 20}, "done"), 0)
+    _, actions = at(sp, status, running({0: 20, 1: 20}, "done"), 500)
+    assert actions == []
+
+
+def test_failures_close_the_stage_run_with_the_reason() -> None:
+    _, actions = step(spec(), started(), Observation(job="Failed", job_message="OOMKilled"))
+    assert EndStageRun("prealign", "FAILED", "job demo-prealign failed: OOMKilled") in actions
+    _, actions = step(spec(), started(), Observation(job="Failed", job_message="bad", job_permanent=True))
+    assert [a.status for a in actions if isinstance(a, EndStageRun)] == ["FAILED"]
+    late = NOW - COMPLETE_GRACE_S - 1
+    _, actions = step(spec(), started(), Observation(job="Succeeded", job_finished_at=late))
+    assert [a.status for a in actions if isinstance(a, EndStageRun)] == ["FAILED"]
+    _, actions = step(spec(), started(), Observation(job="Succeeded", complete=done("prealign")))
+    assert not [a for a in actions if isinstance(a, EndStageRun)]  # the trainer closes its own run
+
+
+def test_the_parent_run_carries_phase_stage_attempts_and_the_final_checkpoint() -> None:
+    sp = spec(until="pretrain")
+    status = started(sp)
+    status, _ = step(sp, status, Observation(job="Failed", job_message="x"))
+    tags = parent_run_tags(status)
+    assert tags["eve.phase"] == "Running" and tags["eve.current_stage"] == "prealign"
+    assert tags["eve.attempts"] == "prealign=2 pretrain=0" and tags["eve.final_checkpoint"] == ""
+    status, _ = step(sp, status, Observation(complete=done("prealign")))
+    status, _ = step(sp, status, Observation(complete=done("pretrain")))
+    tags = parent_run_tags(status)
+    assert tags["eve.phase"] == "Succeeded" and tags["eve.final_checkpoint"] == EXPORT.format("pretrain")
+    assert parent_run_params(sp)["chain"] == "prealign -> pretrain"

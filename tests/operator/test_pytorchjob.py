@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from schema_check import VENDORED_PYTORCHJOB, load_crd_schema, strip_descriptions, validate
+from fixtures.schema_check import VENDORED_PYTORCHJOB, load_crd_schema, strip_descriptions, validate
 
 from eve_operator.jobspec import LABEL_PIPELINE, LABEL_STAGE, build_job_spec
 from eve_operator.pipeline import SubmitJob, job_name
@@ -18,7 +18,10 @@ OWNER = {"name": "demo", "uid": "0b9d1c4e-1111-2222-3333-444455556666"}
 
 def make_job(spec: dict[str, Any] | None = None, *, stage: str = "prealign", attempt: int = 1,
              ns: str = "ml") -> dict[str, Any]:
-    pspec = PipelineSpec.model_validate({"output": "s3://ckpt/eve", **(spec or {})})
+    # a global batch every variant's world size (2 to 32 ranks) splits: submit checks it
+    pspec = PipelineSpec.model_validate({"output": "s3://ckpt/eve", "overrides": {"global_batch_size": 96,
+                                                                                "micro_batch_size": 1},
+                                         **(spec or {})})
     submit = SubmitJob(stage, attempt, job_name("demo", stage, attempt), None, None)
     return build_pytorchjob(build_job_spec("demo", pspec, submit), namespace=ns, owner=OWNER)
 
@@ -145,7 +148,7 @@ def test_names_labels_owner_and_command_are_deterministic() -> None:
                                         "name": "demo", "uid": OWNER["uid"], "controller": True,
                                         "blockOwnerDeletion": True}]
     command = pod(first)["containers"][0]["command"]
-    assert command[0] == "eve-train" and "pretrain" in command and "pipeline=demo" in command
+    assert command[:3] == ["eve-launch", "--", "eve-train"] and "pretrain" in command and "pipeline=demo" in command
 
 
 @pytest.mark.parametrize(("status", "spec", "expected"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import urllib.request
@@ -12,7 +13,7 @@ import pytest
 from operator_harness import Cluster, base_spec, wait_for
 from fixtures.services import free_port
 
-from eve_operator import handlers, run
+from eve_operator import handlers, metrics, run
 
 
 def test_flags_map_to_kopf_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,6 +54,23 @@ def test_metrics_and_healthz(cluster: Cluster, s3_env: Any, bucket: str, monkeyp
         assert "eve_operator_transition_seconds" in text
         health = wait_for(lambda: _get(f"http://127.0.0.1:{health_port}/healthz"))
         assert health.status == 200
+
+
+def test_prometheus_client_serves_the_metrics_until_cleanup() -> None:
+    port = free_port()
+    metrics.RECONCILES.inc(outcome="ok")
+
+    async def scrape_then_stop() -> str:
+        server = await metrics.serve(port)
+        try:
+            return (await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")).read().decode()
+        finally:
+            await server.cleanup()
+
+    text = asyncio.run(scrape_then_stop())
+    assert "# TYPE eve_operator_reconciles_total counter" in text
+    assert f'eve_operator_reconciles_total{{outcome="ok"}} {metrics.RECONCILES.value(outcome="ok")}' in text
+    assert _get(f"http://127.0.0.1:{port}/metrics") is None  # the port is closed again
 
 
 def _get(url: str) -> Any:

@@ -20,6 +20,7 @@ The public save/load check `enable` and the collective bookkeeping, then call th
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -38,6 +39,10 @@ log = logging.getLogger("eve_trainer.checkpoint")
 
 DS_TAG = "ds"
 STATE_DIR = "trainer-state"
+#: a DeepSpeed universal checkpoint converted from step-<n>/ds (written on the first resume on
+#: another world size, reused by later ones)
+UNIVERSAL_DIR = "universal"
+CONVERT_TIMEOUT_S = 4 * 3600.0
 #: DeepSpeed's per-rank partition files (optimizer states; model states under ZeRO-3). Without
 #: elastic checkpoints a rank reads only its own, so it downloads only its own: at 7B on 32 ranks
 #: that is 1/32 of the optimizer bytes per rank instead of all of them.
@@ -69,6 +74,9 @@ class Restored:
     step: int
     trainer_state: dict[str, Any]
     manifest: Manifest
+    #: on another world size: every old rank's trainer state (the loader re-splits what is left)
+    all_states: list[dict[str, Any]] | None = None
+    written_by: int | None = None
 
 
 class CheckpointManager:
@@ -156,13 +164,13 @@ class CheckpointManager:
             manifest = D.broadcast_object(
                 layout.verify(self.store, prefix, layout.MANIFEST, deep=False) if self.rank == 0 else None)
             world = manifest.extra.get("world_size", self.world_size) if manifest is not None else self.world_size
-            if world != self.world_size:
-                from eve_trainer.config import ConfigError
-
-                raise ConfigError(f"checkpoint {self.url(step)} was written by {world} ranks, this run has "
-                                  f"{self.world_size}; resume with the same world size")
             tmp = Path(tempfile.mkdtemp(prefix=f"eve-restore-r{self.rank}-"))
             try:
+                if manifest is not None and world != self.world_size:
+                    restored = self._load_resharded(engine, step, prefix, manifest, world, tmp)
+                    if restored is None:
+                        continue
+                    return restored
                 ok = manifest is not None and self._download_verified(prefix, manifest, tmp)
                 if not D.all_reduce_min(ok):
                     self.skipped.append(step)
@@ -177,6 +185,94 @@ class CheckpointManager:
             self.last_saved_step = step
             return Restored(step=step, trainer_state=state, manifest=manifest)
         return None
+
+    def _load_resharded(self, engine: Any, step: int, prefix: str, manifest: Manifest, world: int,
+                        tmp: Path) -> Restored | None:
+        """Resume a checkpoint written by `world` ranks on this run's world size through a
+        DeepSpeed universal checkpoint (one file per parameter and optimizer state, no
+        partitioning): rank 0 converts the checkpoint once and stores the result next to it
+        (`step-<n>/universal/`, with its own manifest), every rank downloads it and DeepSpeed
+        slices out its own partition. Model, optimizer state and LR schedule carry over."""
+        import torch
+
+        log.warning("checkpoint %s was written by %d ranks; resuming on %d ranks through a DeepSpeed "
+                    "universal checkpoint", self.url(step), world, self.world_size)
+        uni_prefix = join(prefix, UNIVERSAL_DIR)
+        error = None
+        # the other ranks wait in a collective while rank 0 converts (minutes at 7B): not a hang
+        timeout = D.collective_timeout_s()
+        D.set_collective_timeout(max(timeout, CONVERT_TIMEOUT_S))
+        if self.rank == 0:
+            try:
+                if layout.verify(self.store, uni_prefix, layout.MANIFEST, deep=False) is None:
+                    self._write_universal(prefix, manifest, tmp / "convert")
+            except Exception as err:  # noqa: BLE001 - every rank must learn of it, not wait forever
+                error = f"{type(err).__name__}: {err}"
+        error = D.broadcast_object(error)
+        D.set_collective_timeout(timeout)
+        if error is not None:
+            raise RuntimeError(f"converting {self.url(step)} to a universal checkpoint failed: {error}")
+        uni = D.broadcast_object(layout.verify(self.store, uni_prefix, layout.MANIFEST, deep=False)
+                                 if self.rank == 0 else None)
+        states = [e for e in manifest.files if e.path.startswith(STATE_DIR + "/")]
+        ok = uni is not None and self._fetch_all(uni_prefix, uni.files, tmp / "universal") \
+            and self._fetch_all(prefix, states, tmp / "old")
+        if not D.all_reduce_min(ok):
+            self.skipped.append(step)
+            log.warning("checkpoint %s (universal) is incomplete or corrupt; trying an older one", self.url(step))
+            return None
+        _mmap_loads(engine)
+        engine._config.load_universal_checkpoint = True
+        try:
+            engine.load_checkpoint(str(tmp / "universal"), tag=DS_TAG)
+        finally:
+            engine._config.load_universal_checkpoint = False
+        all_states = [torch.load(tmp / "old" / state_file(r), map_location="cpu", weights_only=False)
+                      for r in range(world)]
+        self.last_saved_step = step
+        return Restored(step=step, trainer_state=all_states[self.rank % world], manifest=manifest,
+                        all_states=all_states, written_by=world)
+
+    def _write_universal(self, prefix: str, manifest: Manifest, work: Path) -> None:
+        """Rank 0: download the DeepSpeed files, convert them (deepspeed.checkpoint.ds_to_universal,
+        in a subprocess so its worker pool never forks a process-group member), upload, manifest last."""
+        import subprocess
+        import sys
+
+        ds_files = [e for e in manifest.files if e.path.startswith(DS_TAG + "/")]
+        if not self._fetch_all(prefix, ds_files, work / "in"):
+            raise RuntimeError("the checkpoint's DeepSpeed files do not match their manifest")
+        out = work / "out" / DS_TAG
+        workers = max(1, min(4, os.cpu_count() or 1))
+        proc = subprocess.run(
+            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(work / "in" / DS_TAG),
+             "--output_folder", str(out), "--num_extract_workers", str(workers), "--num_merge_workers",
+             str(max(1, workers // 2)), "--inject_missing_state"],  # our model sets no Megatron-style info
+            capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ds_to_universal exited {proc.returncode}: {proc.stderr[-2000:]}")
+        uni_prefix = join(prefix, UNIVERSAL_DIR)
+        self.store.delete_prefix(uni_prefix)
+        entries = [FileEntry(join(DS_TAG, e.path), e.size, e.sha256) for e in layout.entries_for_dir(out)]
+        for entry in entries:
+            self.store.upload_file(work / "out" / entry.path, join(uni_prefix, entry.path))
+        uni = Manifest(kind="universal-checkpoint", pipeline=self.pipeline, stage=self.stage, step=manifest.step,
+                       files=entries, config_hash=manifest.config_hash, mlflow_run_id=manifest.mlflow_run_id,
+                       extra={"converted_from_world_size": manifest.extra.get("world_size")})
+        self.store.put_bytes(join(uni_prefix, layout.MANIFEST), uni.to_json())
+        shutil.rmtree(work, ignore_errors=True)
+
+    def _fetch_all(self, prefix: str, entries: list[FileEntry], dest: Path) -> bool:
+        def fetch(entry: FileEntry) -> bool:
+            path, key = dest / entry.path, join(prefix, entry.path)
+            if hasattr(self.store, "download_and_hash"):
+                sha = self.store.download_and_hash(key, path)
+            else:
+                self.store.download_file(key, path)
+                sha = layout.sha256_file(path)
+            return path.stat().st_size == entry.size and sha == entry.sha256
+
+        return all(self._parallel(fetch, entries))
 
     # -- helpers ---------------------------------------------------------------------------
 

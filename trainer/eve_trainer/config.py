@@ -15,7 +15,7 @@ import hashlib
 import json
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Stage = Literal["prealign", "pretrain", "sft", "sft-hd"]
 STAGES: tuple[str, ...] = get_args(Stage)
@@ -97,9 +97,14 @@ class CheckpointSection(_Section):
     """Export the HF-format model and the stage-complete manifest at the end of the stage."""
 
 
+#: tracking URI schemes MLflow 3 serves (its store registry, less `file`: MLflow 3 refuses the
+#: file store unless MLFLOW_ALLOW_FILE_STORE is set, and a file path is per-pod anyway)
+TRACKING_SCHEMES: tuple[str, ...] = ("http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql")
+
+
 class MlflowSection(_Section):
     tracking_uri: str | None = None
-    """MLflow tracking URI; None disables tracking."""
+    """MLflow tracking URI (http(s)://server, databricks, or a database URI); None disables tracking."""
     experiment: str = "eve-platform"
     log_every: int = Field(10, ge=1)
     parent_run_id: str | None = None
@@ -107,12 +112,54 @@ class MlflowSection(_Section):
     previous_run_id: str | None = None
     """MLflow run id of the stage this one starts from (lineage)."""
     system_metrics: bool = True
+    system_metrics_interval_s: float = Field(30.0, ge=1.0)
+    """Seconds between system-metric samples (CPU, memory, disk, network, GPU via nvidia-ml-py).
+    30 s suits steps of seconds and runs of days (about 3000 points a day per metric)."""
+    register_exports: bool = True
+    """Register each stage export as a version of `registered_model`; the aliases prealign, pretrain,
+    sft point at each stage's newest export (and MLflow's @latest at the newest version)."""
+    registered_model: str | None = None
+    """One registered model per pipeline family; None = eve-<model preset> (eve-7b-hd -> eve-7b)."""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        if uri:
+            scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else \
+                ("databricks" if uri.lower() == "databricks" else "file")  # a bare path
+            if scheme not in TRACKING_SCHEMES:
+                what = "a file store, which MLflow 3 refuses" if scheme in ("file",) or "/" in scheme \
+                    else f"of the unknown scheme {scheme!r}"
+                raise ValueError(f"this is {what}; use a URI of the scheme {', '.join(TRACKING_SCHEMES)} "
+                                 "(e.g. http://mlflow:5000 or sqlite:///mlflow.db)")
+        return uri
 
 
 class StorageSection(_Section):
     endpoint_url: str | None = None
     """S3 endpoint (SeaweedFS, MinIO, Ceph); None = AWS or AWS_ENDPOINT_URL."""
     region: str | None = None
+    wait_s: float = Field(120.0, ge=0)
+    """At start-up, how long to wait for a store that does not answer (an outage, a restart)
+    before exiting 1 so the job is retried; a missing bucket or denied access exits 2 at once."""
+
+
+class DistributedSection(_Section):
+    timeout_s: float = Field(600.0, ge=10)
+    """Collective timeout: a dead or hung peer ends the other ranks (exit 1, retried) after this."""
+
+
+class HeartbeatSection(_Section):
+    every_s: float = Field(30.0, ge=0)
+    """Seconds between a rank's heartbeats (<stage>/heartbeat/rank-<r>.json); 0 turns them off."""
+
+
+class DebugSection(_Section):
+    hang_at_step: int | None = Field(None, ge=0)
+    """Test switch: rank `hang_rank` blocks forever before step hang_at_step+1 (stall detection tests)."""
+    hang_rank: int = Field(0, ge=0)
+    hang_attempt: int = Field(0, ge=0)
+    """Hang only in this attempt of the stage (EVE_ATTEMPT), so a restart can complete; 0: every attempt."""
 
 
 class TrainConfig(_Section):
@@ -136,6 +183,9 @@ class TrainConfig(_Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     mlflow: MlflowSection = Field(default_factory=MlflowSection)
     storage: StorageSection = Field(default_factory=StorageSection)
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
+    debug: DebugSection = Field(default_factory=DebugSection)
     progress: Literal["auto", "bar", "json", "none"] = "auto"
 
     def gradient_accumulation(self, world_size: int) -> int:
@@ -203,7 +253,7 @@ def _tiny(stage: str) -> dict[str, Any]:
         "data": {"max_length": 256 if stage != "sft-hd" else 512, "num_workers": 1,
                  "shuffle_buffer": 64},
         "optim": {"lr": 1e-3, "vision_lr": 2e-3 if stage == "prealign" else None},
-        "mlflow": {"log_every": 1},
+        "mlflow": {"log_every": 1, "system_metrics_interval_s": 5.0},  # stages of seconds
     })
 
 

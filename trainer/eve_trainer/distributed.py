@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from eve_trainer.config import ConfigError
+
+#: Seconds between "still waiting in the rendezvous" lines.
+RENDEZVOUS_REPORT_S = float(os.environ.get("EVE_RENDEZVOUS_REPORT_S", "10"))
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,12 @@ class DistInfo:
         return cls(rank=rank, world_size=world, local_rank=local_rank)
 
 
-def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0) -> str:
-    """Start torch.distributed (also for world 1: DeepSpeed needs a group). Returns the device."""
+def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0, collective_timeout_s: float | None = None) -> str:
+    """Start torch.distributed (also for world 1: DeepSpeed needs a group). Returns the device.
+
+    `timeout_s` bounds the rendezvous (pods start minutes apart while images pull);
+    `collective_timeout_s` then bounds every collective, also on the groups DeepSpeed creates
+    later, so a dead or hung peer ends the other ranks in minutes (exit 1, retried)."""
     import torch
     import torch.distributed as dist
 
@@ -78,8 +89,59 @@ def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0) -> str:
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if not os.environ.get(var):
                 raise ConfigError(f"{var} is not set; a {info.world_size}-rank run needs a rendezvous address")
-        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, timeout=timeout)
+        with _saying_while_waiting(info, timeout_s):
+            dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, timeout=timeout)
+    if collective_timeout_s is not None:
+        set_collective_timeout(collective_timeout_s)
     return device
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """The timeout of collectives on the default group and on every group created after this
+    (torch gives new groups its module default, 30 min for gloo, not the default group's)."""
+    import torch.distributed.distributed_c10d as c10d
+
+    timeout = datetime.timedelta(seconds=seconds)
+    c10d.default_pg_timeout = timeout
+    if getattr(c10d, "default_pg_nccl_timeout", None) is not None:
+        c10d.default_pg_nccl_timeout = timeout
+    if c10d.is_initialized():
+        c10d._set_pg_timeout(timeout)
+
+
+def collective_timeout_s() -> float:
+    import torch.distributed.distributed_c10d as c10d
+
+    return c10d.default_pg_timeout.total_seconds()
+
+
+@contextmanager
+def _saying_while_waiting(info: DistInfo, timeout_s: float, every_s: float = RENDEZVOUS_REPORT_S) -> Iterator[None]:
+    """While this rank waits in the rendezvous, say where, for how many ranks and how long.
+
+    A rank whose peers never start (a wrong world size, a pod that is not scheduled) would
+    otherwise wait silently for the whole process-group timeout.
+    """
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def report() -> None:
+        while not done.wait(every_s):
+            print(f"rank {info.rank}: waiting at {where} for all {info.world_size} ranks to join "
+                  f"({time.monotonic() - t0:.0f} s so far; gives up after {timeout_s:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=report, name="rendezvous-report", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        waited = time.monotonic() - t0
+        if waited >= every_s:
+            print(f"rank {info.rank}: all {info.world_size} ranks joined at {where} after {waited:.0f} s",
+                  file=sys.stderr, flush=True)
 
 
 def barrier() -> None:

@@ -26,10 +26,6 @@ STAGE_COMPLETE = "stage-complete.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def stage_prefix(pipeline: str, stage: str) -> str:
-    return join(pipeline, stage)
-
-
 def checkpoints_prefix(pipeline: str, stage: str) -> str:
     return join(pipeline, stage, "checkpoints")
 

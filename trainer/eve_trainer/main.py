@@ -1,10 +1,15 @@
 """`eve-train <stage> [--config file.yaml] [--preset tiny] [key=value ...]`: every rank runs this.
 
-Exit codes (the operator's retry policy depends on them):
+Exit codes (the operator's retry policy depends on them; docs/trainer.md "Failure classes"):
     0    stage done (export + stage-complete written when checkpoint.export)
-    2    user/config error before the first step (bad key, batch split, init checkpoint, unreachable S3)
+    2    the user's to fix, found before the first step: a bad key or value, a batch that does not
+         split, a wrong init checkpoint, a malformed dataset, a missing bucket, denied access or
+         missing credentials. Never retried.
     143  stopped by SIGTERM after a final checkpoint (retryable)
-    1    any other failure (retryable)
+    1    any other failure (retryable): S3 or MLflow down, timeouts, 5xx, a collective timeout (a dead
+         or hung peer), OOM. A store that does not answer at start-up is waited for first
+         (storage.wait_s), then exit 1.
+SIGUSR1 dumps every thread's Python stack to stderr (eve_trainer.heartbeat).
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from eve_trainer.config import (MODEL_PRESETS, STAGES, ConfigError, TrainConfig, _merge, check_key,
                                 parse_overrides, resolve)
-from eve_trainer.storage import StorageError, open_store
+from eve_trainer.storage import StorageAccessError, StorageError, StorageUnavailable, open_store
+
+log = logging.getLogger("eve_trainer")
 
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_SIGTERM = 0, 1, 2, 143
 
@@ -69,13 +78,31 @@ def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def check_stores(cfg: TrainConfig) -> None:
-    """Reach every S3 location before any heavy work, so a typo is exit 2 naming the URL."""
+    """Reach every S3 location before any heavy work: a missing bucket or denied access is
+    StorageAccessError (exit 2) naming the key and URL; a store that does not answer is waited
+    for up to storage.wait_s (an object store restarting), then StorageUnavailable (exit 1)."""
     for key, url in [("output", cfg.output), *((f"data.urls[{i}]", u) for i, u in enumerate(cfg.data.urls))]:
-        store = open_store(url, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
         try:
-            store.check()
-        except StorageError as err:
-            raise StorageError(f"{key}: {err}") from None
+            store = open_store(url, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region)
+        except StorageAccessError as err:
+            raise StorageAccessError(f"{key}: {err}") from None
+        t0 = time.monotonic()
+        delay = 1.0
+        while True:
+            try:
+                store.check()
+                break
+            except StorageAccessError as err:
+                raise StorageAccessError(f"{key}: {err}") from None
+            except StorageUnavailable as err:
+                waited = time.monotonic() - t0
+                if waited + delay > cfg.storage.wait_s:
+                    raise StorageUnavailable(f"{key}: {err}; gave up after {waited:.0f} s (storage.wait_s="
+                                             f"{cfg.storage.wait_s:g}); the job is retried") from None
+                log.warning("%s: waiting for %s (%.0f of %g s, storage.wait_s): %s", key, url, waited,
+                            cfg.storage.wait_s, err)
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
 
 
 def _setup_logging(rank: int) -> None:
@@ -89,8 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     from eve_trainer.distributed import DistInfo
     from eve_trainer.trainer import StopFlag
 
-    stop = StopFlag.install()  # from the very start: a SIGTERM during startup still ends in 143
+    from eve_trainer.heartbeat import install_stack_dump
+
+    install_stack_dump()  # SIGUSR1: every thread's stack to the rank log (before a stall restart)
+    # a collective that times out (dead peer) tears the process down (3: without the NCCL
+    # communicator cleanup, which itself can hang); the default in torch >= 2.2, set for older ones
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+    # start-up has nothing to save: SIGTERM ends it at once (143); the trainer arms the
+    # checkpoint-on-SIGTERM handler once it has resumed (StopFlag.arm)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop = StopFlag()
     trainer = None
+    error = None  # the traceback, uploaded to the stage's MLflow run
     try:
         args = parse_args(argv)
         dist = DistInfo.from_env()
@@ -106,26 +143,33 @@ def main(argv: list[str] | None = None) -> int:
         code = trainer.train()
         trainer = None if code == EXIT_OK else trainer
         return code
-    except (ConfigError, StorageError, ValueError) as err:
+    except (ConfigError, StorageAccessError, ValueError) as err:
         started = trainer is not None and trainer.started
         if not started and _is_user_error(err):
-            print(f"eve-train: error: {err}", file=sys.stderr)
+            error = f"eve-train: error: {err}\n"
+            print(error, file=sys.stderr, end="")
             return EXIT_USER
-        traceback.print_exc()
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, end="")
+        return EXIT_FAILED
+    except StorageError as err:  # transient: an outage, a timeout, 5xx; the job is retried
+        print(f"eve-train: error (retryable): {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except Exception:  # noqa: BLE001 - the exit code is the contract; the trace goes to the log
-        traceback.print_exc()
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, end="")
         return EXIT_FAILED
     finally:
         if trainer is not None:
-            trainer.close("KILLED" if stop.requested else "FAILED")
+            trainer.close("KILLED" if stop.requested else "FAILED", error=error)
         _shutdown()
 
 
 def _is_user_error(err: BaseException) -> bool:
-    if isinstance(err, (ConfigError, StorageError)):
+    """Permanent (exit 2) before the first step; transient storage errors never are."""
+    if isinstance(err, (ConfigError, StorageAccessError)):
         return True
     try:
         from eve_trainer.data import DataError

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eve_trainer.config import ConfigError, TrainConfig
-from eve_trainer.storage import StorageError, open_store
+from eve_trainer.storage import StorageAccessError, open_store
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +70,7 @@ def fetch_dir(url: str, cfg: TrainConfig, dest: Path | None = None) -> Path:
     dest = dest or Path(tempfile.mkdtemp(prefix="eve-init-"))
     keys = store.list("")
     if not keys:
-        raise StorageError(f"{url} is empty")
+        raise StorageAccessError(f"init_from={url!r} is empty (no files under this prefix)")
     for key in keys:
         store.download_file(key, dest / key)
     return dest

@@ -3,10 +3,24 @@
 URLs: `s3://bucket/prefix`, `file:///abs/dir`, or a plain path. The S3 endpoint comes
 from the argument, else `AWS_ENDPOINT_URL` / `EVE_S3_ENDPOINT`; credentials from the
 standard boto3 chain. torch-free: the operator uses it to read manifests.
+
+Failure classes (docs/trainer.md "Failure classes"): every S3 error leaves this module as
+- `StorageAccessError`: the user must change something (bucket missing, access denied or
+  403, wrong or missing credentials, a malformed URL). Permanent: eve-train exits 2.
+- `StorageUnavailable`: the world's fault (connection refused or reset, timeouts, 5xx,
+  throttling). Transient: retried here, then eve-train exits 1 and the job is retried.
+- `FileNotFoundError` for a missing key.
+`StorageError` is the base of both; a bare one counts as transient.
+
+One client policy (`s3_client`) for the trainer and the operator: connect timeout 5 s, read
+timeout 20 s (a black-holed connection costs one read timeout, then the read resumes at the
+byte it reached), botocore "standard" retries (5 attempts with jittered backoff) for
+connection errors, 5xx and throttling.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -16,9 +30,79 @@ from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import urlparse
 
+log = logging.getLogger("eve_trainer.storage")
+
 
 class StorageError(RuntimeError):
-    """The store could not be reached or used; the message names the URL."""
+    """The store could not be reached or used; the message names the URL. Transient unless
+    it is a StorageAccessError."""
+
+
+class StorageUnavailable(StorageError):
+    """Transient: the store did not answer, timed out, or answered 5xx/throttling. Retry."""
+
+
+class StorageAccessError(StorageError):
+    """Permanent: no bucket, access denied, wrong or missing credentials, bad URL. The user
+    must fix it; retrying cannot help."""
+
+
+#: S3 error codes that only the user can fix
+PERMANENT_CODES = frozenset({
+    "NoSuchBucket", "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "AllAccessDisabled", "AccountProblem", "InvalidBucketName", "NotSignedUp", "InvalidSecurity",
+    "AuthorizationHeaderMalformed", "InvalidToken", "MissingSecurityHeader"})
+_HINTS = {"NoSuchBucket": "the bucket does not exist", "InvalidBucketName": "the bucket name is invalid",
+          "InvalidAccessKeyId": "the access key id is not known to this store (check AWS_ACCESS_KEY_ID)",
+          "SignatureDoesNotMatch": "the secret key is wrong (check AWS_SECRET_ACCESS_KEY)"}
+
+
+def classify(err: BaseException, url: str) -> BaseException:
+    """A botocore/boto3 error as StorageAccessError (permanent), StorageUnavailable (transient)
+    or FileNotFoundError (missing key); anything else is returned unchanged."""
+    try:
+        from botocore.exceptions import (BotoCoreError, ClientError, NoCredentialsError,
+                                         ParamValidationError, PartialCredentialsError)
+    except ImportError:  # pragma: no cover
+        return err
+    if isinstance(err, StorageError | FileNotFoundError):
+        return err
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return FileNotFoundError(f"{url} does not exist")
+        if code in PERMANENT_CODES or status == 403:
+            hint = _HINTS.get(code, "access denied with these credentials" if status == 403 or code in
+                              ("AccessDenied", "403") else code)
+            return StorageAccessError(f"{url}: {hint} ({code or status})")
+        return StorageUnavailable(f"{url}: the store answered {code or status}: {err}")
+    if isinstance(err, NoCredentialsError | PartialCredentialsError):
+        return StorageAccessError(f"{url}: no S3 credentials found ({err}); set AWS_ACCESS_KEY_ID and "
+                                  "AWS_SECRET_ACCESS_KEY (or a credentials secret in the pipeline spec)")
+    if isinstance(err, ParamValidationError):
+        return StorageAccessError(f"{url}: {err}")
+    if isinstance(err, BotoCoreError | ConnectionError | TimeoutError):
+        return StorageUnavailable(f"{url}: {err}")
+    return err
+
+
+class _Translate:
+    """`with _Translate(url):` re-raises boto errors as the classes above."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type | None, err: BaseException | None, tb: object) -> bool:
+        if err is None:
+            return False
+        new = classify(err, self.url)
+        if new is err:
+            return False
+        raise new from err
 
 
 class ObjectStore(Protocol):
@@ -45,14 +129,14 @@ def open_store(url: str, *, endpoint_url: str | None = None, region: str | None 
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise StorageError(f"{url!r} has no bucket; expected s3://bucket/prefix")
+            raise StorageAccessError(f"{url!r} has no bucket; expected s3://bucket/prefix")
         return S3Store(parsed.netloc, parsed.path.strip("/"), endpoint_url=endpoint_url, region=region)
     if parsed.scheme in ("", "file"):
         path = parsed.path if parsed.scheme == "file" else url
         if parsed.scheme == "file" and parsed.netloc:  # file://./rel -> netloc '.'
             path = parsed.netloc + parsed.path
         return LocalStore(Path(path).expanduser())
-    raise StorageError(f"unsupported storage URL {url!r}; use s3://bucket/prefix, file:///dir or a path")
+    raise StorageAccessError(f"unsupported storage URL {url!r}; use s3://bucket/prefix, file:///dir or a path")
 
 
 # ----------------------------------------------------------------------------------------
@@ -158,21 +242,31 @@ class _Retry:
         time.sleep(min(self.base_delay_s * 2**attempt, 8.0))
 
 
-_RETRYABLE_CODES = {"SlowDown", "503", "500", "RequestTimeout", "InternalError", "Throttling"}
+#: the one S3 client policy (module doc); docs/benchmarks.md measures the black-holed read
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S, MAX_ATTEMPTS = 5.0, 20.0, 5
 
 
-def _client(endpoint_url: str | None, region: str | None):  # noqa: ANN202
+def s3_client(endpoint_url: str | None = None, region: str | None = None, *,
+              access_key_id: str | None = None, secret_access_key: str | None = None,
+              read_timeout_s: float = READ_TIMEOUT_S):  # noqa: ANN201
+    """A boto3 S3 client with the platform's timeouts and retries (trainer and operator)."""
     import boto3
     from botocore.config import Config
 
     endpoint = endpoint_url or os.environ.get("EVE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
-        retries={"max_attempts": 8, "mode": "adaptive"},  # throttling (503 SlowDown) backs off
-        connect_timeout=10, read_timeout=60, max_pool_connections=32,
+        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},  # connection errors, 5xx, throttling
+        connect_timeout=CONNECT_TIMEOUT_S, read_timeout=read_timeout_s, max_pool_connections=32,
         s3={"addressing_style": "path"} if endpoint else {},
     )
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region or os.environ.get("AWS_REGION") or "us-east-1",
-                        config=config)
+    keys = {"aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key} if access_key_id else {}
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, region_name=region or os.environ.get("AWS_REGION") or "us-east-1",
+        config=config, **keys)
+
+
+def _client(endpoint_url: str | None, region: str | None):  # noqa: ANN202
+    return s3_client(endpoint_url, region)
 
 
 _CLIENTS: dict[tuple[str | None, str | None, int], object] = {}
@@ -194,47 +288,45 @@ class S3Store:
     def _key(self, key: str) -> str:
         return join(self.prefix, key)
 
+    def _url(self, key: str = "") -> str:
+        return f"{self.url}/{key}" if key else self.url
+
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with _Translate(self._url(key)):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def get_bytes(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
-
-        try:
+        with _Translate(self._url(key)):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except ClientError as err:
-            if err.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                raise FileNotFoundError(f"{self.url}/{key} does not exist") from None
-            raise
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            with _Translate(self._url(key)):
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except ClientError as err:
-            if err.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        except FileNotFoundError:
+            return False
 
     def list(self, prefix: str = "") -> list[str]:
         full = self._key(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        with _Translate(self._url(prefix)):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
     def size(self, key: str) -> int:
-        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        with _Translate(self._url(key)):
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
-        for i in range(0, len(keys), 1000):
-            batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        with _Translate(self._url(prefix)):
+            for i in range(0, len(keys), 1000):
+                batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
     def _transfer_config(self):  # noqa: ANN202
@@ -244,11 +336,13 @@ class S3Store:
                               max_concurrency=16, use_threads=True)
 
     def upload_file(self, path: str | Path, key: str) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer_config())
+        with _Translate(self._url(key)):
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer_config())
 
     def download_file(self, key: str, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.client.download_file(self.bucket, self._key(key), str(path), Config=self._transfer_config())
+        with _Translate(self._url(key)):
+            self.client.download_file(self.bucket, self._key(key), str(path), Config=self._transfer_config())
 
     def download_and_hash(self, key: str, path: str | Path, *, chunk: int = 16 << 20, workers: int = 8) -> str:
         """download_file + the sha256 of the bytes: ranged GETs in parallel, written in place,
@@ -264,10 +358,11 @@ class S3Store:
         try:
             def get(start: int) -> bytes:
                 end = min(size, start + chunk) - 1
-                data = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
-                                              Range=f"bytes={start}-{end}")["Body"].read()
+                with _Translate(self._url(key)):
+                    data = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                                  Range=f"bytes={start}-{end}")["Body"].read()
                 if len(data) != end - start + 1:
-                    raise StorageError(f"{self.url}/{key}: short read at byte {start}")
+                    raise StorageUnavailable(f"{self.url}/{key}: short read at byte {start}")
                 os.pwrite(fd, data, start)
                 return data
 
@@ -290,18 +385,24 @@ class S3Store:
                        region=self.region)
 
     def check(self) -> None:
-        """Fail early, naming the URL, when the bucket is missing or credentials are wrong."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        """Fail early, naming the URL: StorageAccessError when the bucket is missing or the
+        credentials are wrong or missing, StorageUnavailable when the store does not answer."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as err:
-            code = err.response["Error"]["Code"]
-            what = {"404": "does not exist", "NoSuchBucket": "does not exist",
-                    "403": "is not accessible with these credentials"}.get(code, f"failed ({code})")
-            raise StorageError(f"bucket of {self.url} {what}") from None
-        except BotoCoreError as err:
-            raise StorageError(f"cannot reach {self.url} at {self.client.meta.endpoint_url}: {err}") from None
+        except Exception as raw:  # noqa: BLE001 - classified below
+            err = classify(raw, self.url)
+            # HEAD has no body, so no error code: a bare 404 is a missing bucket, 403 a denial
+            if isinstance(err, FileNotFoundError):
+                err = StorageAccessError(f"bucket of {self.url} does not exist (NoSuchBucket)")
+            elif isinstance(err, StorageAccessError) and \
+                    getattr(raw, "response", {}).get("Error", {}).get("Code") in ("403", "AccessDenied"):
+                err = StorageAccessError(f"bucket of {self.url} is not accessible with these credentials "
+                                         "(403 AccessDenied)")
+            elif isinstance(err, StorageUnavailable):
+                err = StorageUnavailable(f"cannot reach {self.url} at {self.client.meta.endpoint_url}: {raw}")
+            if err is raw:
+                raise
+            raise err from None
 
 
 class ResumableS3Stream:
@@ -320,22 +421,23 @@ class ResumableS3Stream:
         self._body = resp["Body"]
 
     def read(self, n: int = -1) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        url = f"{self.store.url}/{self.key}"
         for attempt in range(self.retry.attempts):
             try:
-                if self._body is None:
-                    self._open()
-                data = self._body.read(n) if n >= 0 else self._body.read()
+                with _Translate(url):
+                    if self._body is None:
+                        self._open()
+                    data = self._body.read(n) if n >= 0 else self._body.read()
                 self.pos += len(data)
                 return data
-            except (BotoCoreError, ConnectionError, TimeoutError, OSError, ClientError) as err:
-                if isinstance(err, ClientError) and err.response["Error"]["Code"] not in _RETRYABLE_CODES:
-                    raise
+            except (StorageAccessError, FileNotFoundError):
+                raise  # the user's to fix: no retry (missing credentials used to be retried ~8 s)
+            except (StorageError, OSError) as err:  # reset, timeout, 5xx: reconnect at self.pos
                 self._body = None
                 self.reconnects += 1
                 if attempt == self.retry.attempts - 1:
-                    raise StorageError(f"reading {self.store.url}/{self.key} at byte {self.pos} failed: {err}") from err
+                    raise StorageUnavailable(f"reading {url} at byte {self.pos} failed: {err}") from err
+                log.warning("reading %s at byte %d failed (%s); reconnecting", url, self.pos, err)
                 self.retry.sleep(attempt)
         raise AssertionError("unreachable")
 

@@ -27,18 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eve_trainer import layout
 from eve_trainer.storage import open_store
 
 from eve_operator.jobspec import JobSpec, build_job_spec
+from eve_operator.observe import JobReport, StoreReads, observe
 from eve_operator.pipeline import (
-    Decision, Emit, JobState, Observation, PipelineStatus, SetSuspended, StageComplete, SubmitJob,
-    decide, initial_status,
+    Decision, EndStageRun, Emit, JobState, Observation, PipelineStatus, SetSuspended, StopJob, SubmitJob, decide,
+    initial_status, parent_run_params, parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec
+from eve_operator.tracking import RunRecords
 
 POLL_S = 0.5
-EXIT_USAGE = 2  # the trainer's exit code for bad input: retrying cannot help
+#: SIGTERM -> SIGKILL grace of a stalled job: its ranks are blocked, no final checkpoint can come
+STALL_GRACE_S = 5.0
 
 
 def home() -> Path:
@@ -147,7 +149,9 @@ class LocalJob:
         self.procs: list[subprocess.Popen] = []
         self.finished_at: float | None = None
         self.message = ""
-        self.permanent = False
+        self.exit_codes: list[int] = []
+        self.suspended = False
+        self.logs_uploaded = False  # a failed attempt's rank logs go to MLflow once
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -169,22 +173,39 @@ class LocalJob:
         codes = [p.poll() for p in self.procs]
         failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
+            if not self.exit_codes:  # the codes of the ranks that failed first, before the rest is stopped
+                self.exit_codes = [c for _, c in failed if c is not None]
             self.terminate()
             rank, code = failed[0]
             tail = _tail(self.logs / f"rank-{rank}.log", 3)
             self.message = f"rank {rank} exited with code {code}" + (f": {tail}" if tail else "")
-            self.permanent = code == EXIT_USAGE
             self.finished_at = self.finished_at or time.time()
             return "Failed"
         if all(c == 0 for c in codes):
             self.finished_at = self.finished_at or time.time()
             return "Succeeded"
-        return "Running"
+        return "Suspended" if self.suspended else "Running"
 
     def set_suspended(self, suspended: bool) -> None:
+        self.suspended = suspended
         for p in self.procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGSTOP if suspended else signal.SIGCONT)
+
+    def dump_stacks(self, wait_s: float = 5.0) -> None:
+        """SIGUSR1 to each live rank: the trainer's faulthandler writes every thread's Python stack
+        to its log (even while blocked in C). Waits, up to `wait_s`, for each log to grow."""
+        sizes = {}
+        for rank, p in enumerate(self.procs):
+            if p.poll() is None:
+                log = self.logs / f"rank-{rank}.log"
+                sizes[log] = log.stat().st_size if log.exists() else 0
+                _signal_group(p.pid, signal.SIGCONT)
+                p.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + wait_s
+        while sizes and time.monotonic() < deadline:
+            sizes = {log: n for log, n in sizes.items() if (log.stat().st_size if log.exists() else 0) <= n}
+            time.sleep(0.05)
 
     def terminate(self, grace_s: float = 30.0) -> None:
         """SIGTERM to each rank's main process, as the kubelet does to a container's PID 1 (the
@@ -230,50 +251,17 @@ def last_line(path: Path, marker: str) -> str:
     return next((line for line in reversed(_log_end(path)) if marker in line), "")
 
 
-# -- MLflow parent run -----------------------------------------------------------------------
-
-
-def _create_parent_run(spec: PipelineSpec, name: str) -> str | None:
-    uri = spec.mlflow.tracking_uri
-    if not uri:
-        return None
-    tags = {"eve.pipeline": name, "eve.preset": spec.preset, "eve.backend": "local"}
-    try:
-        if uri.startswith(("http://", "https://")):
-            from eve_operator.tracking import create_pipeline_run
-
-            return create_pipeline_run(uri, spec.mlflow.experiment, name, tags)
-        import logging
-
-        from mlflow.tracking import MlflowClient  # file/sqlite stores need the client library
-
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(spec.mlflow.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(spec.mlflow.experiment)
-        return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    except Exception as err:  # noqa: BLE001 - tracking never stops training
-        print(f"warning: MLflow at {uri} unavailable ({err}); continuing without a pipeline run",
-              file=sys.stderr)
-        return None
-
-
-def _finish_parent_run(spec: PipelineSpec, run_id: str | None, phase: str) -> None:
-    uri = spec.mlflow.tracking_uri
-    if not uri or not run_id:
+def _upload_rank_logs(spec: PipelineSpec, parent_run_id: str | None, job: LocalJob) -> None:
+    """A failed attempt's rank logs go to its stage run in MLflow (logs/attempt-<k>/)."""
+    if not spec.mlflow.tracking_uri or not parent_run_id:
         return
-    status = "FINISHED" if phase == "Succeeded" else "FAILED"
     try:
-        if uri.startswith(("http://", "https://")):
-            from eve_operator.tracking import finish_run
+        from eve_trainer.metrics import upload_rank_logs
 
-            finish_run(uri, run_id, status)
-        else:
-            from mlflow.tracking import MlflowClient
-
-            MlflowClient(uri).set_terminated(run_id, status)
-    except Exception as err:  # noqa: BLE001
-        print(f"warning: could not close MLflow run {run_id}: {err}", file=sys.stderr)
+        upload_rank_logs(spec.mlflow.tracking_uri, spec.mlflow.experiment, parent_run_id, job.job.stage,
+                         str(job.logs), job.job.attempt)
+    except Exception as err:  # noqa: BLE001 - tracking never stops the pipeline
+        print(f"warning: rank logs of {job.job.name} not uploaded to MLflow: {err}", file=sys.stderr)
 
 
 # -- the runner ----------------------------------------------------------------------------
@@ -287,36 +275,32 @@ class LocalRunner:
         self.record, self.on_event, self.on_tick = record, on_event, on_tick
         self.store = open_store(record.spec.output, endpoint_url=record.spec.s3.endpoint_url)
         self.job: LocalJob | None = None
-        self._verified: dict[str, StageComplete] = {}
+        self.reads = StoreReads(record.name, record.spec.output, lambda: self.store)
+        self.runs = RunRecords(record.spec.mlflow.tracking_uri, record.spec.mlflow.experiment, record.name,
+                               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self._cancelled = False
 
     def cancel(self, *_: Any) -> None:
         self._cancelled = True
 
-    def _complete(self, stage: str) -> StageComplete | None:
-        if stage not in self._verified:
-            manifest = layout.stage_complete(self.store, self.record.name, stage)
-            if manifest is None:
-                return None
-            url = f"{self.record.spec.output.rstrip('/')}/{layout.export_prefix(self.record.name, stage)}"
-            self._verified[stage] = StageComplete(url, manifest.mlflow_run_id)
-        return self._verified[stage]
+    # the observer's StageReader: this runner's processes, and the store
+
+    def job_report(self, name: str) -> JobReport:
+        if self.job is None or self.job.job.name != name:
+            return JobReport()  # lost (runner restarted): the core submits it again
+        state = self.job.state()
+        return JobReport(state, self.job.message, self.job.finished_at)
+
+    def exit_codes(self, name: str) -> list[int]:
+        return list(self.job.exit_codes) if self.job is not None and self.job.job.name == name else []
 
     def observe(self) -> Observation:
-        status, spec = self.record.status, self.record.spec
-        current = next((s for s in status.stages if s.state != "Succeeded"), None)
-        if current is None:
-            return Observation()
-        previous = None
-        if current.attempt == 0 and (prev := spec.previous_stage(current.name)) and not spec.init_from:
-            previous = self._complete(prev)
-        job_state: JobState = "Absent"
-        message, finished, permanent = "", None, False
-        if self.job is not None and self.job.job.stage == current.name:
-            job_state, message = self.job.state(), self.job.message
-            finished, permanent = self.job.finished_at, self.job.permanent
-        complete = self._complete(current.name) if current.attempt == 0 or job_state != "Running" else None
-        return Observation(job_state, message, finished, complete, previous, job_permanent=permanent)
+        observation = observe(self.record.spec, self.record.status, _Reader(self))
+        job = self.job
+        if job is not None and not job.logs_uploaded and job.state() == "Failed":
+            job.logs_uploaded = True
+            _upload_rank_logs(self.record.spec, self.record.status.mlflow_run_id, job)
+        return observation
 
     def act(self, decision: Decision) -> None:
         for action in decision.actions:
@@ -327,6 +311,11 @@ class LocalRunner:
                 self.job.start()
             elif isinstance(action, SetSuspended) and self.job is not None:
                 self.job.set_suspended(action.suspended)
+            elif isinstance(action, StopJob) and self.job is not None and self.job.job.name == action.job_name:
+                self.job.dump_stacks()
+                self.job.terminate(grace_s=STALL_GRACE_S)
+            elif isinstance(action, EndStageRun):
+                self.runs.end_stage(self.record.status.mlflow_run_id, action.stage, action.status, action.reason)
             elif isinstance(action, Emit):
                 self.record.events.append({"time": time.time(), "type": action.type,
                                            "reason": action.reason, "message": action.message})
@@ -339,7 +328,9 @@ class LocalRunner:
         if not rec.status.stages:
             rec.status = initial_status(rec.spec)
         if rec.status.mlflow_run_id is None:
-            rec.status.mlflow_run_id = _create_parent_run(rec.spec, rec.name)
+            rec.status.mlflow_run_id = self.runs.start(
+                {"eve.pipeline": rec.name, "eve.preset": rec.spec.preset, "eve.backend": "local"},
+                parent_run_params(rec.spec))
         rec.save()
         try:
             while not rec.status.done:
@@ -350,6 +341,7 @@ class LocalRunner:
                 rec.status = decision.status
                 self.act(decision)
                 rec.save()
+                self.runs.sync(rec.status.mlflow_run_id, parent_run_tags(rec.status))
                 if self.on_tick:
                     self.on_tick(rec, self.job)
                 if not rec.status.done:
@@ -360,7 +352,8 @@ class LocalRunner:
         finally:
             rec.runner_pid = None
             rec.save()
-            _finish_parent_run(rec.spec, rec.status.mlflow_run_id, rec.status.phase)
+            self.runs.sync(rec.status.mlflow_run_id, parent_run_tags(rec.status))
+            self.runs.finish(rec.status.mlflow_run_id, "FINISHED" if rec.status.phase == "Succeeded" else "FAILED")
         return rec.status
 
     def _stop(self, why: str) -> None:
@@ -369,11 +362,19 @@ class LocalRunner:
         rec = self.record
         if not rec.status.done:
             rec.status.phase, rec.status.message = "Failed", why
+            ended = []
             for s in rec.status.stages:
                 if s.state in ("Submitted", "Running"):
                     s.state, s.message, s.finished_at = "Failed", why, time.time()
-            self.act(Decision(rec.status, [Emit("PipelineFailed", why, "Warning")]))
+                    ended.append(EndStageRun(s.name, "KILLED", why))
+            self.act(Decision(rec.status, [*ended, Emit("PipelineFailed", why, "Warning")]))
         rec.save()
+
+
+class _Reader:
+    def __init__(self, runner: LocalRunner):
+        self.job, self.exit_codes = runner.job_report, runner.exit_codes
+        self.complete, self.heartbeats = runner.reads.complete, runner.reads.heartbeats
 
 
 def run_detached(name: str) -> int:

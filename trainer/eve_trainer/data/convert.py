@@ -5,7 +5,8 @@ Each worker process takes a contiguous slice of the records and writes its own s
 a directory); index.json is written last, so a dataset is complete only when it has one.
 Bad records are skipped and counted by reason, never fatal: missing or corrupt image,
 json without the expected keys, an `<image>` token without an image or the reverse.
-torch-free: needs PIL and the storage layer only.
+Needs PIL, webdataset (its TarWriter writes the shards) and the storage layer; no eve_model.
+webdataset imports torch where torch is installed, so the workers fork after that import.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ def convert(source: str | Path, output: str, *, images: str | Path | None = None
     store.check()
     workers = max(1, min(workers, len(records) or 1))
     bounds = [(len(records) * w) // workers for w in range(workers + 1)]
+    import webdataset  # noqa: F401 - imported once here (it pulls in torch), inherited by the forked workers
+
     ctx = mp.get_context("fork")
     manager_queue = ctx.Manager().Queue() if progress else None
     tasks = [(w, records[bounds[w]:bounds[w + 1]], bounds[w], image_root, kind, store.url, endpoint_url,

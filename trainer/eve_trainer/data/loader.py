@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,8 @@ from eve_trainer.data.samples import SampleBuilder
 from eve_trainer.data.worker import Context, SlotState, SlotStream
 
 STATE_VERSION = 1
+
+log = logging.getLogger("eve_trainer.data")
 
 try:
     import torch.utils.data as _tud
@@ -111,7 +114,14 @@ class EveLoader:
         return {"version": STATE_VERSION, "rank": self.ctx.rank, "world_size": self.ctx.world_size,
                 "workers": self.ctx.slots, "micro_batch_size": self.ctx.micro_batch_size,
                 "seed": self.ctx.seed, "fingerprint": self.fingerprint, "next_slot": self._next_slot,
-                "batches": self._batches, "slots": [dict(s) if s else None for s in self._states]}
+                "batches": self._batches, "slots": [dict(s) if s else None for s in self._states],
+                "plans": {str(e): [list(iv) for iv in p] for e, p in self.ctx.plans.items()},
+                "delivered": self.delivered}
+
+    @property
+    def delivered(self) -> int:
+        """Samples this rank handed to the trainer (all epochs); summed over ranks, the global count."""
+        return sum(SlotState.from_json(s).samples for s in self._states)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position; the next `iter(loader)` continues from it."""
@@ -126,6 +136,38 @@ class EveLoader:
         self._states = [dict(s) if s else None for s in state["slots"]]
         self._next_slot = int(state["next_slot"])
         self._batches = int(state.get("batches", 0))
+        self.ctx.plans = {int(e): [tuple(iv) for iv in p] for e, p in state.get("plans", {}).items()}
+
+    def load_resharded(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """Continue from the loader states of *every* rank of a run with another world size,
+        worker count or micro batch: the epoch in progress is re-split over this run's ranks
+        by what is left of it (plan.remaining_plans), so each of its samples is still seen
+        exactly once. Same data and seed are required. Returns facts for the resume event."""
+        from eve_trainer.data.plan import remaining_plans
+
+        old = states[0]
+        want = {"version": STATE_VERSION, "seed": self.ctx.seed, "fingerprint": self.fingerprint}
+        diff = [f"{k}: checkpoint {old.get(k)!r} != now {v!r}" for k, v in want.items() if old.get(k) != v]
+        if diff or len(states) != old.get("world_size"):
+            raise DataError("the data-loader state in the checkpoint does not match this run (" + "; ".join(diff)
+                            + "); resume with the same data.urls and seed")
+        plans = {int(e): [tuple(iv) for iv in p] for e, p in old.get("plans", {}).items()}
+        try:
+            epoch, left = remaining_plans([s["slots"] for s in states], total=self.ctx.total,
+                                          world_size=len(states), slots=int(old["workers"]), plans=plans)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        self.ctx.plans = left
+        self._states = [{"epoch": epoch} for _ in range(self.ctx.slots)]
+        self._next_slot, self._batches = 0, 0
+        n = sum(b - a for a, b in left[epoch])
+        lost = n % self.ctx.world_size
+        if lost:
+            log.warning("epoch %d has %d samples left, not a multiple of world_size=%d: %d of them are not "
+                        "seen this epoch (an even split is required; they are seen in later epochs)",
+                        epoch, n, self.ctx.world_size, lost)
+        return {"epoch": epoch, "left_in_epoch": n, "not_seen": lost,
+                "delivered_before": sum(int(s.get("delivered", 0)) for s in states)}
 
     @property
     def stats(self) -> dict[str, Any]:

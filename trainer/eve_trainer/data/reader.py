@@ -62,17 +62,26 @@ class Stores:
 
 def iter_entries(stores: Stores, layout: EpochLayout, start: int, end: int,
                  start_byte: int | None = None) -> Iterator[Entry]:
-    """Entries for positions [start, end) of `layout`. `start_byte`, when known, is the byte
-    offset of position `start` in its shard (from a checkpointed cursor)."""
+    """Entries for positions [start, end) of `layout` (plan indices when the epoch is planned).
+    `start_byte`, when known, is the byte offset of position `start` in its shard (from a
+    checkpointed cursor). Indices that fall in one shard are read in one pass of it; gaps of
+    a planned epoch are read past, not reopened."""
     pos = start
     byte = start_byte
     while pos < end:
         j, offset = layout.locate(pos)
         ref = layout.order[j]
-        take = min(ref.samples - offset, end - pos)
+        wanted = [offset]  # offsets in this shard of indices pos, pos+1, ... (increasing)
+        while pos + len(wanted) < end and len(wanted) < ref.samples - offset:
+            jj, off = layout.locate(pos + len(wanted))
+            if jj != j:
+                break
+            wanted.append(off)
+        take = len(wanted)
         store = stores.get(ref.source)
         url = f"{store.url}/{ref.name}"
-        got, skip = 0, (0 if byte is not None else offset)
+        got = 0
+        at = offset if byte is not None else 0  # shard offset of the next sample the stream gives
         reason = ""
         from eve_trainer.storage import StorageError
 
@@ -80,8 +89,8 @@ def iter_entries(stores: Stores, layout: EpochLayout, start: int, end: int,
             with closing(store.open_read(ref.name, start=byte or 0)) as stream:
                 with closing(iter_tar(stream, start=byte or 0)) as samples:
                     for raw in samples:
-                        if skip:
-                            skip -= 1
+                        at += 1
+                        if at - 1 != wanted[got]:
                             continue
                         yield Entry(pos + got, url, raw)
                         got += 1

@@ -36,22 +36,29 @@ def split_name(name: str) -> tuple[str, str]:
 
 class ShardWriter:
     """Append samples; a new shard starts when the current one would pass `shard_size`
-    bytes or `max_samples`. Each finished shard is uploaded (or moved) into `store`
-    and recorded as a ShardInfo. Tar headers are fixed (mtime 0, uid 0) so the same input
-    gives byte-identical shards."""
+    bytes or `max_samples`. Each finished shard is uploaded (or moved) into `store` and
+    recorded as a ShardInfo.
+
+    Each shard is written by webdataset's TarWriter, with fixed headers (mtime 0, no user
+    or group names, mode 0444) so the same input gives byte-identical shards. The rollover
+    is ours, not `webdataset.ShardWriter`'s: that one rolls over after a shard has passed
+    its size (counting payload only) and writes local files; ours keeps every shard within
+    `shard_size` (headers included) and sends each finished shard to the store."""
 
     def __init__(self, store: Any, pattern: str = "shard-{:06d}.tar", shard_size: int = 256 << 20,
-                 max_samples: int | None = None, start_index: int = 0):
+                 max_samples: int | None = None):
         self.store, self.pattern = store, pattern
         self.shard_size, self.max_samples = shard_size, max_samples
-        self.index = start_index
+        self.index = 0
         self.shards: list[ShardInfo] = []
-        self._tar: tarfile.TarFile | None = None
+        self._tar: Any = None  # webdataset.TarWriter of the open shard
         self._path: Path | None = None
         self._count = 0
         self._local_root: Path | None = getattr(store, "root", None)
 
     def _open(self) -> None:
+        import webdataset
+
         name = self.pattern.format(self.index)
         if self._local_root is not None:  # write in place, rename when complete
             self._path = self._local_root / (name + ".tmp")
@@ -60,22 +67,18 @@ class ShardWriter:
             fd, tmp = tempfile.mkstemp(suffix=".tar", prefix="eve-shard-")
             os.close(fd)
             self._path = Path(tmp)
-        self._tar = tarfile.open(self._path, "w", format=tarfile.USTAR_FORMAT)
+        self._tar = webdataset.TarWriter(str(self._path), user="", group="", mtime=0, encoder=False)
         self._count = 0
 
     def write(self, key: str, parts: dict[str, bytes]) -> None:
         size = sum(512 + -(-len(v) // 512) * 512 for v in parts.values())
         if self._tar is not None and self._count and (
-                self._tar.offset + size > self.shard_size
+                self._tar.tarstream.offset + size > self.shard_size
                 or (self.max_samples and self._count >= self.max_samples)):
             self.close_shard()
         if self._tar is None:
             self._open()
-        assert self._tar is not None
-        for ext, data in parts.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mode, info.mtime = len(data), 0o444, 0
-            self._tar.addfile(info, io.BytesIO(data))
+        self._tar.write({"__key__": key, **parts})
         self._count += 1
 
     def close_shard(self) -> None:

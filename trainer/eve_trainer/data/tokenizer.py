@@ -61,13 +61,15 @@ def _tiny() -> Any:
 def _from_url(spec: str, endpoint_url: str | None) -> Any:
     from transformers import AutoTokenizer
 
-    from eve_trainer.storage import StorageError, open_store
+    from eve_trainer.storage import StorageError, StorageUnavailable, open_store
 
     if spec.startswith("s3://"):
         store = open_store(spec, endpoint_url=endpoint_url)
         target = Path(tempfile.mkdtemp(prefix="eve-tokenizer-"))
         try:
             names = [k for k in store.list() if "/" not in k and k in _TOKENIZER_FILES]
+        except StorageUnavailable:
+            raise  # an outage is retried, not the user's to fix
         except Exception as err:  # noqa: BLE001 - boto errors vary; the message names the URL
             raise DataError(f"cannot list tokenizer at {spec}: {err}") from None
         if not names:

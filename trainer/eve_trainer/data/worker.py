@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eve_trainer.data.errors import DataError
-from eve_trainer.data.plan import EpochLayout, ShardRef, group_by_length, slot_range, window_permutation
+from eve_trainer.data.plan import (EpochLayout, Intervals, ShardRef, group_by_length, plan_size, slot_range,
+                                   window_permutation)
 from eve_trainer.data.reader import Entry, Stores, iter_entries
 from eve_trainer.data.samples import Prepared, SampleBuilder, collate
 from eve_trainer.data.templates import SampleError
@@ -45,6 +46,8 @@ class Context:
     max_skip_fraction: float
     builder: SampleBuilder
     pad_id: int
+    plans: dict[int, Intervals] = field(default_factory=dict)
+    """Epochs planned by a resume on another world size (plan.remaining_plans); others are whole."""
 
 
 @dataclass
@@ -59,9 +62,12 @@ class SlotState:
     batches: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     last_skips: list[str] = field(default_factory=list)
+    taken: list[int] = field(default_factory=list)
+    """Indices of the current window consumed so far (what a resume on another world size skips)."""
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__, skipped=dict(self.skipped), last_skips=list(self.last_skips))
+        return dict(self.__dict__, skipped=dict(self.skipped), last_skips=list(self.last_skips),
+                    taken=list(self.taken))
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> SlotState:
@@ -72,8 +78,8 @@ class SlotStream:
     def __init__(self, ctx: Context, slot: int, state: dict[str, Any] | None):
         self.ctx, self.slot = ctx, slot
         self.st = SlotState.from_json(state)
-        self.start, self.end = slot_range(ctx.total, ctx.world_size, ctx.rank, ctx.slots, slot)
-        if self.end <= self.start:
+        self.start, self.end = self._range(self.st.epoch)
+        if self.end <= self.start and not ctx.plans:
             raise DataError(f"slot {slot} of rank {ctx.rank} has no samples: {ctx.total} samples are "
                             f"too few for world_size={ctx.world_size} x workers={ctx.slots}")
         self._layout: EpochLayout | None = None
@@ -82,9 +88,13 @@ class SlotStream:
         self._peek: Entry | None = None
 
     # -- reading windows -------------------------------------------------------------
+    def _range(self, epoch: int) -> tuple[int, int]:
+        ctx = self.ctx
+        return slot_range(plan_size(ctx.plans, epoch, ctx.total), ctx.world_size, ctx.rank, ctx.slots, self.slot)
+
     def _layout_for(self, epoch: int) -> EpochLayout:
         if self._layout is None or self._layout.epoch != epoch:
-            self._layout = EpochLayout(self.ctx.shards, self.ctx.seed, epoch)
+            self._layout = EpochLayout(self.ctx.shards, self.ctx.seed, epoch, self.ctx.plans.get(epoch))
         return self._layout
 
     def _next_entry(self, epoch: int, pos: int, byte: int | None) -> Entry:
@@ -103,6 +113,9 @@ class SlotStream:
     def _fill(self) -> tuple[list[Entry], list[int]]:
         """Read the window starting at (st.epoch, st.pos, st.byte) and its emit order."""
         st, ctx = self.st, self.ctx
+        while (st.pos if st.pos is not None else self.start) >= self.end:  # a planned epoch left this slot nothing
+            st.epoch, st.pos, st.byte = st.epoch + 1, None, None
+            self.start, self.end = self._range(st.epoch)
         if st.pos is None:
             st.pos, st.byte = self.start, None
         n = min(max(1, ctx.shuffle_buffer), self.end - st.pos)
@@ -123,8 +136,10 @@ class SlotStream:
         st = self.st
         nxt = st.pos + n  # type: ignore[operator]
         st.consumed = 0
+        st.taken = []
         if nxt >= self.end:
             self._check_skips(final=True)
+            self.start, self.end = self._range(st.epoch + 1)
             st.epoch, st.pos, st.byte = st.epoch + 1, self.start, None
         else:
             st.pos, st.byte = nxt, None
@@ -175,6 +190,7 @@ class SlotStream:
             while st.consumed < len(order):
                 entry = entries[order[st.consumed]]
                 st.consumed += 1
+                st.taken.append(entry.pos)
                 sample = self._process(entry)
                 if sample is None:
                     continue

@@ -1,0 +1,114 @@
+"""The observer: what a backend reports about the current stage -> the state machine's Observation.
+
+    observe(spec, status, reader) -> Observation          (then pipeline.decide)
+
+Both shells call it, the kopf loop (eve_operator.loop) and the local runner
+(eve_operator.backends.local); each supplies only a `StageReader`, its transport:
+
+    job(name)          the stage job's state, message and finish time (a `JobReport`)
+    exit_codes(name)   the trainer's exit codes, asked only for a failed job
+    complete(stage)    the stage's verified stage-complete manifest, or None
+    heartbeats(stage)  every rank's newest heartbeat (eve_trainer.layout.Heartbeat)
+
+The rules live here once: which lookups a pass needs, Kueue's suspension, the permanent
+exit code, and which heartbeats count (the current attempt's). What they lead to (the
+grace for "Succeeded without a manifest", stalls, retries) is decided in pipeline.decide.
+`StoreReads` is the one place that reads those facts from the object store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from eve_operator.pipeline import Beat, JobState, Observation, PipelineStatus, StageComplete
+from eve_operator.spec import PipelineSpec
+
+#: The trainer's exit code for bad input (config, data): retrying cannot help (docs/contracts.md).
+PERMANENT_EXIT_CODE = 2
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """A stage job as its backend reports it."""
+
+    state: JobState = "Absent"
+    message: str = ""
+    finished_at: float | None = None
+
+
+class StageReader(Protocol):
+    def job(self, name: str) -> JobReport: ...
+
+    def exit_codes(self, name: str) -> list[int]: ...
+
+    def complete(self, stage: str) -> StageComplete | None: ...
+
+    def heartbeats(self, stage: str) -> list[Any]: ...
+
+
+def observe(spec: PipelineSpec, status: PipelineStatus, reader: StageReader) -> Observation:
+    """One pass's view of the current stage, asking `reader` only what this pass needs."""
+    current = next((s for s in status.stages if s.state != "Succeeded"), None)
+    if current is None:
+        return Observation()
+    job, permanent = JobReport(), False
+    if current.job_name and current.attempt > 0:
+        job = reader.job(current.job_name)
+        if job.state == "Suspended" and not spec.suspend and spec.scheduling.gang_scheduler == "kueue":
+            job = JobReport("Pending", job.message)  # queued by Kueue, which un-suspends on admission
+        if job.state == "Failed":
+            permanent = PERMANENT_EXIT_CODE in reader.exit_codes(current.job_name)
+            if permanent:
+                job = JobReport("Failed", f"{job.message} (the trainer exited with {PERMANENT_EXIT_CODE}: "
+                                          "bad config or data)", job.finished_at)
+    previous = None
+    if current.attempt == 0 and not spec.init_from and current.name == status.stages[0].name:
+        if (prev := spec.previous_stage(current.name)) is not None:
+            previous = reader.complete(prev)
+    complete = None
+    if current.attempt == 0 or job.state in ("Succeeded", "Failed", "Absent"):
+        complete = reader.complete(current.name)
+    beats: tuple[Beat, ...] = ()
+    if job.state == "Running" and complete is None:
+        beats = current_beats(reader.heartbeats(current.name), current.attempt)
+    return Observation(job.state, job.message, job.finished_at, complete, previous,
+                       job_permanent=permanent, beats=beats)
+
+
+def current_beats(heartbeats: list[Any], attempt: int) -> tuple[Beat, ...]:
+    """The heartbeats written by this attempt (a restarted stage's old beats do not count)."""
+    return tuple(Beat(h.rank, h.step, h.time, h.phase) for h in heartbeats if h.attempt == attempt)
+
+
+class StoreReads:
+    """Stage-complete manifests and heartbeats of one pipeline, read from its object store.
+
+    A verified manifest is cached (an export never changes once complete); `store` is a
+    callable so the operator can hand over a client built with the pipeline's credentials.
+    """
+
+    def __init__(self, pipeline: str, output: str, store: Callable[[], Any], *, deep: bool = True):
+        self.pipeline, self.output, self.store, self.deep = pipeline, output, store, deep
+        self.verified: dict[str, StageComplete] = {}
+
+    def complete(self, stage: str) -> StageComplete | None:
+        if stage in self.verified:
+            return self.verified[stage]
+        from eve_trainer import layout
+
+        manifest = layout.stage_complete(self.store(), self.pipeline, stage, deep=self.deep)
+        if manifest is None:
+            return None
+        url = f"{self.output.rstrip('/')}/{layout.export_prefix(self.pipeline, stage)}"
+        self.verified[stage] = StageComplete(url, manifest.mlflow_run_id)
+        return self.verified[stage]
+
+    def heartbeats(self, stage: str) -> list[Any]:
+        from eve_trainer import layout
+
+        return layout.read_heartbeats(self.store(), self.pipeline, stage)
+
+
+__all__ = ["JobReport", "StageReader", "StoreReads", "observe", "current_beats", "PERMANENT_EXIT_CODE"]
