@@ -87,14 +87,15 @@ def test_stage_end_to_end(baseline, s3_env, mlflow_server, e2e_bucket):
     assert params["optim.lr"] == "0.001" and params["derived.world_size"] == "2"
     assert params["derived.gradient_accumulation"] == "1"
     assert run.info.status == "FINISHED"
-    history = client.get_metric_history(run.info.run_id, "loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, STEPS + 1))
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [losses[s] for s in range(1, STEPS + 1)]
-    for name in ("lm_loss", "align_loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_fraction"):
+    for name in ("train/lm_loss", "train/align_loss", "train/lr", "train/grad_norm", "perf/samples_per_s",
+                 "perf/tokens_per_s", "data/wait_fraction"):
         assert name in run.data.metrics, name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert artifacts == {"checkpoints/step-3", "checkpoints/step-6"}
-    versions = client.search_model_versions("name='eve-base-pretrain'")
+    versions = [v for v in client.search_model_versions("name='eve-tiny'") if v.run_id == run.info.run_id]
     assert versions and versions[0].source == tags["eve.export_uri"]
 
 

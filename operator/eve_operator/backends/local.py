@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eve_trainer.launch import exit_code
 from eve_trainer.storage import open_store
 
 from eve_operator.jobspec import JobSpec, build_job_spec
@@ -151,6 +152,7 @@ class LocalJob:
         self.message = ""
         self.exit_codes: list[int] = []
         self.suspended = False
+        self.logs_uploaded = False  # a failed attempt's rank logs go to MLflow once
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,8 @@ class LocalJob:
             log.close()
 
     def state(self) -> JobState:
-        codes = [p.poll() for p in self.procs]
+        # as a container runtime reports them: a rank killed by signal n exits 128 + n
+        codes = [None if (c := p.poll()) is None else exit_code(c) for p in self.procs]
         failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             if not self.exit_codes:  # the codes of the ranks that failed first, before the rest is stopped
@@ -250,6 +253,19 @@ def last_line(path: Path, marker: str) -> str:
     return next((line for line in reversed(_log_end(path)) if marker in line), "")
 
 
+def _upload_rank_logs(spec: PipelineSpec, parent_run_id: str | None, job: LocalJob) -> None:
+    """A failed attempt's rank logs go to its stage run in MLflow (logs/attempt-<k>/)."""
+    if not spec.mlflow.tracking_uri or not parent_run_id:
+        return
+    try:
+        from eve_trainer.metrics import upload_rank_logs
+
+        upload_rank_logs(spec.mlflow.tracking_uri, spec.mlflow.experiment, parent_run_id, job.job.stage,
+                         str(job.logs), job.job.attempt)
+    except Exception as err:  # noqa: BLE001 - tracking never stops the pipeline
+        print(f"warning: rank logs of {job.job.name} not uploaded to MLflow: {err}", file=sys.stderr)
+
+
 # -- the runner ----------------------------------------------------------------------------
 
 
@@ -281,7 +297,12 @@ class LocalRunner:
         return list(self.job.exit_codes) if self.job is not None and self.job.job.name == name else []
 
     def observe(self) -> Observation:
-        return observe(self.record.spec, self.record.status, _Reader(self))
+        observation = observe(self.record.spec, self.record.status, _Reader(self))
+        job = self.job
+        if job is not None and not job.logs_uploaded and job.state() == "Failed":
+            job.logs_uploaded = True
+            _upload_rank_logs(self.record.spec, self.record.status.mlflow_run_id, job)
+        return observation
 
     def act(self, decision: Decision) -> None:
         for action in decision.actions:

@@ -31,7 +31,8 @@ try:  # the data verbs (convert, synth) live beside the data pipeline
 except ImportError:  # pragma: no cover - only while the data module is absent
     pass
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BACKEND = 1, 2, 3, 4
+from eve_trainer.exit_codes import EXIT_BACKEND, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND  # noqa: E402
+from eve_trainer.exit_codes import EXIT_USER as EXIT_USAGE  # noqa: E402
 
 
 BACKENDS = ("auto", "local", "kubernetes")
@@ -219,7 +220,7 @@ def _wait_kubernetes(name: str, namespace: str | None) -> int:
     except KeyboardInterrupt:
         follower.done()
         info(f"stopped waiting; the pipeline goes on (`eve-platform status {name}`)")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 class _Follower:
@@ -325,7 +326,7 @@ def _run_foreground(record: Any) -> Any:
     from eve_operator.cli import progress
 
     tty = sys.stderr.isatty()
-    last_line = {"t": 0.0}
+    last_line: dict[str, Any] = {"t": 0.0}
 
     def on_event(event: Any) -> None:
         color = typer.colors.YELLOW if event.type == "Warning" else typer.colors.GREEN
@@ -340,7 +341,8 @@ def _run_foreground(record: Any) -> Any:
         except Exception:  # noqa: BLE001 - progress display never stops the run
             now = None
         line = progress.short(now) or lb.last_line(job.logs / "rank-0.log", "[eve-train]")
-        if line:
+        if line and line != last_line.get("text"):
+            last_line["text"] = line
             text = f"  {job.job.stage}: {line[:110]}"
             if tty:
                 sys.stderr.write("\r\033[K" + text)
@@ -354,7 +356,7 @@ def _run_foreground(record: Any) -> Any:
         return runner.run()
     except KeyboardInterrupt:
         info("\ninterrupted: stopped the stage job (it resumes from its last checkpoint on resubmit)")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if tty:
             sys.stderr.write("\n")
