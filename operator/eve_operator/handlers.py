@@ -28,7 +28,7 @@ from eve_operator.jobapi import PYTORCHJOB, TRAINJOB
 from eve_operator.jobspec import LABEL_PIPELINE
 from eve_operator.kube import Kube
 from eve_operator.loop import PipelineLoop
-from eve_operator.metrics_server import serve_metrics
+from eve_operator.metrics import serve as serve_metrics  # prometheus-client's HTTP server
 from eve_operator.spec import MlflowSpec
 
 log = logging.getLogger("eve_operator")

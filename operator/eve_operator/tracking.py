@@ -22,6 +22,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from eve_trainer.tracking_names import experiment_create_fields
+
 TIMEOUT_S = 5.0
 END_REASON_TAG = "eve.end_reason"
 
@@ -77,7 +79,7 @@ def experiment_id(tracking_uri: str, name: str, *, create: bool = True) -> str |
         exp = _wrap(tracking_uri, client.get_experiment_by_name, name)
         if exp is not None or not create:
             return exp.experiment_id if exp is not None else None
-        return _wrap(tracking_uri, client.create_experiment, name)
+        return _wrap(tracking_uri, lambda: client.create_experiment(name, **experiment_create_fields(tracking_uri)))
     try:
         found = _call(tracking_uri, "GET", "experiments/get-by-name", query={"experiment_name": name})
         return str(found["experiment"]["experiment_id"])
@@ -87,7 +89,9 @@ def experiment_id(tracking_uri: str, name: str, *, create: bool = True) -> str |
         if not create:
             return None
     try:
-        return str(_call(tracking_uri, "POST", "experiments/create", {"name": name})["experiment_id"])
+        # the training kind tag: MLflow 3's UI then opens the experiment on its runs, not on GenAI traces
+        tags = [{"key": k, "value": str(v)} for k, v in experiment_create_fields(tracking_uri)["tags"].items()]
+        return str(_call(tracking_uri, "POST", "experiments/create", {"name": name, "tags": tags})["experiment_id"])
     except TrackingError as err:  # created meanwhile by a trainer or another pipeline
         if "RESOURCE_ALREADY_EXISTS" not in str(err):
             raise

@@ -17,12 +17,14 @@ from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import SubmitJob, job_name
 from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
 from eve_operator.spec import PipelineSpec, validate_name
-from eve_operator.trainjob import build_trainjob, job_api_of, runtime_of
+from eve_operator.trainjob import CONTAINER as TRAINJOB_CONTAINER
+from eve_operator.trainjob import JOBSET_NAME_LABEL, build_trainjob, job_api_of, runtime_of, trainjob_name
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # a TrainJob's node index
 
 
 class KubeConfigError(RuntimeError):
@@ -165,7 +167,8 @@ def delete_pipeline(name: str, namespace: str | None) -> None:
 
 
 def stage_pods(name: str, namespace: str | None, stage: str) -> list[str]:
-    """Pods of the stage's current job, Master first, then Workers by index."""
+    """Pods of the stage's current job: Master first, then Workers by index (PyTorchJob), or the
+    nodes by index (TrainJob)."""
     ns = current_namespace(namespace)
     obj = get_pipeline(name, ns)
     if obj is None:
@@ -173,23 +176,37 @@ def stage_pods(name: str, namespace: str | None, stage: str) -> list[str]:
     stages = {s.get("name"): s for s in (obj.get("status") or {}).get("stages", [])}
     job = (stages.get(stage) or {}).get("jobName") or job_name(name, stage, 1)
     _, core = _apis()
-    pods = core.list_namespaced_pod(ns, label_selector=f"{JOB_NAME_LABEL}={job}").items
+    # a PyTorchJob's pods, else a TrainJob's (jobApi: TrainJob): one per node, by completion index
+    for label, value in ((JOB_NAME_LABEL, job), (JOBSET_NAME_LABEL, trainjob_name(job))):
+        pods = core.list_namespaced_pod(ns, label_selector=f"{label}={value}").items
+        mine = [p for p in pods if (p.metadata.labels or {}).get(label) == value]
+        if mine:
+            return [p.metadata.name for p in sorted(mine, key=_pod_order)]
+    return []
 
-    def order(pod: Any) -> tuple[int, int, str]:
-        labels = pod.metadata.labels or {}
-        role = 0 if labels.get(REPLICA_TYPE_LABEL) == "master" else 1
-        return role, int(labels.get(REPLICA_INDEX_LABEL, 0) or 0), pod.metadata.name
 
-    mine = [p for p in pods if (p.metadata.labels or {}).get(JOB_NAME_LABEL) == job]
-    return [p.metadata.name for p in sorted(mine, key=order)]
+def _pod_order(pod: Any) -> tuple[int, int, str]:
+    labels = pod.metadata.labels or {}
+    role = 0 if labels.get(REPLICA_TYPE_LABEL, "master") == "master" else 1
+    index = labels.get(REPLICA_INDEX_LABEL) or labels.get(COMPLETION_INDEX_LABEL) or 0
+    return role, int(index), pod.metadata.name
 
 
 def pod_logs(pod: str, namespace: str | None, follow: bool) -> Iterator[str]:
     """The trainer container's log lines; with follow, until the pod ends."""
     ns = current_namespace(namespace)
     _, core = _apis()
-    response = core.read_namespaced_pod_log(pod, ns, container=CONTAINER, follow=follow,
-                                            _preload_content=False)
+    import kubernetes
+
+    try:
+        response = core.read_namespaced_pod_log(pod, ns, container=CONTAINER, follow=follow,
+                                                _preload_content=False)
+    except kubernetes.client.ApiException as err:
+        if err.status != 400:
+            raise
+        # not a PyTorchJob pod: a TrainJob's trainer container is `node`
+        response = core.read_namespaced_pod_log(pod, ns, container=TRAINJOB_CONTAINER, follow=follow,
+                                                _preload_content=False)
     buffer = b""
     try:
         for chunk in response.stream(4096):

@@ -41,6 +41,7 @@ PIPELINE_KEYS: dict[str, str] = {
     "queue": "scheduling.queue",
     "priority_class": "scheduling.priority_class",
     "max_attempts": "max_attempts",
+    "stall_timeout_s": "stall_timeout_s",
     "suspend": "suspend",
     "job_api": "job_api",
     "jobApi": "job_api",  # the EvePipeline field's name (PyTorchJob | TrainJob)
