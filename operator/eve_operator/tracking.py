@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from eve_trainer.tracking_names import experiment_create_fields
+from eve_trainer.tracking_names import experiment_create_fields, get_or_create_experiment
 
 TIMEOUT_S = 5.0
 END_REASON_TAG = "eve.end_reason"
@@ -79,7 +79,7 @@ def experiment_id(tracking_uri: str, name: str, *, create: bool = True) -> str |
         exp = _wrap(tracking_uri, client.get_experiment_by_name, name)
         if exp is not None or not create:
             return exp.experiment_id if exp is not None else None
-        return _wrap(tracking_uri, lambda: client.create_experiment(name, **experiment_create_fields(tracking_uri)))
+        return _wrap(tracking_uri, get_or_create_experiment, client, name, tracking_uri)
     try:
         found = _call(tracking_uri, "GET", "experiments/get-by-name", query={"experiment_name": name})
         return str(found["experiment"]["experiment_id"])

@@ -31,7 +31,8 @@ try:  # the data verbs (convert, synth) live beside the data pipeline
 except ImportError:  # pragma: no cover - only while the data module is absent
     pass
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BACKEND = 1, 2, 3, 4
+from eve_trainer.exit_codes import EXIT_BACKEND, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND  # noqa: E402
+from eve_trainer.exit_codes import EXIT_USER as EXIT_USAGE  # noqa: E402
 
 
 BACKENDS = ("auto", "local", "kubernetes")
@@ -219,7 +220,7 @@ def _wait_kubernetes(name: str, namespace: str | None) -> int:
     except KeyboardInterrupt:
         follower.done()
         info(f"stopped waiting; the pipeline goes on (`eve-platform status {name}`)")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 class _Follower:
@@ -355,7 +356,7 @@ def _run_foreground(record: Any) -> Any:
         return runner.run()
     except KeyboardInterrupt:
         info("\ninterrupted: stopped the stage job (it resumes from its last checkpoint on resubmit)")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if tty:
             sys.stderr.write("\n")
