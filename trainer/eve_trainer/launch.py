@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-EXIT_USER, EXIT_SIGTERM = 2, 143
+from eve_trainer.exit_codes import EXIT_SIGTERM, EXIT_USER  # noqa: E402
 #: Seconds the other ranks get to exit after one rank failed (their peer is gone, so a final
 #: checkpoint cannot complete; the previous complete checkpoint stays the one to resume from).
 FAILURE_GRACE_S = 30.0

@@ -30,7 +30,7 @@ from eve_trainer.storage import StorageAccessError, StorageError, StorageUnavail
 
 log = logging.getLogger("eve_trainer")
 
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_SIGTERM = 0, 1, 2, 143
+from eve_trainer.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SIGTERM, EXIT_USER  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eve-train: error (retryable): {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception:  # noqa: BLE001 - the exit code is the contract; the trace goes to the log
         error = traceback.format_exc()
         print(error, file=sys.stderr, end="")
