@@ -370,11 +370,26 @@ def _print_summary(name: str, spec: Any, status: Any) -> None:
                  [[s.name, s.state, s.attempt, s.checkpoint] for s in status.stages], "no stages")
     print(f"\npipeline {name}: {status.phase}" + (f" - {status.message}" if status.message else ""))
     uri = spec.mlflow.tracking_uri
-    if uri and not uri.startswith("http"):
-        print(f"MLflow UI:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
-    elif uri:
-        print(f"MLflow UI:  {uri}")
+    if uri:
+        print(f"MLflow UI:  {_mlflow_ui_hint(uri, spec.mlflow.experiment)}")
     print(f"logs:       eve-platform logs {name} --stage <stage>   ({lb.pipeline_dir(name)}/logs)")
+
+
+def _mlflow_ui_hint(uri: str, experiment: str) -> str:
+    """How to open this pipeline's runs: a link to the model-training view (MLflow 3's UI opens
+    on GenAI traces otherwise), after `mlflow ui` for a local store."""
+    from eve_trainer.tracking_names import ui_runs_url
+
+    from eve_operator.tracking import experiment_id
+
+    local = not uri.startswith("http")
+    base = "http://127.0.0.1:5000" if local else uri
+    try:
+        found = experiment_id(uri, experiment, create=False)
+    except Exception:  # noqa: BLE001 - a hint; the store may be gone
+        found = None
+    link = ui_runs_url(base, found) if found else base
+    return f"mlflow ui --backend-store-uri {uri}   (then open {link})" if local else link
 
 
 # -- status, list, describe --------------------------------------------------------------
