@@ -113,12 +113,14 @@ def _setup_logging(rank: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from eve_trainer.heartbeat import install_stack_dump
+
+    # first, before the seconds of importing torch: SIGUSR1 writes every thread's stack to the
+    # rank log (eve-launch sends it before SIGTERM; the local runner before a stall restart)
+    install_stack_dump()
     from eve_trainer.distributed import DistInfo
     from eve_trainer.trainer import StopFlag
 
-    from eve_trainer.heartbeat import install_stack_dump
-
-    install_stack_dump()  # SIGUSR1: every thread's stack to the rank log (before a stall restart)
     # a collective that times out (dead peer) tears the process down (3: without the NCCL
     # communicator cleanup, which itself can hang); the default in torch >= 2.2, set for older ones
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
