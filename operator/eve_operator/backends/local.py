@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from eve_trainer.launch import exit_code
-from eve_trainer.storage import open_store
+from eve_trainer.storage import StorageAccessError, StorageUnavailable, open_store
 
 from eve_operator.jobspec import JobSpec, build_job_spec
 from eve_operator.observe import JobReport, StoreReads, observe
@@ -40,6 +40,7 @@ from eve_operator.spec import PipelineSpec
 from eve_operator.tracking import RunRecords
 
 POLL_S = 0.5
+STORE_DOWN_REPORT_S = 10.0
 #: SIGTERM -> SIGKILL grace of a stalled job: its ranks are blocked, no final checkpoint can come
 STALL_GRACE_S = 5.0
 
@@ -281,6 +282,8 @@ class LocalRunner:
         self.runs = RunRecords(record.spec.mlflow.tracking_uri, record.spec.mlflow.experiment, record.name,
                                warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self._cancelled = False
+        self._store_down_since: float | None = None
+        self._store_down_said = 0.0
 
     def cancel(self, *_: Any) -> None:
         self._cancelled = True
@@ -339,7 +342,17 @@ class LocalRunner:
                 if self._cancelled:
                     self._stop("cancelled by the user")
                     break
-                decision = decide(rec.name, rec.spec, rec.status, self.observe(), time.time())
+                try:
+                    observation = self.observe()
+                except StorageUnavailable as err:  # the world's: an outage ends, keep the pipeline
+                    self._say_store_down(err)
+                    time.sleep(POLL_S)
+                    continue
+                except StorageAccessError as err:  # the user's: no bucket, access denied, no credentials
+                    self._stop(f"invalid output={rec.spec.output}: {err}")
+                    break
+                self._store_down_since = None
+                decision = decide(rec.name, rec.spec, rec.status, observation, time.time())
                 rec.status = decision.status
                 self.act(decision)
                 rec.save()
@@ -357,6 +370,16 @@ class LocalRunner:
             self.runs.sync(rec.status.mlflow_run_id, parent_run_tags(rec.status))
             self.runs.finish(rec.status.mlflow_run_id, "FINISHED" if rec.status.phase == "Succeeded" else "FAILED")
         return rec.status
+
+    def _say_store_down(self, err: Exception) -> None:
+        """While the object store does not answer, say so every STORE_DOWN_REPORT_S."""
+        now = time.monotonic()
+        if self._store_down_since is None:
+            self._store_down_since, self._store_down_said = now, 0.0
+        if now - self._store_down_said >= STORE_DOWN_REPORT_S:
+            self._store_down_said = now
+            print(f"waiting for the object store of {self.record.spec.output} "
+                  f"({now - self._store_down_since:.0f} s so far): {err}", file=sys.stderr, flush=True)
 
     def _stop(self, why: str) -> None:
         if self.job is not None:
