@@ -114,7 +114,8 @@ def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch
     emulator = Emulator().start()
     kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig", NS)
     mp.setenv("KUBECONFIG", str(kubeconfig))  # the operator (kopf, in this process) reads it
-    cluster = ClusterEmulator(emulator, kubeconfig, tmp / "node", max_grace_s=GRACE_S, extra_env=step_delay)
+    cluster = ClusterEmulator(emulator, kubeconfig, tmp / "node", max_grace_s=GRACE_S, extra_env=step_delay,
+                              interval_s=0.25)  # a controller and a kubelet polling 4 times a second
     cluster.core.create_namespaced_secret(NS, {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
         "data": {k: _b64(s3_server.env()[k]) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}})
