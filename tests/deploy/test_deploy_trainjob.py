@@ -133,3 +133,13 @@ def test_pods_of_the_runtime_alone_are_restricted(chart: Helm) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_helm_test_checks_the_crd_of_the_default_job_api(chart: Helm) -> None:
+    objs = [o for o in chart.template(*ON, "--set", "trainJob.defaultJobApi=TrainJob")
+            if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    (role,) = find(objs, "ClusterRole")
+    assert role["rules"][0]["resourceNames"] == ["evepipelines.eve-platform.io", "trainjobs.trainer.kubeflow.org"]
+    (pod,) = find(objs, "Pod")
+    assert [c["args"] for c in pod["spec"]["containers"]] == [["get", "crd", "trainjobs.trainer.kubeflow.org",
+                                                               "-o", "name"]]

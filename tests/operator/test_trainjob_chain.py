@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 from kube_emulator import Emulator
 from operator_harness import NS, Cluster, Operator, running_operator, wait_for
 from trainjob_emulator import TrainerCluster, running_trainer_cluster
@@ -23,6 +24,7 @@ from eve_trainer import layout
 from eve_trainer.storage import open_store
 
 from eve_operator import handlers
+from eve_operator.cli.main import app
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +114,8 @@ def test_tiny_chain_through_trainjobs_gives_the_local_export(cluster: Cluster, t
         pods = trainer.trainjob_pods(NS, f"chain-{stage}")
         assert sorted(p.rsplit("-", 1)[0] for p in pods) == [f"chain-{stage}-node-0-0", f"chain-{stage}-node-0-1"]
     cluster_weights = weights(output, "chain", s3_env.endpoint_url)
+    logs_cli = CliRunner().invoke(app, ["logs", "chain", "--stage", "sft", "--backend", "kubernetes", "-n", NS])
+    assert logs_cli.exit_code == 0 and "eve-" in logs_cli.output, logs_cli.output[-2000:]  # node 0's launcher
 
     # the same chain, same world size (2 ranks), on the local backend
     env = dict(os.environ, EVE_PLATFORM_HOME=str(tmp_path / "home"), EVE_PLATFORM_BACKEND="local",

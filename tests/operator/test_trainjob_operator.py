@@ -12,6 +12,7 @@ import pytest
 from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
 
 from eve_operator import handlers, metrics
+from eve_operator.backends import kubernetes as kb
 
 TJ = ("trainer.kubeflow.org", "v1alpha1")
 
@@ -57,6 +58,13 @@ def test_stages_chain_through_trainjobs(cluster: Cluster, operator: Operator, ou
     cluster.custom.patch_namespaced_custom_object_status(*TJ, NS, "trainjobs", "tj-prealign", {"status": {
         "jobsStatus": [{"name": "node", "active": 1, "ready": 1, "failed": 0, "succeeded": 0, "suspended": 0}]}})
     wait_for(lambda: cluster.status("tj")["stages"][0]["state"] == "Running", what="prealign running")
+    for index in (1, 0):  # what JobSet creates: one pod per node, labelled with the node index
+        cluster.core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"tj-prealign-node-0-{index}-abcde", "namespace": NS,
+            "labels": {"jobset.sigs.k8s.io/jobset-name": "tj-prealign",
+                       "batch.kubernetes.io/job-completion-index": str(index)}},
+            "spec": {"containers": [{"name": "node", "image": "trainer"}]}})
+    assert kb.stage_pods("tj", NS, "prealign") == ["tj-prealign-node-0-0-abcde", "tj-prealign-node-0-1-abcde"]
     export = write_export(output, "tj", "prealign", tmp_path)
     set_condition(cluster, "tj-prealign", "Complete", "AllJobsCompleted", "jobset completed successfully")
     nxt = wait_for(lambda: trainjobs(cluster).get("tj-pretrain"), what="the pretrain TrainJob")

@@ -14,15 +14,17 @@ from typing import Any
 
 from eve_operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from eve_operator.jobspec import build_job_spec
-from eve_operator.pipeline import Observation, PipelineStatus, StageComplete, SubmitJob, decide, job_name
+from eve_operator.pipeline import SubmitJob, job_name
 from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
 from eve_operator.spec import PipelineSpec, validate_name
-from eve_operator.trainjob import build_trainjob, job_api_of, runtime_of
+from eve_operator.trainjob import CONTAINER as TRAINJOB_CONTAINER
+from eve_operator.trainjob import JOBSET_NAME_LABEL, build_trainjob, job_api_of, runtime_of, trainjob_name
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # a TrainJob's node index
 
 
 class KubeConfigError(RuntimeError):
@@ -85,23 +87,21 @@ def render_pipeline(name: str, namespace: str | None, spec: PipelineSpec) -> dic
     return {
         "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": name, "namespace": current_namespace(namespace)},
-        "spec": spec.model_dump(by_alias=True, exclude_defaults=True, mode="json"),
+        # only what the user set: every omitted field takes the operator's default (eve_operator.defaults)
+        "spec": spec.model_dump(by_alias=True, exclude_unset=True, mode="json"),
     }
 
 
 def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[dict[str, Any]]:
-    """The PyTorchJob(s) or TrainJob(s) (spec.jobApi) the operator would create first (ownerReferences
-    are added then)."""
+    """The PyTorchJob or TrainJob (spec.jobApi) of every stage, in order, as the operator will
+    create them: the first from the pipeline's init_from, each later one from the previous
+    stage's export (the URL it will have; the operator checks its stage-complete manifest
+    first). ownerReferences and the parent run id are added at run time."""
     validate_name(name)
-    previous = None
-    if not spec.init_from and (prev := spec.previous_stage(spec.chain()[0])) is not None:
-        # looked up in S3 at run time; shown here as the URL it will have
-        from eve_trainer.layout import export_prefix
-
-        previous = StageComplete(f"{spec.output.rstrip('/')}/{export_prefix(name, prev)}")
-    decision = decide(name, spec, PipelineStatus(), Observation(previous_export=previous), 0.0)
     ns = current_namespace(namespace)
-    jobs = [build_job_spec(name, spec, action) for action in decision.actions if isinstance(action, SubmitJob)]
+    jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, job_name(name, stage, 1),
+                                                 spec.planned_init_from(name, stage), None))
+            for stage in spec.chain()]
     if job_api_of(spec, os.environ) == "TrainJob":
         return [build_trainjob(job, namespace=ns, runtime=runtime_of(os.environ)) for job in jobs]
     return [build_pytorchjob(job, namespace=ns) for job in jobs]
@@ -167,7 +167,8 @@ def delete_pipeline(name: str, namespace: str | None) -> None:
 
 
 def stage_pods(name: str, namespace: str | None, stage: str) -> list[str]:
-    """Pods of the stage's current job, Master first, then Workers by index."""
+    """Pods of the stage's current job: Master first, then Workers by index (PyTorchJob), or the
+    nodes by index (TrainJob)."""
     ns = current_namespace(namespace)
     obj = get_pipeline(name, ns)
     if obj is None:
@@ -175,23 +176,37 @@ def stage_pods(name: str, namespace: str | None, stage: str) -> list[str]:
     stages = {s.get("name"): s for s in (obj.get("status") or {}).get("stages", [])}
     job = (stages.get(stage) or {}).get("jobName") or job_name(name, stage, 1)
     _, core = _apis()
-    pods = core.list_namespaced_pod(ns, label_selector=f"{JOB_NAME_LABEL}={job}").items
+    # a PyTorchJob's pods, else a TrainJob's (jobApi: TrainJob): one per node, by completion index
+    for label, value in ((JOB_NAME_LABEL, job), (JOBSET_NAME_LABEL, trainjob_name(job))):
+        pods = core.list_namespaced_pod(ns, label_selector=f"{label}={value}").items
+        mine = [p for p in pods if (p.metadata.labels or {}).get(label) == value]
+        if mine:
+            return [p.metadata.name for p in sorted(mine, key=_pod_order)]
+    return []
 
-    def order(pod: Any) -> tuple[int, int, str]:
-        labels = pod.metadata.labels or {}
-        role = 0 if labels.get(REPLICA_TYPE_LABEL) == "master" else 1
-        return role, int(labels.get(REPLICA_INDEX_LABEL, 0) or 0), pod.metadata.name
 
-    mine = [p for p in pods if (p.metadata.labels or {}).get(JOB_NAME_LABEL) == job]
-    return [p.metadata.name for p in sorted(mine, key=order)]
+def _pod_order(pod: Any) -> tuple[int, int, str]:
+    labels = pod.metadata.labels or {}
+    role = 0 if labels.get(REPLICA_TYPE_LABEL, "master") == "master" else 1
+    index = labels.get(REPLICA_INDEX_LABEL) or labels.get(COMPLETION_INDEX_LABEL) or 0
+    return role, int(index), pod.metadata.name
 
 
 def pod_logs(pod: str, namespace: str | None, follow: bool) -> Iterator[str]:
     """The trainer container's log lines; with follow, until the pod ends."""
     ns = current_namespace(namespace)
     _, core = _apis()
-    response = core.read_namespaced_pod_log(pod, ns, container=CONTAINER, follow=follow,
-                                            _preload_content=False)
+    import kubernetes
+
+    try:
+        response = core.read_namespaced_pod_log(pod, ns, container=CONTAINER, follow=follow,
+                                                _preload_content=False)
+    except kubernetes.client.ApiException as err:
+        if err.status != 400:
+            raise
+        # not a PyTorchJob pod: a TrainJob's trainer container is `node`
+        response = core.read_namespaced_pod_log(pod, ns, container=TRAINJOB_CONTAINER, follow=follow,
+                                                _preload_content=False)
     buffer = b""
     try:
         for chunk in response.stream(4096):
