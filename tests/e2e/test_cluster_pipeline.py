@@ -37,7 +37,7 @@ from operator_harness import running_operator, wait_for  # noqa: E402
 from eve_trainer import layout  # noqa: E402
 from eve_trainer.storage import open_store  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the shared chain runs in the first test
 NS = "ml"
 NODES, NPROC = 2, 2
 STAGES = ["prealign", "pretrain", "sft"]
@@ -277,9 +277,9 @@ def test_bad_trainer_override_fails_the_stage_at_once_without_retry(world: World
     wait_for(lambda: len([p for _, p, _ in world.cluster.kubelet.exits if p.startswith("broken-")]) == 2,
              timeout=GRACE_S + 60, what="both pods of broken-prealign to exit")
     exits = {pod: code for _, pod, code in world.cluster.kubelet.exits if pod.startswith("broken-")}
-    # the Master's 2 fails the job (ExitCode); the Worker exits 2 too, or 143 if cleanPodPolicy
-    # Running stopped it first
-    assert exits["broken-prealign-master-0"] == 2 and exits["broken-prealign-worker-0"] in (2, 143), exits
+    # the first pod to exit 2 fails the job (ExitCode, 1-127); the other exits 2 too, or 143 when
+    # cleanPodPolicy Running stopped it first
+    assert sorted(exits.values()) in ([2, 2], [2, 143]), exits
     jobs = world.cluster.custom.list_namespaced_custom_object("kubeflow.org", "v1", NS, "pytorchjobs")["items"]
     assert [j["metadata"]["name"] for j in jobs if j["metadata"]["name"].startswith("broken-")] == ["broken-prealign"]
     assert conditions(world.cluster.job("broken-prealign", NS))["Failed"] == "True"
