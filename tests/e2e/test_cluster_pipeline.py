@@ -9,7 +9,8 @@ Only containers, cluster DNS, GPUs and the scheduler are missing (docs/operator.
 Two pipelines are shared by the tests (module fixtures, a few minutes on 2 cores):
 - `cluster_chain`: prealign -> pretrain -> sft on 2 pods x 2 processes; one pod of pretrain
   is SIGKILLed (node loss) after pretrain's first complete checkpoint;
-- `local_chain`: the same pipeline on the local backend at world size 4.
+- `local_chain`: the same pipeline on the local backend at world size 4 (one node of 4 ranks:
+  the same global ranks, the same data order).
 Their exports must be bit-identical. Two short pipelines check cancel and a permanent failure.
 """
 
@@ -194,7 +195,7 @@ def local_chain(world: World) -> dict[str, dict[str, str]]:
     result = world.cli("submit", "stage=prealign", "name=chain", f"output=s3://{world.bucket}/local",
                        f"data={world.data['caption']}", f"sft.data={world.data['conversation']}",
                        f"endpoint_url={world.endpoint}", f"tracking_uri={world.tracking_uri}",
-                       "experiment=local-e2e", f"nodes={NODES}", f"nproc_per_node={NPROC}", *TRAIN, "--local")
+                       "experiment=local-e2e", f"nproc_per_node={NODES * NPROC}", *TRAIN, "--local")
     world.timings["local chain"] = time.monotonic() - t0
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     return export_digests(world.store("local"), "chain")
