@@ -102,7 +102,11 @@ def baseline(root: Path, proc, n: int, draft: str = "target") -> float:  # noqa:
         if len(jpgs) >= n:
             break
     jpgs = jpgs[:n]
-    t0 = time.perf_counter()
+    import copy
+
+    proc = copy.copy(proc)
+    proc.parallel = False  # one thread: process CPU time = what a dedicated core needs
+    t0, c0 = time.perf_counter(), time.process_time()
     for data in jpgs:
         img = Image.open(io.BytesIO(data))
         if draft == "target":
@@ -110,7 +114,12 @@ def baseline(root: Path, proc, n: int, draft: str = "target") -> float:  # noqa:
         elif draft == "square":
             img.draft("RGB", (proc.image_size, proc.image_size))
         proc(img.convert("RGB") if img.mode != "RGB" else img)
+    CPU_RATES.setdefault(draft, []).append(len(jpgs) / (time.process_time() - c0))
     return len(jpgs) / (time.perf_counter() - t0)
+
+
+#: samples per CPU-second of each baseline variant (one thread): the rate of an uncontended core
+CPU_RATES: dict[str, list[float]] = {}
 
 
 def measure(url: str, tok, proc, batch: int, warmup: int, batches: int, workers: int) -> tuple[float, float]:  # noqa: ANN001
@@ -203,6 +212,7 @@ def main() -> None:
         "baseline_decode_processor": round(best["baseline"], 1),
         "baseline_square_draft": round(best["baseline_square_draft"], 1),
         "baseline_full_decode": round(best["baseline_full_decode"], 1),
+        "baseline_per_cpu_second": {k: round(max(v), 1) for k, v in CPU_RATES.items()},
         "loader_over_baseline": round(stream / best["baseline"], 3),
         **consume,
         "headroom_a100": round(stream * workers_per_rank / consume["a100_gpu_samples_per_s"], 1),
@@ -220,6 +230,11 @@ def main() -> None:
     print(f"  baseline (JPEG decode + EveImageProcessor only, in memory): {best['baseline']:.1f} samples/s "
           f"(square-draft rule {best['baseline_square_draft']:.1f}, full decode {best['baseline_full_decode']:.1f}); "
           f"the loader worker reaches {result['loader_over_baseline']:.0%} of it")
+    cpu = result["baseline_per_cpu_second"]
+    print(f"  per CPU-second, one thread (an uncontended core): target draft {cpu['target']:.1f}, square draft "
+          f"{cpu['square']:.1f}, full decode {cpu['none']:.1f} samples/s; headroom at that rate: "
+          f"{cpu['target'] * workers_per_rank / consume['a100_gpu_samples_per_s']:.1f}x (A100) / "
+          f"{cpu['target'] * workers_per_rank / consume['h100_gpu_samples_per_s']:.1f}x (H100)")
     print(f"7B step, {consume['tokens_per_sample']:.0f} tokens/sample, {consume['tflops_per_sample']:.1f} TFLOP/sample: "
           f"a GPU consumes {consume['a100_gpu_samples_per_s']:.2f}/s (A100, 40% MFU) or "
           f"{consume['h100_gpu_samples_per_s']:.2f}/s (H100, 45%); one rank with {workers_per_rank} workers "

@@ -169,12 +169,16 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
                                  f"{tuple(sample_index.shape)}")
             si = sample_index.cpu()
             n = int(si.max()) + 1 if si.numel() else 0
-            rows_of = (si >= 0).nonzero()
-            sample_row, layout = [0] * n, []  # layout: samples in row-major order of appearance
-            for r, k in zip(rows_of[:, 0].tolist(), si[rows_of[:, 0], rows_of[:, 1]].tolist()):
-                if not layout or layout[-1] != k:
-                    sample_row[k] = r
-                    layout.append(k)
+            first = torch.ones_like(si, dtype=torch.bool)  # where a run of one sample starts
+            first[:, 1:] = si[:, 1:] != si[:, :-1]
+            rr, cc = (first & (si >= 0)).nonzero(as_tuple=True)
+            layout = si[rr, cc].tolist()  # samples in row-major order of appearance
+            if n == 0 or sorted(layout) != list(range(n)):
+                raise ValueError("sample_index: every sample 0..n-1 must fill one contiguous run of one row "
+                                 f"(got runs of samples {layout[:20]})")
+            sample_row = [0] * n
+            for r, k in zip(rr.tolist(), layout):
+                sample_row[k] = r
             sample_pos = [(sample_index[sample_row[k]] == k) for k in range(n)]
         n = len(sample_row)
         is_img = input_ids == IMAGE_TOKEN_INDEX

@@ -57,7 +57,7 @@ def _epoch(iso: str | None) -> float | None:
 
 PYTORCHJOB = JobApi(
     group=pytorchjob.GROUP, version=pytorchjob.VERSION, plural=pytorchjob.PLURAL,
-    container=pytorchjob.CONTAINER, pod_label="training.kubeflow.org/job-name",
+    container=pytorchjob.CONTAINER, pod_label=pytorchjob.JOB_NAME_LABEL,
     build=pytorchjob.build_pytorchjob, status=pytorchjob.job_state,
     suspend_patch=lambda suspended: {"spec": {"runPolicy": {"suspend": suspended}}})
 

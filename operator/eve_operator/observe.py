@@ -26,7 +26,7 @@ from eve_operator.pipeline import Beat, JobState, Observation, PipelineStatus, S
 from eve_operator.spec import PipelineSpec
 
 #: The trainer's exit code for bad input (config, data): retrying cannot help (docs/contracts.md).
-PERMANENT_EXIT_CODE = 2
+from eve_trainer.exit_codes import EXIT_USER as PERMANENT_EXIT_CODE  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ TRAINER_UID = 65532
 #: Pod Security Standards `restricted`, pod level.
 POD_SECURITY_CONTEXT: dict[str, Any] = {
     "runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID, "fsGroup": TRAINER_UID,
+    # a dataset PVC of millions of files is not re-chowned at every pod start
+    "fsGroupChangePolicy": "OnRootMismatch",
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 #: Pod Security Standards `restricted`, container level.

@@ -18,6 +18,10 @@ from eve_operator.podtemplate import CONTAINER, SCHEDULER_NAMES, build_pod_templ
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Labels training-operator puts on a job's pods (pkg/controller.v1/common/pod.go)
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 
 
 def build_pytorchjob(job: JobSpec, *, namespace: str, owner: dict[str, str] | None = None) -> dict[str, Any]:
@@ -104,4 +108,5 @@ def job_state(job: dict[str, Any] | None) -> tuple[str, str, str | None]:
     return "Pending", f"waiting for {replicas or 'the'} pod(s) to start", None
 
 
-__all__ = ["build_pytorchjob", "job_state", "GROUP", "VERSION", "PLURAL", "CONTAINER", "SCHEDULER_NAMES"]
+__all__ = ["build_pytorchjob", "job_state", "GROUP", "VERSION", "PLURAL", "CONTAINER", "SCHEDULER_NAMES",
+           "JOB_NAME_LABEL", "REPLICA_TYPE_LABEL", "REPLICA_INDEX_LABEL"]

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from eve_trainer.tracking_names import experiment_create_fields
+from eve_trainer.tracking_names import experiment_create_fields, get_or_create_experiment
 
 TIMEOUT_S = 5.0
 END_REASON_TAG = "eve.end_reason"
@@ -79,7 +79,7 @@ def experiment_id(tracking_uri: str, name: str, *, create: bool = True) -> str |
         exp = _wrap(tracking_uri, client.get_experiment_by_name, name)
         if exp is not None or not create:
             return exp.experiment_id if exp is not None else None
-        return _wrap(tracking_uri, lambda: client.create_experiment(name, **experiment_create_fields(tracking_uri)))
+        return _wrap(tracking_uri, get_or_create_experiment, client, name, tracking_uri)
     try:
         found = _call(tracking_uri, "GET", "experiments/get-by-name", query={"experiment_name": name})
         return str(found["experiment"]["experiment_id"])
@@ -224,13 +224,23 @@ def _quote(value: str) -> str:
 def find_child_run(tracking_uri: str, parent_run_id: str, tags: dict[str, str], *,
                    timeout_s: float = TIMEOUT_S) -> str | None:
     """The newest run under `parent_run_id` carrying `tags` (a stage's run while it trains)."""
-    parent = _call(tracking_uri, "GET", "runs/get", query={"run_id": parent_run_id}, timeout_s=timeout_s)
-    experiment = parent["run"]["info"]["experiment_id"]
     clauses = [f"tags.`mlflow.parentRunId` = '{_quote(parent_run_id)}'"]
     clauses += [f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items()]
+    order = ["attributes.start_time DESC"]
+    if not _rest(tracking_uri):  # a local store (the local backend's sqlite): the client library
+        try:
+            client = _client(tracking_uri)
+        except ImportError as err:
+            raise TrackingError(f"reading {tracking_uri} needs the mlflow package ({err})") from None
+        experiment = _wrap(tracking_uri, client.get_run, parent_run_id).info.experiment_id
+        found = _wrap(tracking_uri, lambda: client.search_runs([experiment], filter_string=" and ".join(clauses),
+                                                               max_results=1, order_by=order))
+        return found[0].info.run_id if found else None
+    parent = _call(tracking_uri, "GET", "runs/get", query={"run_id": parent_run_id}, timeout_s=timeout_s)
+    experiment = parent["run"]["info"]["experiment_id"]
     found = _call(tracking_uri, "POST", "runs/search",
                   {"experiment_ids": [experiment], "filter": " and ".join(clauses),
-                   "order_by": ["attributes.start_time DESC"], "max_results": 1}, timeout_s=timeout_s)
+                   "order_by": order, "max_results": 1}, timeout_s=timeout_s)
     runs = found.get("runs") or []
     return str(runs[0]["info"]["run_id"]) if runs else None
 

@@ -107,6 +107,10 @@ def test_packed_sample_index_shape_is_checked(tiny_config, samples):
     packed = pack(samples, [[0, 1], [2, 4, 3]])
     with pytest.raises(ValueError, match="sample_index"):
         model(**dict(packed, sample_index=packed["sample_index"][:, :-1]))
+    split = packed["sample_index"].clone()
+    split[0, 1] = 1  # sample 0 interrupted by sample 1: not one contiguous run
+    with pytest.raises(ValueError, match="contiguous"):
+        model(**dict(packed, sample_index=split))
 
 
 def test_chunked_loss_on_targets_only_is_exact(tiny_config, samples):

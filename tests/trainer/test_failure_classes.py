@@ -219,11 +219,19 @@ def test_heartbeats_never_block_or_fail_the_run(tmp_path):
     assert (got.rank, got.step, got.total_steps, got.attempt, got.phase, got.loss) == (3, 4, 10, 2, "done", 1.5)
     assert got.eta_s is not None and beat.writes >= 2
 
-    (tmp_path / "file").write_text("not a directory")
-    broken = HeartbeatWriter(LocalStore(tmp_path / "file"), pipeline="p", stage="sft", rank=0, every_s=60)
-    broken.start()
+    class Stuck(LocalStore):  # a store whose writes hang (a black-holed S3)
+        release = __import__("threading").Event()
+
+        def put_bytes(self, key: str, data: bytes) -> None:
+            self.release.wait(30)
+            raise OSError("store unreachable")
+
+    stuck = HeartbeatWriter(Stuck(tmp_path / "stuck"), pipeline="p", stage="sft", rank=0, every_s=60)
+    stuck.start()  # its thread is now blocked in put_bytes
     t0 = time.monotonic()
-    broken.update(step=1, total_steps=2, phase="train")  # no I/O in the caller
-    assert time.monotonic() - t0 < 0.1
-    broken.close("done", timeout_s=5)
-    assert broken.writes == 0
+    for step in range(100):
+        stuck.update(step=step, total_steps=100, phase="train" if step % 2 else "checkpoint")
+    assert time.monotonic() - t0 < 2.0  # the training thread never waits for the store
+    Stuck.release.set()
+    stuck.close("done", timeout_s=10)
+    assert stuck.writes == 0  # every write failed, nothing was raised

@@ -164,6 +164,8 @@ def test_sigterm_in_the_rendezvous_ends_promptly_and_says_what_it_waits_for(
     pod.send_signal(signal.SIGTERM)  # the kubelet signals the container's PID 1: the launcher
     assert wait_all([(pod, log)], timeout=20) == [143]
     assert time.monotonic() - t0 < 10
+    # before the SIGTERM, each rank's stacks: they show where it was stuck (the rendezvous)
+    assert log.read_text(errors="replace").count("most recent call first") >= 2
 
 
 def test_the_stage_pod_command_is_the_launcher() -> None:

@@ -108,8 +108,9 @@ class HeartbeatWriter:
 
     def _run(self) -> None:
         while True:
+            stopping = self._stop.is_set()  # read before the write: a close during it gets one more
             self._write()
-            if self._stop.is_set():
+            if stopping:
                 return
             self._wake.wait(self.every_s)
             self._wake.clear()

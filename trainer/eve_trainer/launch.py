@@ -38,10 +38,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-EXIT_USER, EXIT_SIGTERM = 2, 143
+from eve_trainer.exit_codes import EXIT_SIGTERM, EXIT_USER  # noqa: E402
 #: Seconds the other ranks get to exit after one rank failed (their peer is gone, so a final
 #: checkpoint cannot complete; the previous complete checkpoint stays the one to resume from).
 FAILURE_GRACE_S = 30.0
+#: Seconds between SIGUSR1 (each rank writes its stacks) and forwarding SIGTERM.
+STACK_DUMP_S = 1.0
 
 
 class LaunchError(ValueError):
@@ -217,8 +219,15 @@ class NodeLauncher:
     def on_sigterm(self, signum: int, _frame: object) -> None:
         if not self.stopped:
             self.stopped = True
-            self.say(f"got {signal.Signals(signum).name}: forwarding SIGTERM to {len(self.procs)} rank(s), "
-                     "which checkpoint and exit")
+            self.say(f"got {signal.Signals(signum).name}: each rank's Python stacks go to the log (SIGUSR1), "
+                     f"then SIGTERM to {len(self.procs)} rank(s), which checkpoint and exit")
+            # the stacks first: when the operator stops a stalled job, they name the hang (the
+            # trainer's faulthandler writes them even from a rank blocked in a collective)
+            self.signal_all(signal.SIGUSR1)
+            # a SIGTERM with its default action (a rank still starting up) is fatal in the kernel
+            # at once, before the SIGUSR1 handler ran: give the dumps a moment (the pod's
+            # termination grace is minutes)
+            time.sleep(STACK_DUMP_S)
         self.signal_all(signal.SIGTERM)
 
     def wait(self) -> int:

@@ -30,7 +30,7 @@ from eve_trainer.storage import StorageAccessError, StorageError, StorageUnavail
 
 log = logging.getLogger("eve_trainer")
 
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_SIGTERM = 0, 1, 2, 143
+from eve_trainer.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SIGTERM, EXIT_USER  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,12 +113,14 @@ def _setup_logging(rank: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from eve_trainer.heartbeat import install_stack_dump
+
+    # first, before the seconds of importing torch: SIGUSR1 writes every thread's stack to the
+    # rank log (eve-launch sends it before SIGTERM; the local runner before a stall restart)
+    install_stack_dump()
     from eve_trainer.distributed import DistInfo
     from eve_trainer.trainer import StopFlag
 
-    from eve_trainer.heartbeat import install_stack_dump
-
-    install_stack_dump()  # SIGUSR1: every thread's stack to the rank log (before a stall restart)
     # a collective that times out (dead peer) tears the process down (3: without the NCCL
     # communicator cleanup, which itself can hang); the default in torch >= 2.2, set for older ones
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eve-train: error (retryable): {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception:  # noqa: BLE001 - the exit code is the contract; the trace goes to the log
         error = traceback.format_exc()
         print(error, file=sys.stderr, end="")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eve_trainer import tracking_names as N
+from eve_trainer.tracking_names import get_or_create_experiment
 from eve_trainer.registry import ExportVersion, register_export
 
 log = logging.getLogger("eve_trainer.metrics")
@@ -293,25 +294,6 @@ class MLflowLogger(BaseLogger):
             self._monitor.start()
         except Exception as err:  # noqa: BLE001
             log.warning("MLflow system metrics disabled: %s", err)
-
-
-def get_or_create_experiment(client: Any, name: str, tracking_uri: str | None) -> str:
-    """The experiment's id; a new one gets the training kind tag and, on a local SQLite store,
-    an artifact location beside the database. An existing experiment without a kind gets the tag
-    (an experiment somebody tagged otherwise keeps theirs)."""
-    from mlflow.exceptions import MlflowException
-
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return client.create_experiment(name, **N.experiment_create_fields(tracking_uri))
-        except MlflowException:  # created meanwhile by the operator or another stage
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if N.EXPERIMENT_KIND_TAG not in (exp.tags or {}):
-        client.set_experiment_tag(exp.experiment_id, N.EXPERIMENT_KIND_TAG, N.EXPERIMENT_KIND_TRAINING)
-    return exp.experiment_id
 
 
 def _is_client_error(err: Exception) -> bool:

@@ -227,7 +227,7 @@ class LocalStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise StorageError(f"cannot use {self.url}: {err}") from None
+            raise StorageAccessError(f"cannot use {self.url}: {err}") from None  # permissions, a file in the way
 
 
 # ----------------------------------------------------------------------------------------

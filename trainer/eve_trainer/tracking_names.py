@@ -8,6 +8,7 @@ created by whoever comes first, so each creator calls `experiment_create_fields`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 #: MLflow 3's experiment kind (the UI reads this tag): "custom_model_development" opens the
@@ -120,3 +121,23 @@ def experiment_create_fields(tracking_uri: str | None) -> dict[str, object]:
     if (location := artifact_location(tracking_uri)) is not None:
         fields["artifact_location"] = location
     return fields
+
+
+def get_or_create_experiment(client: Any, name: str, tracking_uri: str | None) -> str:
+    """The experiment's id, for the trainer and the operator (given an MlflowClient; the
+    operator's REST path sets the same tag). A new one gets the training kind tag and, on a
+    local SQLite store, an artifact location beside the database. An existing experiment
+    without a kind gets the tag (an experiment somebody tagged otherwise keeps theirs)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, **experiment_create_fields(tracking_uri))
+        except MlflowException:  # created meanwhile by the operator or another stage
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING)
+    return exp.experiment_id

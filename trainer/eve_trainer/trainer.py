@@ -36,7 +36,7 @@ from eve_trainer.storage import open_store
 
 log = logging.getLogger("eve_trainer")
 
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_SIGTERM = 0, 1, 2, 143
+from eve_trainer.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_SIGTERM, EXIT_USER  # noqa: E402, F401
 
 
 class StopFlag:

@@ -21,9 +21,7 @@ from eve_operator.trainjob import CONTAINER as TRAINJOB_CONTAINER
 from eve_operator.trainjob import JOBSET_NAME_LABEL, build_trainjob, job_api_of, runtime_of, trainjob_name
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
-REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
-REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+from eve_operator.pytorchjob import JOB_NAME_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL  # noqa: E402
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # a TrainJob's node index
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eve_trainer.launch import exit_code
 from eve_trainer.storage import open_store
 
 from eve_operator.jobspec import JobSpec, build_job_spec
@@ -170,7 +171,8 @@ class LocalJob:
             log.close()
 
     def state(self) -> JobState:
-        codes = [p.poll() for p in self.procs]
+        # as a container runtime reports them: a rank killed by signal n exits 128 + n
+        codes = [None if (c := p.poll()) is None else exit_code(c) for p in self.procs]
         failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             if not self.exit_codes:  # the codes of the ranks that failed first, before the rest is stopped

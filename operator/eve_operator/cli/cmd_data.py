@@ -19,7 +19,7 @@ import typer
 data_app = typer.Typer(help="Datasets: convert to WebDataset shards on S3 or disk, synthesise demo data.",
                        no_args_is_help=True)
 
-EXIT_USER_ERROR = 2
+from eve_trainer.exit_codes import EXIT_USER as EXIT_USER_ERROR  # noqa: E402
 
 
 class Out(str, Enum):

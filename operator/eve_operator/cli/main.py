@@ -31,7 +31,8 @@ try:  # the data verbs (convert, synth) live beside the data pipeline
 except ImportError:  # pragma: no cover - only while the data module is absent
     pass
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BACKEND = 1, 2, 3, 4
+from eve_trainer.exit_codes import EXIT_BACKEND, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND  # noqa: E402
+from eve_trainer.exit_codes import EXIT_USER as EXIT_USAGE  # noqa: E402
 
 
 BACKENDS = ("auto", "local", "kubernetes")
@@ -219,7 +220,7 @@ def _wait_kubernetes(name: str, namespace: str | None) -> int:
     except KeyboardInterrupt:
         follower.done()
         info(f"stopped waiting; the pipeline goes on (`eve-platform status {name}`)")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 class _Follower:
@@ -355,7 +356,7 @@ def _run_foreground(record: Any) -> Any:
         return runner.run()
     except KeyboardInterrupt:
         info("\ninterrupted: stopped the stage job (it resumes from its last checkpoint on resubmit)")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if tty:
             sys.stderr.write("\n")
@@ -369,11 +370,26 @@ def _print_summary(name: str, spec: Any, status: Any) -> None:
                  [[s.name, s.state, s.attempt, s.checkpoint] for s in status.stages], "no stages")
     print(f"\npipeline {name}: {status.phase}" + (f" - {status.message}" if status.message else ""))
     uri = spec.mlflow.tracking_uri
-    if uri and not uri.startswith("http"):
-        print(f"MLflow UI:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
-    elif uri:
-        print(f"MLflow UI:  {uri}")
+    if uri:
+        print(f"MLflow UI:  {_mlflow_ui_hint(uri, spec.mlflow.experiment)}")
     print(f"logs:       eve-platform logs {name} --stage <stage>   ({lb.pipeline_dir(name)}/logs)")
+
+
+def _mlflow_ui_hint(uri: str, experiment: str) -> str:
+    """How to open this pipeline's runs: a link to the model-training view (MLflow 3's UI opens
+    on GenAI traces otherwise), after `mlflow ui` for a local store."""
+    from eve_trainer.tracking_names import ui_runs_url
+
+    from eve_operator.tracking import experiment_id
+
+    local = not uri.startswith("http")
+    base = "http://127.0.0.1:5000" if local else uri
+    try:
+        found = experiment_id(uri, experiment, create=False)
+    except Exception:  # noqa: BLE001 - a hint; the store may be gone
+        found = None
+    link = ui_runs_url(base, found) if found else base
+    return f"mlflow ui --backend-store-uri {uri}   (then open {link})" if local else link
 
 
 # -- status, list, describe --------------------------------------------------------------
