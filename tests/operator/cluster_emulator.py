@@ -341,6 +341,8 @@ def reconcile(job: dict[str, Any], pods: list[dict[str, Any]], now: float) -> Pl
     status = copy.deepcopy(job.get("status") or {})
     stamp = now_iso(now)
     plan = Plan(status)
+    if run.get("managedBy") not in (None, "", "kubeflow.org/training-operator"):
+        return plan  # Reconcile: "Skipping PyTorchJob managed by a custom controller" (MultiKueue)
     if not status.get("conditions"):  # onOwnerCreateFunc: the create event
         set_condition(status, "Created", "True", f"{kind}Created", f"{kind} {name} is created.", stamp)
 
@@ -731,9 +733,11 @@ class Kubelet:
         if len(containers) != 1:
             raise NotImplementedError(f"pod {meta['name']}: the emulated kubelet runs one container per pod")
         if not spec.get("nodeName"):
-            self.core.patch_namespaced_pod(meta["name"], meta["namespace"], {
+            bound = _ignore(404, self.core.patch_namespaced_pod, meta["name"], meta["namespace"], {
                 "metadata": {"finalizers": [*(meta.get("finalizers") or []), FINALIZER]},
                 "spec": {"nodeName": NODE}})
+            if bound is None:
+                return  # deleted before it was bound (e.g. its job finished meanwhile): nothing to run
         container = Container(meta["name"], meta["namespace"], meta["uid"],
                               self.root / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}")
         try:
