@@ -1,9 +1,11 @@
 """Data-loader throughput: S3 (loopback SeaweedFS) vs local disk, per loader worker.
 
     .venv/bin/python benchmarks/bench_data.py [--samples 480] [--batch 8] [--preset eve-7b]
+    .venv/bin/python benchmarks/bench_data.py --megapixels 1,4 --local-only [--preset eve-7b-hd]
 
-Writes the same photo-like JPEG shards (480-1024 px longest side, ~100-200 KB, noise
-texture so they compress like photos) to a local directory and to a SeaweedFS bucket
+Writes the same photo-like JPEG shards (480-1024 px longest side, ~100-200 KB; or with
+--megapixels 1,4 real camera sizes, 1-4 MP at EVE-like aspect ratios; noise texture so they
+compress like photos) to a local directory and to a SeaweedFS bucket
 started on loopback (tests/fixtures/services.start_seaweedfs), then times the full loader
 path - tar streaming, JPEG decode, eve_model's EveImageProcessor at the preset's size
 (eve-7b: 672 px + 336 px teacher view), plain-template tokenisation, collation, transfer
@@ -12,8 +14,12 @@ are interleaved and repeated; the best of each is reported, since this machine i
 A baseline times JPEG decode + EveImageProcessor alone on the same images in memory:
 the ceiling any loader worker can reach, so loader/baseline is the pipeline's efficiency.
 
-It also prints the sample rate a 7B model on 8 A100s consumes:
-6 * 7e9 * tokens_per_sample FLOPs per sample at 312 TFLOP/s bf16 and 40% MFU.
+Headroom, one formula (docs/data.md): samples/s one rank's loader delivers (4 workers x the
+per-worker rate over S3, or local with --local-only) / samples/s one GPU consumes, where a GPU
+consumes peak x MFU / FLOPs per sample and the FLOPs per sample are eve_trainer.flops for the
+7B recipe (LLM over the spliced tokens, LM head on the caption, PEL, PAL, teacher) on the
+average sample of this run. Printed for A100 (312 TFLOP/s, 40% MFU) and H100 (989, 45%); the
+number of GPUs cancels (one rank per GPU).
 """
 
 from __future__ import annotations
@@ -31,14 +37,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # fixtures.services
 
 
-def photo_like(i: int, lo: int, hi: int) -> bytes:
+def photo_like(i: int, lo: int, hi: int, megapixels: tuple[float, float] | None = None) -> bytes:
+    import random
+
     import numpy as np
     from PIL import Image
 
+    from eve_trainer.data.synth import pick_aspect
+
     rng = np.random.default_rng(i)
-    long_side = int(rng.integers(lo, hi + 1))
-    aspect = float(rng.choice([1.0, 4 / 3, 3 / 4, 16 / 9, 1.5, 2 / 3]))
-    w, h = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
+    if megapixels:  # camera-sized photo: area in [lo, hi] MP, EVE-like aspect ratio
+        aspect = pick_aspect(random.Random(i), "eve")
+        area = float(rng.uniform(*megapixels)) * 1e6
+        w, h = int((area * aspect) ** 0.5), int((area / aspect) ** 0.5)
+    else:
+        long_side = int(rng.integers(lo, hi + 1))
+        aspect = float(rng.choice([1.0, 4 / 3, 3 / 4, 16 / 9, 1.5, 2 / 3]))
+        w, h = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     base = rng.uniform(0, 255, 3)[None, None] * (x / w)[..., None] + rng.uniform(0, 255, 3)[None, None] * (y / h)[..., None]
     noise = rng.normal(0, 18, (h, w, 3))
@@ -48,7 +63,8 @@ def photo_like(i: int, lo: int, hi: int) -> bytes:
     return buf.getvalue()
 
 
-def write_dataset(root: Path, n: int, size: tuple[int, int]) -> tuple[int, float]:
+def write_dataset(root: Path, n: int, size: tuple[int, int],
+                  megapixels: tuple[float, float] | None = None) -> tuple[int, float]:
     from eve_trainer.data.index import DatasetIndex
     from eve_trainer.data.shards import ShardWriter
     from eve_trainer.data.synth import caption
@@ -61,18 +77,24 @@ def write_dataset(root: Path, n: int, size: tuple[int, int]) -> tuple[int, float
     rng = random.Random(0)
     total = 0
     for i in range(n):
-        jpg = photo_like(i, *size)
+        jpg = photo_like(i, *size, megapixels=megapixels)
         total += len(jpg)
         writer.write(f"{i:08d}", {"jpg": jpg, "json": json.dumps({"caption": caption(rng, 3)}).encode()})
     DatasetIndex(shards=writer.close()).write(store)
     return len(writer.shards), total / n / 1024
 
 
-def baseline(root: Path, proc, n: int) -> float:  # noqa: ANN001
-    """Samples/s of JPEG decode + EveImageProcessor alone (no I/O, no tokenising, no batching)."""
+def baseline(root: Path, proc, n: int, draft: str = "target") -> float:  # noqa: ANN001
+    """Samples/s of JPEG decode + EveImageProcessor alone (no I/O, no tokenising, no batching).
+
+    draft: "target" (as the loader: DCT downscale while >= the processor's resize target),
+    "square" (the earlier rule: while both sides >= image_size), "none" (full decode)."""
     from PIL import Image
 
+    from eve_trainer.data.samples import SampleBuilder
     from eve_trainer.data.shards import iter_tar
+
+    builder = SampleBuilder(None, proc, "plain", 2048)
 
     jpgs = []
     for shard in sorted(root.glob("*.tar")):
@@ -83,8 +105,11 @@ def baseline(root: Path, proc, n: int) -> float:  # noqa: ANN001
     t0 = time.perf_counter()
     for data in jpgs:
         img = Image.open(io.BytesIO(data))
-        img.draft("RGB", (proc.image_size, proc.image_size))
-        proc(img.convert("RGB"))
+        if draft == "target":
+            img.draft("RGB", builder._resize_target(*img.size))
+        elif draft == "square":
+            img.draft("RGB", (proc.image_size, proc.image_size))
+        proc(img.convert("RGB") if img.mode != "RGB" else img)
     return len(jpgs) / (time.perf_counter() - t0)
 
 
@@ -115,6 +140,8 @@ def main() -> None:
     ap.add_argument("--preset", default="eve-7b")
     ap.add_argument("--image-size", default="480,1024", help="min,max longest side of the test images")
     ap.add_argument("--workers", type=int, default=1, help="loader worker processes (0 = in the main process)")
+    ap.add_argument("--megapixels", default=None, help="min,max MP of camera-sized test photos (e.g. 1,4)")
+    ap.add_argument("--local-only", action="store_true", help="no S3 (SeaweedFS) runs")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the results here")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -134,61 +161,92 @@ def main() -> None:
     proc = EveImageProcessor.from_config(get_preset(args.preset))
     tok = load_tokenizer("builtin:tiny")
     lo, hi = (int(v) for v in args.image_size.split(","))
+    mp = tuple(float(v) for v in args.megapixels.split(",")) if args.megapixels else None
+    names = ("local",) if args.local_only else ("local", "s3")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "ds"
-        shards, kb = write_dataset(local, args.samples, (lo, hi))
-        server = start_seaweedfs(Path(tmp) / "weed")
+        shards, kb = write_dataset(local, args.samples, (lo, hi), mp)
+        server = None if args.local_only else start_seaweedfs(Path(tmp) / "weed")
         try:
-            for k, v in server.env().items():
-                os.environ[k] = v
-            bucket = server.make_bucket("bench")
-            s3 = open_store(f"s3://{bucket}/ds")
-            for p in sorted(local.iterdir()):
-                s3.upload_file(p, p.name)
-            rates: dict[str, list[float]] = {"local": [], "s3": [], "baseline": []}
+            urls = {"local": str(local)}
+            if server is not None:
+                for k, v in server.env().items():
+                    os.environ[k] = v
+                bucket = server.make_bucket("bench")
+                s3 = open_store(f"s3://{bucket}/ds")
+                for p in sorted(local.iterdir()):
+                    s3.upload_file(p, p.name)
+                urls["s3"] = f"s3://{bucket}/ds"
+            rates: dict[str, list[float]] = {k: [] for k in (*names, "baseline", "baseline_square_draft",
+                                                             "baseline_full_decode")}
             text = 0.0
             for _ in range(args.rounds):
                 rates["baseline"].append(baseline(local, proc, 4 * args.batch))
-                for name, url in (("local", str(local)), ("s3", f"s3://{bucket}/ds")):
-                    rate, text = measure(url, tok, proc, args.batch, 2, args.batches, args.workers)
+                rates["baseline_square_draft"].append(baseline(local, proc, 4 * args.batch, "square"))
+                rates["baseline_full_decode"].append(baseline(local, proc, 4 * args.batch, "none"))
+                for name in names:
+                    rate, text = measure(urls[name], tok, proc, args.batch, 2, args.batches, args.workers)
                     rates[name].append(rate)
         finally:
-            stop(server.proc)
+            if server is not None:
+                stop(server.proc)
     best = {k: max(v) for k, v in rates.items()}
-    per_worker = {k: v / max(1, args.workers) for k, v in best.items() if k != "baseline"}
-    # consumption of a 7B model on 8 A100s: visual tokens of a square 672 image = 1 + 24*25 = 601
-    visual = proc.num_image_tokens(proc.image_size, proc.image_size)
-    tokens = visual + text
-    flops_per_sample = 6 * 7e9 * tokens
-    cluster = 8 * 312e12 * 0.40 / flops_per_sample
-    per_gpu = cluster / 8
+    per_worker = {k: best[k] / max(1, args.workers) for k in names}
+    stream = per_worker[names[-1]]  # S3 unless --local-only
+    consume = consumption(args.preset, proc, text)
     workers_per_rank = 4  # data.num_workers of the eve-7b recipe
     result = {
         "preset": args.preset, "image_size": proc.image_size, "samples": args.samples, "shards": shards,
-        "avg_jpeg_kb": round(kb, 1), "batch": args.batch, "workers": args.workers,
+        "megapixels": args.megapixels, "avg_jpeg_kb": round(kb, 1), "batch": args.batch, "workers": args.workers,
         "samples_per_s": {k: [round(x, 1) for x in v] for k, v in rates.items()},
         "best_per_worker": {k: round(v, 1) for k, v in per_worker.items()},
-        "s3_over_local": round(best["s3"] / best["local"], 3),
         "baseline_decode_processor": round(best["baseline"], 1),
-        "s3_over_baseline": round(per_worker["s3"] / best["baseline"], 3),
-        "tokens_per_sample": round(tokens, 1),
-        "a100x8_consumes_samples_per_s": round(cluster, 1),
-        "per_gpu_samples_per_s": round(per_gpu, 2),
-        "headroom_per_rank_4_workers": round(per_worker["s3"] * workers_per_rank / per_gpu, 1),
+        "baseline_square_draft": round(best["baseline_square_draft"], 1),
+        "baseline_full_decode": round(best["baseline_full_decode"], 1),
+        "loader_over_baseline": round(stream / best["baseline"], 3),
+        **consume,
+        "headroom_a100": round(stream * workers_per_rank / consume["a100_gpu_samples_per_s"], 1),
+        "headroom_h100": round(stream * workers_per_rank / consume["h100_gpu_samples_per_s"], 1),
         "load_avg": os.getloadavg()[0], "cpus": os.cpu_count(),
     }
+    if "s3" in per_worker:
+        result["s3_over_local"] = round(best["s3"] / best["local"], 3)
     print(f"preset {args.preset} ({proc.image_size} px), {args.samples} samples in {shards} shards, "
           f"avg JPEG {kb:.0f} KB, batch {args.batch}, load avg {result['load_avg']:.1f} on {result['cpus']} CPUs")
-    for name in ("local", "s3"):
+    for name in names:
         print(f"  {name:5s}: {per_worker[name]:7.1f} samples/s per worker  (runs: {result['samples_per_s'][name]})")
-    print(f"  S3 / local = {result['s3_over_local']:.2f}")
-    print(f"  baseline (JPEG decode + EveImageProcessor only, in memory): {best['baseline']:.1f} samples/s; "
-          f"S3 loader worker reaches {result['s3_over_baseline']:.0%} of it")
-    print(f"7B on 8xA100 (312 TFLOP/s bf16, 40% MFU), {tokens:.0f} tokens/sample ({visual} visual): "
-          f"{cluster:.1f} samples/s total, {per_gpu:.2f} per GPU; "
-          f"one rank with 4 workers streams {per_worker['s3'] * 4:.0f}/s = {result['headroom_per_rank_4_workers']}x headroom")
+    if "s3_over_local" in result:
+        print(f"  S3 / local = {result['s3_over_local']:.2f}")
+    print(f"  baseline (JPEG decode + EveImageProcessor only, in memory): {best['baseline']:.1f} samples/s "
+          f"(square-draft rule {best['baseline_square_draft']:.1f}, full decode {best['baseline_full_decode']:.1f}); "
+          f"the loader worker reaches {result['loader_over_baseline']:.0%} of it")
+    print(f"7B step, {consume['tokens_per_sample']:.0f} tokens/sample, {consume['tflops_per_sample']:.1f} TFLOP/sample: "
+          f"a GPU consumes {consume['a100_gpu_samples_per_s']:.2f}/s (A100, 40% MFU) or "
+          f"{consume['h100_gpu_samples_per_s']:.2f}/s (H100, 45%); one rank with {workers_per_rank} workers "
+          f"streams {stream * workers_per_rank:.0f}/s = {result['headroom_a100']}x (A100) / "
+          f"{result['headroom_h100']}x (H100) headroom")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=1))
+
+
+def consumption(preset: str, proc, text_tokens: float) -> dict:  # noqa: ANN001
+    """Samples/s one GPU consumes in a 7B step (eve_trainer.flops; the preset's image size, a
+    square image: the most visual tokens) at A100 40% and H100 45% MFU."""
+    try:
+        from eve_model import get_preset
+    except ImportError:
+        from eve_model.presets import get_preset
+    from eve_trainer.flops import step_flops
+
+    cfg = get_preset("eve-7b-hd" if proc.image_size > 672 else "eve-7b")
+    f = step_flops(cfg, llm_trains=True)
+    grid = proc.grid(proc.image_size, proc.image_size)
+    n = proc.num_image_tokens(proc.image_size, proc.image_size) - 1 + text_tokens
+    per_sample = (f.per_token * n + f.per_target * text_tokens + f.per_len_sq * n * n
+                  + f.per_patch * grid[0] * grid[1] + f.per_visual_token * (n - text_tokens + 1) + f.per_image)
+    return {"tokens_per_sample": round(n, 1), "tflops_per_sample": round(per_sample / 1e12, 2),
+            "a100_gpu_samples_per_s": round(312e12 * 0.40 / per_sample, 3),
+            "h100_gpu_samples_per_s": round(989e12 * 0.45 / per_sample, 3)}
 
 
 if __name__ == "__main__":

@@ -289,8 +289,9 @@ def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkp
     eve_model.get_preset = lambda name, **kw: original(name, **{**overrides, **kw})
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
+    if cuda:  # what an earlier configuration of this process left allocated is not this one's
         torch.cuda.reset_peak_memory_stats()
+        start_bytes = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
     try:
         trainer = build_trainer(tmp, ["max_steps=1000", f"micro_batch_size={micro}", f"global_batch_size={micro}",
@@ -333,7 +334,8 @@ def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkp
            "tokens_per_s": tokens / total_s, "positions_per_s": positions / total_s,
            "padding_fraction": 1 - tokens / positions, "samples_per_s": micro * steps / total_s,
            "model_tflops_per_s": flops / total_s / 1e12, "peak_tflops": peak / 1e12, "mfu": flops / total_s / peak,
-           "max_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+           "max_memory_gib": (torch.cuda.max_memory_allocated() - start_bytes) / 2**30 if cuda else None,
+           "left_by_earlier_gib": start_bytes / 2**30 if cuda else None}
     if bare:
         out["bare_step_s"] = statistics.median(plain)
         out["overhead_pct"] = 100 * (step_s / statistics.median(plain) - 1)

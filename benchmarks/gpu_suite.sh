@@ -72,6 +72,21 @@ a-cap-pack-m24-flex $A micro=24 dist=caption pack=true loss_chunk=4096 attn=flex
 s-cap-pack-m48-ce-c $S micro=48 dist=caption pack=true loss_chunk=4096 compile=true
 LIST
   BUDGETS=(190 0)
+  if [ "${EVE_SUITE_SET:-1}" = 2 ]; then  # the second device run: what the first had no time for
+    cat >"$SUITE/1.txt" <<LIST
+a-cap-pack-m24-ce-z3  $A micro=24 dist=caption pack=true loss_chunk=4096 zero=3
+a-sft-pad-m8          $A micro=8  dist=sft
+a-sft-pack-m8         $A micro=8  dist=sft pack=true
+a-cap-pack-m64-ce-ckpt $A micro=64 dist=caption pack=true loss_chunk=4096 checkpointing=true
+LIST
+    cat >"$SUITE/2.txt" <<LIST
+a-cap-pack-m24-ce-c   $A micro=24 dist=caption pack=true loss_chunk=4096 compile=true
+a8-cap-pack-m24-ce-c  width=7b layers=8 seq=2048 steps=8 bare=false micro=24 dist=caption pack=true loss_chunk=4096 compile=true
+a8-full-m8-c          width=7b layers=8 seq=2048 steps=8 bare=false micro=8 dist=full loss_chunk=4096 compile=true
+a-cap-pack-m24-flex   $A micro=24 dist=caption pack=true loss_chunk=4096 attn=flex_attention
+LIST
+    BUDGETS=(115 0)
+  fi
 fi
 
 for i in 1 2; do
@@ -88,13 +103,13 @@ done
 $PY - "$OUT/results.jsonl" <<'PYEOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exists(sys.argv[1]) else []
-print(f"{'name':22} {'tok/s':>9} {'pad':>5} {'MFU':>6} {'TF/s':>6} {'step s':>7} {'GiB':>6}  note")
+print(f"{'name':24} {'tok/s':>9} {'pad':>5} {'MFU':>6} {'TF/s':>6} {'step s':>7} {'GiB':>6}  note")
 for r in rows:
     if "mfu" in r:
-        print(f"{r['name']:22} {r['tokens_per_s']:9.0f} {r['padding_fraction']:5.1%} {r['mfu']:6.1%} "
+        print(f"{r['name']:24} {r['tokens_per_s']:9.0f} {r['padding_fraction']:5.1%} {r['mfu']:6.1%} "
               f"{r['model_tflops_per_s']:6.1f} {r['trainer_step_s']:7.3f} {r['max_memory_gib'] or 0:6.1f}  "
               f"build {r['build_s']}s warm {r['warmup_s']}s")
     else:
-        print(f"{r['name']:22} {r.get('error') or r.get('skipped')}"[:160])
+        print(f"{r['name']:24} {r.get('error') or r.get('skipped')}"[:160])
 PYEOF
 echo "total $(( $(date +%s) - T0 ))s"

@@ -23,11 +23,12 @@ import kopf
 
 from eve_operator import metrics, tracking, trainjob
 from eve_operator.crd import GROUP, PLURAL, VERSION
+from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import PYTORCHJOB, TRAINJOB
 from eve_operator.jobspec import LABEL_PIPELINE
 from eve_operator.kube import Kube
 from eve_operator.loop import PipelineLoop
-from eve_operator.metrics_server import serve_metrics
+from eve_operator.metrics import serve as serve_metrics  # prometheus-client's HTTP server
 from eve_operator.spec import MlflowSpec
 
 log = logging.getLogger("eve_operator")
@@ -68,6 +69,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.ERROR  # Events are posted explicitly, one per transition
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16, thread_name_prefix="eve-io"))
     memo.kube = Kube(JOB_API)
+    log.info("operator defaults: %s", operator_defaults(reload=True))
     memo.wakers = {}
     memo.phases = {}
     memo.jobs = {}
@@ -170,7 +172,7 @@ async def pipeline_deleted(name: str, namespace: str, status: kopf.Status, spec:
     if getattr(watch_trainjobs, "done", False):
         deleted += await asyncio.to_thread(memo.kube.using(TRAINJOB).delete_children, namespace, name)
     log.info("[%s/%s] deleted %d stage job(s): %s", namespace, name, len(deleted), ", ".join(deleted))
-    run_id, mlflow = status.get("mlflowRunId"), spec.get("mlflow") or {}
+    run_id, mlflow = status.get("mlflowRunId"), operator_defaults().apply(spec).get("mlflow") or {}
     if run_id and mlflow.get("trackingUri") and status.get("phase") not in ("Succeeded", "Failed"):
         runs = tracking.RunRecords(mlflow["trackingUri"], MlflowSpec.model_validate(mlflow).experiment, name,
                                    warn=lambda msg: log.warning("[%s/%s] %s", namespace, name, msg))

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from eve_trainer.config import ConfigError
 
 from eve_operator import metrics, tracking
+from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import job_api_for
 from eve_operator.jobspec import build_job_spec
 from eve_operator.kube import Kube, open_store
@@ -98,6 +99,8 @@ class PipelineLoop:
     mlflow_tried: bool = False
     woken_at: float | None = None
     creds: tuple[float, dict[str, str]] | None = None
+    effective: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Effective defaultable fields and their source (eve_operator.defaults), for describe."""
     runs: tracking.RunRecords | None = None
 
     @property
@@ -116,7 +119,7 @@ class PipelineLoop:
     async def write_status(self, status: PipelineStatus) -> None:
         if self.status is not None and status == self.status:
             return
-        body = status.model_dump(by_alias=True, mode="json")
+        body = {**status.model_dump(by_alias=True, mode="json"), "effective": self.effective}
         generation = self.body.get("metadata", {}).get("generation")
         if generation is not None:
             body["observedGeneration"] = generation
@@ -136,7 +139,8 @@ class PipelineLoop:
         status = self.load_status()
         try:
             validate_name(self.name)
-            spec = PipelineSpec.model_validate(dict(self.body.get("spec") or {}))
+            spec, self.effective = operator_defaults().parse(self.body.get("spec")), \
+                operator_defaults().provenance(self.body.get("spec"))
         except ValidationError as err:
             return await self.fail(status, spec_error(err), "InvalidSpec")
         except ValueError as err:
@@ -208,8 +212,8 @@ class PipelineLoop:
 
     def credentials(self, spec: PipelineSpec) -> dict[str, str] | None:
         secret = spec.s3.credentials_secret
-        if not secret:
-            return None
+        if not secret or not operator_defaults().read_pipeline_secrets:
+            return None  # the operator's own identity (its env, IRSA / workload identity)
         if self.creds is not None and time.monotonic() - self.creds[0] < 60:
             return self.creds[1]
         data = self.kube.secret_data(self.namespace, secret)

@@ -11,8 +11,9 @@ A stage is done only when its stage-complete manifest verifies: a PyTorchJob rep
 Succeeded as soon as the Master exits, even while workers still run or upload.
 
 Stall rule: a running stage's `step` is the highest step in its current attempt's
-heartbeats, and `progressAt` the time it last changed (or the job was first seen running:
-the start-up grace). When it has not changed for the stage's stallTimeoutSeconds, the
+heartbeats, `trainerPhase` theirs, and `progressAt` the time either last changed (or the
+job was first seen running). When neither has changed for the stage's stallTimeoutSeconds
+(at least STARTUP_GRACE_S during start-up and checkpoints), the
 stage stalled: the job is stopped (each rank's stacks dumped first), its MLflow run closed
 as KILLED, and a new attempt resumes from the last checkpoint (counting against maxAttempts).
 """
@@ -34,6 +35,9 @@ Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 #: How long a job may report Succeeded without a verified stage-complete manifest
 #: before the attempt counts as failed (uploads by the last ranks may still be running).
 COMPLETE_GRACE_S = 600.0
+#: Before an attempt's first heartbeat (imports, model load, rendezvous), the stall limit is at
+#: least this long, however short stallTimeoutSeconds is.
+STARTUP_GRACE_S = 300.0
 
 
 class StageStatus(BaseModel):
@@ -49,8 +53,10 @@ class StageStatus(BaseModel):
     finished_at: float | None = Field(None, alias="finishedAt")
     step: int | None = None
     """The highest step in the current attempt's heartbeats."""
+    trainer_phase: str | None = Field(None, alias="trainerPhase")
+    """startup | train | checkpoint | done, from the current attempt's heartbeats."""
     progress_at: float | None = Field(None, alias="progressAt")
-    """When `step` last changed, or the attempt's job was first seen running (stall clock)."""
+    """When `step` or `trainerPhase` last changed, or the job was first seen running (stall clock)."""
 
     model_config = {"populate_by_name": True}
 
@@ -276,20 +282,21 @@ def stall_timeout(spec: PipelineSpec, stage: str) -> int:
 def _stalled(spec: PipelineSpec, current: StageStatus, obs: Observation, now: float) -> str | None:
     """Advance the stall clock from the heartbeats; the reason when the stage has stalled."""
     top = max((b.step for b in obs.beats), default=None)
-    if current.progress_at is None or (top is not None and top != current.step):
+    phase = _trainer_phase(obs.beats)
+    if current.progress_at is None or (top, phase) != (current.step, current.trainer_phase):
         current.progress_at = now  # first seen running (the start-up grace starts), or progress
-        current.step = top if top is not None else current.step
+        current.step, current.trainer_phase = top, phase
         return None
     timeout = stall_timeout(spec, current.name)
-    if not timeout or now - current.progress_at < timeout:
-        return None
-    if obs.beats and all(b.phase == "done" for b in obs.beats):
-        return None  # every rank finished: the grace for the manifest applies, not the stall rule
+    limit = max(timeout, STARTUP_GRACE_S) if phase in (None, "startup", "checkpoint") else timeout
+    if not timeout or phase == "done" or now - current.progress_at < limit:
+        return None  # phase done: every rank finished, the grace for the manifest applies
     resources = spec.resources_for(current.name)
     world = resources.nodes * resources.procs_per_node
+    head = f"stage {current.name} attempt {current.attempt} stalled: "
     if top is None:
-        return (f"stage {current.name} attempt {current.attempt} stalled: no rank wrote a heartbeat within "
-                f"{timeout}s of the job starting (ranks 0-{world - 1} stopped during start-up)")
+        return (f"{head}no rank wrote a heartbeat within {limit:.0f}s of the job starting "
+                f"(ranks 0-{world - 1} stopped during start-up)")
     low = min(b.step for b in obs.beats)
     behind = [b.rank for b in obs.beats if b.step == low]
     silent = sorted(set(range(world)) - {b.rank for b in obs.beats})
@@ -297,8 +304,19 @@ def _stalled(spec: PipelineSpec, current: StageStatus, obs: Observation, now: fl
         else f"all {world} ranks stopped at step {low}"
     if silent:
         stopped += f"; ranks {_ranks(silent)} wrote no heartbeat"
-    return (f"stage {current.name} attempt {current.attempt} stalled: no rank's step advanced past {top} "
-            f"for {now - current.progress_at:.0f}s (stallTimeoutSeconds={timeout}); {stopped}")
+    what = f"no rank's step advanced past {top}" if phase == "train" else f"ranks stuck in {phase} at step {top}"
+    return f"{head}{what} for {now - current.progress_at:.0f}s (stallTimeoutSeconds={timeout}); {stopped}"
+
+
+def _trainer_phase(beats: tuple[Beat, ...]) -> str | None:
+    """The stage's phase from its ranks' beats: startup or checkpoint while any rank is in it."""
+    phases = {b.phase for b in beats}
+    for busy in ("startup", "checkpoint"):
+        if busy in phases:
+            return busy
+    if phases == {"done"}:
+        return "done"
+    return "train" if phases else None
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -331,7 +349,7 @@ def _start_first(name: str, spec: PipelineSpec, status: PipelineStatus, current:
 def _submit(name: str, status: PipelineStatus, stage: StageStatus, attempt: int) -> SubmitJob:
     stage.attempt = attempt
     stage.state = "Submitted"
-    stage.step = stage.progress_at = None  # a new attempt's stall clock starts when it runs
+    stage.step = stage.progress_at = stage.trainer_phase = None  # a new attempt's clock starts when it runs
     stage.job_name = job_name(name, stage.name, attempt)
     prev_run = None
     i = [s.name for s in status.stages].index(stage.name)

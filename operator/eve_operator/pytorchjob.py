@@ -1,4 +1,4 @@
-"""JobSpec -> Kubeflow PyTorchJob (kubeflow.org/v1) manifest, as a plain dict.
+"""JobSpec -> Kubeflow PyTorchJob (kubeflow.org/v1) manifest, as the API's JSON.
 
 The pod template comes from eve_operator.podtemplate (shared with the TrainJob builder).
 
@@ -21,60 +21,57 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 def build_pytorchjob(job: JobSpec, *, namespace: str, owner: dict[str, str] | None = None) -> dict[str, Any]:
-    """The PyTorchJob of one stage attempt.
+    """The PyTorchJob of one stage attempt, as the JSON the API server takes.
 
-    owner: {"name", "uid"} of the EvePipeline; the job gets a controller ownerReference
-    so deleting the pipeline garbage-collects it.
+    Built from kubeflow-training's typed models (the SDK of training-operator v1.9), so a
+    misnamed field is an AttributeError here, not a silently dropped key; serialised with the
+    kubernetes client, as TrainingClient.create_job does. owner: {"name", "uid"} of the
+    EvePipeline; the job gets a controller ownerReference so deleting the pipeline
+    garbage-collects it.
     """
+    from kubeflow.training.models import (
+        KubeflowOrgV1PyTorchJob, KubeflowOrgV1PyTorchJobSpec, KubeflowOrgV1ReplicaSpec)
+    from kubernetes.client import ApiClient, V1ObjectMeta, V1OwnerReference
+
     gang = job.scheduling.gang_scheduler
     labels = dict(job.labels)
     if gang == "kueue":
         labels[KUEUE_QUEUE_LABEL] = job.scheduling.queue or ""
-    metadata: dict[str, Any] = {"name": job.name, "namespace": namespace, "labels": labels}
+    owners = None
     if owner is not None:
-        metadata["ownerReferences"] = [{
-            "apiVersion": API_VERSION, "kind": KIND, "name": owner["name"], "uid": owner["uid"],
-            "controller": True, "blockOwnerDeletion": True}]
-
-    replicas = {"Master": _replica(job, 1)}
-    if job.nodes > 1:
-        replicas["Worker"] = _replica(job, job.nodes - 1)
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "PyTorchJob", "metadata": metadata,
-        "spec": {
-            "nprocPerNode": str(job.procs_per_node),
-            "runPolicy": _run_policy(job),
-            "pytorchReplicaSpecs": replicas,
-        },
-    }
-
-
-def _run_policy(job: JobSpec) -> dict[str, Any]:
-    gang = job.scheduling.gang_scheduler
-    policy: dict[str, Any] = {
-        "cleanPodPolicy": "Running",
-        "backoffLimit": job.backoff_limit,
-        # Kueue admits a job by un-suspending it: it must be created suspended.
-        "suspend": job.suspend or gang == "kueue",
-    }
-    if job.active_deadline_s:
-        policy["activeDeadlineSeconds"] = job.active_deadline_s
-    if gang in SCHEDULER_NAMES:
-        scheduling: dict[str, Any] = {"minAvailable": job.nodes}  # all ranks or none: DDP needs every one
-        if job.scheduling.queue and gang == "volcano":
-            scheduling["queue"] = job.scheduling.queue
-        if job.scheduling.priority_class:
-            scheduling["priorityClass"] = job.scheduling.priority_class
-        if job.scheduling.schedule_timeout_s:
-            scheduling["scheduleTimeoutSeconds"] = job.scheduling.schedule_timeout_s
-        policy["schedulingPolicy"] = scheduling
-    return policy
-
-
-def _replica(job: JobSpec, replicas: int) -> dict[str, Any]:
+        owners = [V1OwnerReference(api_version=API_VERSION, kind=KIND, name=owner["name"], uid=owner["uid"],
+                                   controller=True, block_owner_deletion=True)]
     # ExitCode: 1-127 fail the job at once (2 = config error), >=128 (143 = SIGTERM after a
     # checkpoint) restart the pod, counted against backoffLimit.
-    return {"replicas": replicas, "restartPolicy": "ExitCode", "template": build_pod_template(job)}
+    template = build_pod_template(job)
+    replicas = {"Master": KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="ExitCode", template=template)}
+    if job.nodes > 1:
+        replicas["Worker"] = KubeflowOrgV1ReplicaSpec(replicas=job.nodes - 1, restart_policy="ExitCode",
+                                                      template=template)
+    body = KubeflowOrgV1PyTorchJob(
+        api_version=f"{GROUP}/{VERSION}", kind="PyTorchJob",
+        metadata=V1ObjectMeta(name=job.name, namespace=namespace, labels=labels, owner_references=owners),
+        spec=KubeflowOrgV1PyTorchJobSpec(nproc_per_node=str(job.procs_per_node), run_policy=_run_policy(job),
+                                         pytorch_replica_specs=replicas))
+    return ApiClient().sanitize_for_serialization(body)
+
+
+def _run_policy(job: JobSpec) -> Any:
+    from kubeflow.training.models import KubeflowOrgV1RunPolicy, KubeflowOrgV1SchedulingPolicy
+
+    gang = job.scheduling.gang_scheduler
+    scheduling = None
+    if gang in SCHEDULER_NAMES:
+        scheduling = KubeflowOrgV1SchedulingPolicy(
+            min_available=job.nodes,  # all ranks or none: DDP needs every one
+            queue=job.scheduling.queue if gang == "volcano" else None,
+            priority_class=job.scheduling.priority_class or None,
+            schedule_timeout_seconds=job.scheduling.schedule_timeout_s or None)
+    return KubeflowOrgV1RunPolicy(
+        clean_pod_policy="Running", backoff_limit=job.backoff_limit,
+        # Kueue admits a job by un-suspending it: it must be created suspended.
+        suspend=job.suspend or gang == "kueue",
+        active_deadline_seconds=job.active_deadline_s or None, scheduling_policy=scheduling)
 
 
 def job_state(job: dict[str, Any] | None) -> tuple[str, str, str | None]:

@@ -23,6 +23,15 @@ Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int 
 _INT_OR_STRING = {"x-kubernetes-int-or-string": True}
 
 
+def _operator_default(schema: dict[str, Any]) -> None:
+    """No `default` in the CRD: the API server would fill it in, and the operator's own
+    default (eve_operator.defaults) could never apply."""
+    schema.pop("default", None)
+
+#: A quantity inside a map (resources.limits): int-or-string in the CRD as well.
+MapQuantity = Annotated[Quantity, Field(json_schema_extra=_INT_OR_STRING)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -37,15 +46,17 @@ class S3Spec(_Model):
 
 class MlflowSpec(_Model):
     tracking_uri: str | None = Field(None, alias="trackingUri", description="MLflow tracking URI.")
-    experiment: str = Field("eve-platform", description="MLflow experiment name.")
+    experiment: str = Field("eve-platform", json_schema_extra=_operator_default,
+                            description="MLflow experiment name; default the operator's, else eve-platform.")
 
 
 class ResourcesSpec(_Model):
     nodes: int = Field(1, ge=1, le=512, description="Pods (nodes) per stage job.")
     gpus_per_node: int = Field(8, alias="gpusPerNode", ge=0, le=16, description="GPUs per pod; 0 runs on CPU.")
     gpu_product: str | None = Field(
-        "NVIDIA-A100-SXM4-80GB", alias="gpuProduct",
-        description="nvidia.com/gpu.product node label to select; empty for any.")
+        "NVIDIA-A100-SXM4-80GB", alias="gpuProduct", json_schema_extra=_operator_default,
+        description="nvidia.com/gpu.product node label to select; empty for any. "
+                    "Default the operator's, else NVIDIA-A100-SXM4-80GB.")
     cpu: Quantity = Field("32", description="CPU request per pod.", json_schema_extra=_INT_OR_STRING)
     memory: Quantity = Field("400Gi", description="Memory request per pod.", json_schema_extra=_INT_OR_STRING)
     shm_size: Quantity = Field("64Gi", alias="shmSize", description="Size of the memory-backed /dev/shm.",
@@ -60,8 +71,9 @@ class ResourcesSpec(_Model):
 
 
 class SchedulingSpec(_Model):
-    gang_scheduler: GangScheduler = Field("volcano", alias="gangScheduler",
-                                          description="volcano | scheduler-plugins | kueue | none.")
+    gang_scheduler: GangScheduler = Field("volcano", alias="gangScheduler", json_schema_extra=_operator_default,
+                                          description="volcano | scheduler-plugins | kueue | none; "
+                                                      "default the operator's, else volcano.")
     queue: str | None = Field(None, description="Volcano queue or Kueue LocalQueue name.")
     priority_class: str | None = Field(None, alias="priorityClass", description="PriorityClass of the pods.")
     schedule_timeout_s: int = Field(3600, alias="scheduleTimeoutSeconds", ge=0,
@@ -96,8 +108,8 @@ def _named(items: list[dict[str, Any]], key: str, field: str, *, unique: bool = 
 
 
 class PodResources(_Model):
-    requests: dict[str, Quantity] = Field(default_factory=dict, description="Extra resource requests.")
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Extra resource limits.")
+    requests: dict[str, MapQuantity] = Field(default_factory=dict, description="Extra resource requests.")
+    limits: dict[str, MapQuantity] = Field(default_factory=dict, description="Extra resource limits.")
 
     @model_validator(mode="after")
     def _extra_only(self) -> PodResources:
@@ -239,7 +251,9 @@ class PipelineSpec(_Model):
     s3: S3Spec = Field(default_factory=S3Spec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    image: str = Field("ghcr.io/eve-platform/trainer:0.1.0", description="Trainer image.")
+    image: str = Field("ghcr.io/eve-platform/trainer:0.1.0", json_schema_extra=_operator_default,
+                       description="Trainer image; default the operator's (the chart's trainer.image), "
+                                   "else ghcr.io/eve-platform/trainer:0.1.0.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec,  # type: ignore[arg-type]
                                           alias="podTemplate",
@@ -301,6 +315,16 @@ class PipelineSpec(_Model):
     def data_for(self, name: str) -> list[str]:
         return self.stage(name).data or self.data
 
+    def planned_init_from(self, pipeline: str, stage: str) -> str | None:
+        """Where a stage will start: the pipeline's init_from for the first stage, else the
+        previous stage's export (what the pipeline core hands it once that stage completes)."""
+        from eve_trainer.layout import export_prefix
+
+        previous = self.previous_stage(stage)
+        if stage == self.chain()[0] and (self.init_from or previous is None):
+            return self.init_from
+        return f"{self.output.rstrip('/')}/{export_prefix(pipeline, previous)}"
+
     def pod_template_for(self, name: str) -> PodTemplateSpec:
         """The pipeline's pod customisation with the stage's on top."""
         return self.pod_template.merged(self.stage(name).pod_template)
@@ -315,5 +339,5 @@ def validate_name(name: str) -> str:
     return name
 
 
-__all__ = ["PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources", "ResourcesSpec", "SchedulingSpec", "S3Spec", "MlflowSpec",
-           "GangScheduler", "JobApi", "validate_name", "STAGES"]
+__all__ = ["PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources", "ResourcesSpec", "SchedulingSpec",
+           "S3Spec", "MlflowSpec", "GangScheduler", "JobApi", "validate_name", "STAGES"]

@@ -22,6 +22,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from eve_trainer.tracking_names import experiment_create_fields
+
 TIMEOUT_S = 5.0
 END_REASON_TAG = "eve.end_reason"
 
@@ -35,7 +37,7 @@ def _rest(tracking_uri: str) -> bool:
 
 
 def _call(tracking_uri: str, method: str, path: str, body: dict[str, Any] | None = None,
-          query: dict[str, str] | None = None) -> dict[str, Any]:
+          query: dict[str, str] | None = None, timeout_s: float | None = None) -> dict[str, Any]:
     url = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/{path}"
     if query:
         url += "?" + urllib.parse.urlencode(query)
@@ -43,7 +45,7 @@ def _call(tracking_uri: str, method: str, path: str, body: dict[str, Any] | None
     request = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s or TIMEOUT_S) as response:
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
         detail = err.read().decode(errors="replace")[:300]
@@ -77,7 +79,7 @@ def experiment_id(tracking_uri: str, name: str, *, create: bool = True) -> str |
         exp = _wrap(tracking_uri, client.get_experiment_by_name, name)
         if exp is not None or not create:
             return exp.experiment_id if exp is not None else None
-        return _wrap(tracking_uri, client.create_experiment, name)
+        return _wrap(tracking_uri, lambda: client.create_experiment(name, **experiment_create_fields(tracking_uri)))
     try:
         found = _call(tracking_uri, "GET", "experiments/get-by-name", query={"experiment_name": name})
         return str(found["experiment"]["experiment_id"])
@@ -87,7 +89,9 @@ def experiment_id(tracking_uri: str, name: str, *, create: bool = True) -> str |
         if not create:
             return None
     try:
-        return str(_call(tracking_uri, "POST", "experiments/create", {"name": name})["experiment_id"])
+        # the training kind tag: MLflow 3's UI then opens the experiment on its runs, not on GenAI traces
+        tags = [{"key": k, "value": str(v)} for k, v in experiment_create_fields(tracking_uri)["tags"].items()]
+        return str(_call(tracking_uri, "POST", "experiments/create", {"name": name, "tags": tags})["experiment_id"])
     except TrackingError as err:  # created meanwhile by a trainer or another pipeline
         if "RESOURCE_ALREADY_EXISTS" not in str(err):
             raise
@@ -217,5 +221,19 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-__all__ = ["RunRecords", "TrackingError", "create_pipeline_run", "finish_run", "set_tags", "end_stage_runs", "experiment_id",
-           "END_REASON_TAG"]
+def find_child_run(tracking_uri: str, parent_run_id: str, tags: dict[str, str], *,
+                   timeout_s: float = TIMEOUT_S) -> str | None:
+    """The newest run under `parent_run_id` carrying `tags` (a stage's run while it trains)."""
+    parent = _call(tracking_uri, "GET", "runs/get", query={"run_id": parent_run_id}, timeout_s=timeout_s)
+    experiment = parent["run"]["info"]["experiment_id"]
+    clauses = [f"tags.`mlflow.parentRunId` = '{_quote(parent_run_id)}'"]
+    clauses += [f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items()]
+    found = _call(tracking_uri, "POST", "runs/search",
+                  {"experiment_ids": [experiment], "filter": " and ".join(clauses),
+                   "order_by": ["attributes.start_time DESC"], "max_results": 1}, timeout_s=timeout_s)
+    runs = found.get("runs") or []
+    return str(runs[0]["info"]["run_id"]) if runs else None
+
+
+__all__ = ["RunRecords", "TrackingError", "create_pipeline_run", "finish_run", "set_tags", "end_stage_runs",
+           "experiment_id", "find_child_run", "END_REASON_TAG"]

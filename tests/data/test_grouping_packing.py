@@ -105,3 +105,31 @@ def test_resume_grouped_and_packed(eve_ds, tok, proc) -> None:  # noqa: ANN001
     for i, (x, y) in enumerate(zip(full, head + tail)):
         for key in ("input_ids", "attention_mask", "labels", "sample_index", "images", "images_clip"):
             assert torch.equal(x[key], y[key]), f"batch {i}: {key} differs"
+
+
+def test_synth_eve_profile_lengths(tmp_path) -> None:  # noqa: ANN001
+    """`data synth --profile eve`: EVE-like caption lengths and photo aspect ratios, via the CLI."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from eve_trainer.data.shards import iter_tar
+
+    out = tmp_path / "eve"
+    run = subprocess.run([sys.executable, "-m", "eve_operator.cli.main", "data", "synth", str(out), "--profile", "eve",
+                          "--num-samples", "60", "-o", "json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["samples"] == 60
+    words, aspects = [], set()
+    for shard in sorted(out.glob("*.tar")):
+        for s in iter_tar(shard.open("rb")):
+            words.append(len(json.loads(s.parts["json"])["caption"].split()))
+            if "jpg" in s.parts:
+                w, h = Image.open(__import__("io").BytesIO(s.parts["jpg"])).size
+                aspects.add(round(w / h, 1))
+    assert 10 <= min(words) and max(words) <= 60 and len(set(words)) > 10
+    assert len(aspects) >= 4  # landscape, square and portrait photos
+    bad = subprocess.run([sys.executable, "-m", "eve_operator.cli.main", "data", "synth", str(tmp_path / "x"),
+                          "--profile", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "nope" in bad.stderr

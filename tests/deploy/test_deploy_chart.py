@@ -112,6 +112,8 @@ def test_schema_is_strict_at_every_level() -> None:
     (("--set", "serviceAccount.create=false"), "serviceAccount.name"),
     (("--set", "operator.metricsPort=8081"), "must differ"),
     (("--set", "mlflow.artifactsDestination=bucket/path"), "must be a URL"),
+    (("--set", "operator.readPipelineSecrets=true"), "a cluster-wide Secret grant is not offered"),
+    (("--set", "storage.s3.credentialsSecret.name="), "or set operator.s3Identity=serviceAccount"),
 ])
 def test_validate_config_fails_with_a_clear_message(chart: Helm, args: tuple[str, ...], message: str) -> None:
     assert message in chart.template_error(*args)
@@ -128,8 +130,9 @@ NAMESPACED_RULES = {
     ("", "pods/log"): {"get"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("", "secrets"): {"get"},
 }
+#: Only with operator.readPipelineSecrets, and only in a Role per watched namespace.
+SECRET_RULES = {("", "secrets"): {"get"}}
 CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 
 
@@ -179,6 +182,55 @@ def test_rbac_namespaced_is_exact(chart: Helm) -> None:
 def test_rbac_namespaced_defaults_to_release_namespace(chart: Helm) -> None:
     objs = chart.template("--set", "rbac.namespaced=true")
     assert [r["metadata"]["namespace"] for r in find(objs, "Role")] == [NAMESPACE]
+
+
+def test_no_secret_access_by_default_in_either_mode(chart: Helm) -> None:
+    for args in ((), ("--values", str(CHART / "ci" / "namespaced-values.yaml"))):
+        objs = chart.template(*args)
+        for role in operator_roles(objs, "ClusterRole") + find(objs, "Role"):
+            assert ("", "secrets") not in grants(role["rules"]), role["metadata"]
+        env = {e["name"]: e for e in find(objs, "Deployment", RELEASE)[0]["spec"]["template"]["spec"]
+               ["containers"][0]["env"]}
+        assert env["EVE_READ_PIPELINE_SECRETS"]["value"] == "false"
+
+
+@pytest.mark.parametrize("namespaced", [False, True])
+def test_rbac_read_pipeline_secrets_is_exact_and_namespaced(chart: Helm, namespaced: bool) -> None:
+    objs = chart.template("--set", "operator.readPipelineSecrets=true", "--set", "watchNamespaces={team-a,team-b}",
+                          "--set", f"rbac.namespaced={str(namespaced).lower()}")
+    (cluster_role,) = operator_roles(objs, "ClusterRole")
+    assert grants(cluster_role["rules"]) == CLUSTER_RULES | ({} if namespaced else NAMESPACED_RULES)
+    secret_roles = [r for r in find(objs, "Role") if r["metadata"]["name"] == f"{RELEASE}-secrets"]
+    assert sorted(r["metadata"]["namespace"] for r in secret_roles) == ["team-a", "team-b"]
+    for role in secret_roles:
+        assert grants(role["rules"]) == SECRET_RULES
+    other_roles = [r for r in find(objs, "Role") if r not in secret_roles]
+    assert len(other_roles) == (2 if namespaced else 0)
+    for role in other_roles:
+        assert grants(role["rules"]) == NAMESPACED_RULES
+    bindings = [b for b in find(objs, "RoleBinding") if b["roleRef"]["name"] == f"{RELEASE}-secrets"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
+               for b in bindings)
+    env = {e["name"]: e for e in find(objs, "Deployment", RELEASE)[0]["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert env["EVE_READ_PIPELINE_SECRETS"]["value"] == "true"
+
+
+def test_operator_s3_identity(chart: Helm) -> None:
+    def env(*args: str) -> dict[str, dict]:
+        dep = find(chart.template(*args), "Deployment", RELEASE)[0]
+        return {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    default = env()
+    assert default["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "eve-s3-credentials"
+    own = env("--set", "operator.credentialsSecret=operator-s3-readonly")
+    assert own["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "operator-s3-readonly"
+    assert own["EVE_CREDENTIALS_SECRET"]["value"] == "eve-s3-credentials"  # the pipelines' default stays
+    irsa = env("--set", "operator.s3Identity=serviceAccount", "--set", "storage.s3.credentialsSecret.name=",
+               "--set", "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/eve")
+    assert "AWS_ACCESS_KEY_ID" not in irsa and "EVE_CREDENTIALS_SECRET" not in irsa
+    assert irsa["AWS_REGION"]["value"] == "us-east-1"
 
 
 def test_rbac_off(chart: Helm) -> None:
@@ -237,7 +289,7 @@ def test_credentials_only_by_reference(chart: Helm, values: Path | None) -> None
         for c in spec["containers"]:
             env = {e["name"]: e for e in c.get("env", [])}
             for name, entry in env.items():
-                if SECRET_NAMES.search(name) and name != "EVE_CREDENTIALS_SECRET":
+                if SECRET_NAMES.search(name) and name not in ("EVE_CREDENTIALS_SECRET", "EVE_READ_PIPELINE_SECRETS"):
                     assert "value" not in entry, f"{where}: {name} is inline"
             if c["name"] in ("operator", "mlflow"):
                 for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):

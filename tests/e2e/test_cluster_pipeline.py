@@ -43,7 +43,7 @@ from eve_operator import handlers  # noqa: E402
 pytestmark = pytest.mark.slow
 NS = "ml"
 TJ_NS = "ml-trainjob"  # the TrainJob chain: the same pipeline name (same exports), its own namespace
-NODES, NPROC = 2, int(os.environ.get('EVE_E2E_NPROC', 2))  # DEV
+NODES, NPROC = 2, 2
 STAGES = ["prealign", "pretrain", "sft"]
 #: world 4 = 2 pods x 2 processes: 8 samples a step = 2 per rank, no accumulation
 TRAIN = ["micro_batch_size=2", "global_batch_size=8"]
@@ -258,8 +258,10 @@ def test_chain_runs_prealign_pretrain_sft_on_two_pods_of_two_ranks(world: World,
 def test_cluster_export_is_bit_identical_to_local_world_4(world: World, cluster_chain: ChainRun,
                                                           local_chain: dict[str, dict[str, str]]) -> None:
     cluster, local = cluster_chain.digests, local_chain
-    print(f"\n[cluster-e2e] sft export digest: cluster {digest(cluster['sft'])} local {digest(local['sft'])}"
-          f"\n[cluster-e2e] wall: " + ", ".join(f"{k} {v:.0f} s" for k, v in world.timings.items()))
+    figures = {"sft export digest": {"cluster": digest(cluster["sft"]), "local": digest(local["sft"])},
+               "wall s": {k: round(v) for k, v in world.timings.items()}}
+    # sys.__stdout__: kopf's test runner swaps sys.stdout while the operator runs
+    print(f"\n[cluster-e2e] {json.dumps(figures)}", file=sys.__stdout__, flush=True)
     for stage in STAGES:
         assert cluster[stage] == local[stage], f"{stage}: the cluster export differs from the local one"
 
@@ -307,16 +309,26 @@ def _log(world: World, pod: str) -> str:
         raise
 
 
-def test_bad_trainer_override_fails_the_stage_at_once_and_describe_shows_the_error(world: World) -> None:
-    world.submit_cluster("broken", "data.tokenizer=builtin:nope")
+def test_bad_trainer_override_fails_the_stage_at_once_without_retry(world: World) -> None:
+    # 2 pods of 1 rank: enough to see both pods fail and nothing retried, at half the start-up cost
+    world.submit_cluster("broken", "data.tokenizer=builtin:nope", "nproc_per_node=1")
     status = wait_for(lambda: world.finished("broken"), timeout=600, what="pipeline broken to fail")
     assert status["phase"] == "Failed" and status["stages"][0]["attempt"] == 1, status
-    assert [code for _, pod, code in world.cluster.kubelet.exits if pod.startswith("broken-")] == [2, 2]
+    assert "the trainer exited with 2" in status["message"], status["message"]
+    wait_for(lambda: len([p for _, p, _ in world.cluster.kubelet.exits if p.startswith("broken-")]) == 2,
+             timeout=GRACE_S + 60, what="both pods of broken-prealign to exit")
+    exits = {pod: code for _, pod, code in world.cluster.kubelet.exits if pod.startswith("broken-")}
+    # the Master's 2 fails the job (ExitCode); the Worker exits 2 too, or 143 if cleanPodPolicy
+    # Running stopped it first
+    assert exits["broken-prealign-master-0"] == 2 and exits["broken-prealign-worker-0"] in (2, 143), exits
     jobs = world.cluster.custom.list_namespaced_custom_object("kubeflow.org", "v1", NS, "pytorchjobs")["items"]
     assert [j["metadata"]["name"] for j in jobs if j["metadata"]["name"].startswith("broken-")] == ["broken-prealign"]
     assert conditions(world.cluster.job("broken-prealign", NS))["Failed"] == "True"
     described = world.cli("describe", "broken", timeout=60).stdout
-    assert "unknown builtin tokenizer 'builtin:nope'" in described, described
+    assert "failed permanently" in described and "exited with 2" in described, described
+    # the trainer's own error line: in the Master pod's log, read through the API
+    logs = world.cli("logs", "broken", "--stage", "prealign", timeout=60)
+    assert "eve-train: error: unknown builtin tokenizer 'builtin:nope'" in logs.stdout, logs.stdout[-3000:]
 
 
 def test_trainjob_chain_export_is_bit_identical_to_pytorchjob_and_local(

@@ -72,7 +72,7 @@ def test_three_stages_chain_through_verified_exports(env, datasets, bucket, s3_e
         tags = runs[stage].data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["eve.stage"] == stage and tags["eve.pipeline"] == "e2e"
-        assert runs[stage].data.metrics["loss"] > 0
+        assert runs[stage].data.metrics["train/loss"] > 0
         if i:
             assert tags["eve.init_checkpoint"] == export_url[STAGES[i - 1]]
             assert tags["eve.previous_run_id"] == runs[STAGES[i - 1]].info.run_id

@@ -628,6 +628,21 @@ def image_env() -> dict[str, str]:
     return env
 
 
+#: pkg/kubelet/container/runtime.go: the log tail a failed container's FallbackToLogsOnError message keeps
+MAX_MESSAGE_LINES, MAX_MESSAGE_BYTES = 80, 2048
+
+
+def termination_message(log: Path) -> str:
+    """pkg/kubelet/kuberuntime/kuberuntime_container.go: with terminationMessagePolicy
+    FallbackToLogsOnError and no /dev/termination-log (there is none here), a failed container's
+    message is the last 80 lines of its log, at most 2048 bytes (the newest ones)."""
+    try:
+        lines = log.read_bytes().splitlines(keepends=True)[-MAX_MESSAGE_LINES:]
+    except FileNotFoundError:
+        return ""
+    return b"".join(lines)[-MAX_MESSAGE_BYTES:].decode(errors="replace")
+
+
 @dataclass
 class Container:
     """One pod's container on this node: its process, log files and what the kubelet recorded."""
@@ -776,6 +791,9 @@ class Kubelet:
                     message: str | None = None) -> None:
         container.terminated = {"exitCode": code, "reason": reason, "startedAt": container.started_at,
                                 "finishedAt": now_iso(time.time())}
+        policy = pod["spec"]["containers"][0].get("terminationMessagePolicy", "File")
+        if message is None and code != 0 and policy == "FallbackToLogsOnError":
+            message = termination_message(container.log())
         if message:
             container.terminated["message"] = message
         self.containers.setdefault(container.uid, container)
@@ -971,3 +989,46 @@ def running_cluster(emulator: Emulator, kubeconfig: Path, root: Path, **options:
 def conditions(job: dict[str, Any] | None) -> dict[str, str]:
     """{type: status} of a job's conditions (for assertions)."""
     return {c["type"]: c["status"] for c in ((job or {}).get("status") or {}).get("conditions") or []}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python tests/operator/cluster_emulator.py`: an emulated cluster to try the CLI against by hand.
+
+    Starts the API server, the training-operator, the kubelet and (unless --no-operator) the
+    eve-platform operator, writes a kubeconfig, and runs until Ctrl-C."""
+    import argparse
+    import signal as signals
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dir", type=Path, default=Path(".eve-cluster"), help="kubeconfig, pod logs (default .eve-cluster)")
+    parser.add_argument("--namespace", default="default", help="the kubeconfig's namespace")
+    parser.add_argument("--grace-s", type=float, default=60.0, help="cap on terminationGracePeriodSeconds")
+    parser.add_argument("--no-operator", action="store_true", help="do not run the eve-platform operator here")
+    args = parser.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    emulator = Emulator().start()
+    kubeconfig = emulator.write_kubeconfig(args.dir.resolve() / "kubeconfig", args.namespace)
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    stop = threading.Event()
+    signals.signal(signals.SIGINT, lambda *_: stop.set())
+    signals.signal(signals.SIGTERM, lambda *_: stop.set())
+    with running_cluster(emulator, kubeconfig, args.dir.resolve() / "node", max_grace_s=args.grace_s):
+        operator = None
+        if not args.no_operator:
+            from operator_harness import Operator
+
+            operator = Operator()
+            operator.start()
+        print(f"emulated cluster at {emulator.url}\n  export KUBECONFIG={kubeconfig}\n"
+              f"  eve-platform submit stage=prealign ... gpus_per_node=0 gang_scheduler=none --backend kubernetes\n"
+              f"pod logs under {args.dir.resolve() / 'node'}; Ctrl-C stops it (and every pod)",
+              file=sys.__stdout__, flush=True)  # kopf's runner swaps sys.stdout
+        stop.wait()
+        if operator is not None:
+            operator.stop()
+    emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,10 +23,15 @@ SUBMIT = ["submit", "stage=prealign", "name=clu", "output=s3://ckpt/eve", "data=
           "credentials_secret=eve-s3", "sft.optim.lr=1e-5", "global_batch_size=16", "micro_batch_size=1"]
 
 
-def test_dry_run_prints_the_resource_and_the_first_job(cluster: Cluster) -> None:
+def test_dry_run_prints_the_resource_and_every_stage_job(cluster: Cluster) -> None:
     result = cli(*SUBMIT, "--dry-run")
     assert result.exit_code == 0, result.output
-    pipeline, job = list(yaml.safe_load_all(result.output))
+    pipeline, job, *later = list(yaml.safe_load_all(result.stdout))
+    assert [j["metadata"]["name"] for j in later] == ["clu-pretrain", "clu-sft"]
+    for previous, nxt in (("prealign", later[0]), ("pretrain", later[1])):  # each from the previous export
+        command = nxt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+        assert f"init_from=s3://ckpt/eve/clu/{previous}/export" in command
+    assert "image" not in pipeline["spec"], "unset fields stay unset: the operator's defaults apply"
     assert pipeline["kind"] == "EvePipeline" and pipeline["metadata"]["name"] == "clu"
     assert pipeline["spec"]["stages"]["sft"]["overrides"] == {"optim.lr": 1e-5}
     assert job["kind"] == "PyTorchJob" and job["metadata"]["name"] == "clu-prealign"

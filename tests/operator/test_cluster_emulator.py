@@ -292,12 +292,17 @@ def test_exit_code_restarts_a_retryable_exit_in_a_new_pod(emulated: ClusterEmula
 
 
 def test_exit_code_fails_a_permanent_exit_at_once_and_keeps_the_pod(emulated: ClusterEmulator, tmp_path: Path) -> None:
-    submit(emulated, flaky(tmp_path, 2))
+    body = flaky(tmp_path, 2)
+    body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "terminationMessagePolicy"] = "FallbackToLogsOnError"
+    submit(emulated, body)
     failed = until(emulated, "j", "Failed")
     assert 'is failing because "Master" replica(s) failed' in failed["status"]["conditions"][-1]["message"]
     master = emulated.pod("j-master-0", NS)
     assert master["status"]["phase"] == "Failed" and not master["metadata"].get("deletionTimestamp")
-    assert master["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
+    terminated = master["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 2
+    assert terminated["message"] == "attempt first\n"  # FallbackToLogsOnError: the log's tail
     assert [code for _, p, code in emulated.kubelet.exits if p == "j-master-0"] == [2]
 
 

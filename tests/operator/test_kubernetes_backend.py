@@ -27,11 +27,17 @@ def test_render_pipeline_is_a_minimal_valid_cr() -> None:
     assert PipelineSpec.model_validate(obj["spec"]) == SPEC
 
 
-def test_render_jobs_is_the_first_stage_job() -> None:
+def test_render_jobs_is_every_stage_job_each_from_the_previous_export() -> None:
     jobs = kb.render_jobs("demo", NS, SPEC)
-    assert [j["metadata"]["name"] for j in jobs] == ["demo-prealign"]
-    assert jobs[0]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-    validate(jobs[0], load_crd_schema(VENDORED_PYTORCHJOB))
+    assert [j["metadata"]["name"] for j in jobs] == ["demo-prealign", "demo-pretrain", "demo-sft"]
+    for job in jobs:
+        assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+        validate(job, load_crd_schema(VENDORED_PYTORCHJOB))
+    commands = [j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+                for j in jobs]
+    assert not any(a.startswith("init_from=") for a in commands[0])
+    assert "init_from=s3://ckpt/eve/demo/prealign/export" in commands[1]
+    assert "init_from=s3://ckpt/eve/demo/pretrain/export" in commands[2]
 
 
 def test_render_jobs_mid_chain_shows_the_previous_export() -> None:

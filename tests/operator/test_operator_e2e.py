@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from operator_harness import NS, Cluster, Operator, base_spec, wait_for, write_export
+from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
 
 from eve_operator import metrics
 
@@ -153,7 +153,13 @@ def test_deleting_the_pipeline_deletes_its_jobs(cluster: Cluster, operator: Oper
     wait_for(lambda: sorted(cluster.jobs()) == ["kept-prealign"], what="only the other pipeline's job left")
 
 
-def test_missing_secret_waits_then_submits(cluster: Cluster, operator: Operator, output: str) -> None:
+def test_missing_secret_waits_then_submits(cluster: Cluster, output: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("EVE_READ_PIPELINE_SECRETS", "true")  # chart: operator.readPipelineSecrets
+    with running_operator():
+        _missing_secret_waits_then_submits(cluster, output)
+
+
+def _missing_secret_waits_then_submits(cluster: Cluster, output: str) -> None:
     cluster.create_pipeline("creds", base_spec(output, s3={"credentialsSecret": "s3-creds"}))
     status = wait_for(lambda: cluster.status("creds") if "waiting" in cluster.status("creds").get("message", "")
                       else None)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from eve_operator.pipeline import (
-    COMPLETE_GRACE_S, Beat, EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob,
+    COMPLETE_GRACE_S, STARTUP_GRACE_S, Beat, EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob,
     SubmitJob, decide, initial_status, job_name, parent_run_params, parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec
@@ -227,15 +227,29 @@ def test_the_stall_clock_starts_when_the_job_is_first_seen_running() -> None:
     assert status.stages[0].progress_at == NOW + 100 and status.stages[0].step is None
 
 
-def test_no_heartbeat_within_the_timeout_of_the_start_is_a_stall() -> None:
+def test_no_heartbeat_within_the_start_up_grace_is_a_stall() -> None:
     sp = spec(stallTimeoutSeconds=60, **CPU2)
     status, _ = at(sp, started(sp), Observation(job="Running"), 0)
-    status, actions = at(sp, status, Observation(job="Running"), 59)
-    assert not submits(actions)  # within the start-up grace
-    status, actions = at(sp, status, Observation(job="Running"), 60)
+    status, actions = at(sp, status, Observation(job="Running"), STARTUP_GRACE_S - 1)
+    assert not submits(actions)  # imports, model load, rendezvous: at least STARTUP_GRACE_S
+    status, actions = at(sp, status, Observation(job="Running"), STARTUP_GRACE_S)
     assert StopJob("demo-prealign", status.stages[0].message) in actions
     assert "no rank wrote a heartbeat" in status.stages[0].message and "ranks 0-1" in status.stages[0].message
     assert submits(actions) == [SubmitJob("prealign", 2, "demo-prealign-r2", None, None)]
+
+
+def test_start_up_and_checkpoints_get_the_start_up_grace_and_a_phase_change_is_progress() -> None:
+    sp = spec(stallTimeoutSeconds=60, **CPU2)
+    status, _ = at(sp, started(sp), running({0: 0, 1: 0}, "startup"), 0)  # beats from the first second
+    status, actions = at(sp, status, running({0: 0, 1: 0}, "startup"), STARTUP_GRACE_S - 1)
+    assert not submits(actions) and status.stages[0].trainer_phase == "startup"
+    status, actions = at(sp, status, running({0: 0, 1: 0}), STARTUP_GRACE_S)  # training: the clock restarts
+    assert not submits(actions) and status.stages[0].progress_at == NOW + STARTUP_GRACE_S
+    status, _ = at(sp, status, running({0: 2, 1: 2}, "checkpoint"), 1000)
+    status, actions = at(sp, status, running({0: 2, 1: 2}, "checkpoint"), 1000 + STARTUP_GRACE_S - 1)
+    assert not submits(actions)
+    status, actions = at(sp, status, running({0: 2, 1: 2}, "checkpoint"), 1000 + STARTUP_GRACE_S)
+    assert "ranks stuck in checkpoint at step 2" in status.stages[0].message and submits(actions)
 
 
 def test_a_step_that_advances_resets_the_clock() -> None:
@@ -287,6 +301,10 @@ def test_the_stage_timeout_overrides_the_pipeline_and_zero_turns_it_off() -> Non
     _, actions = at(off, status, running({0: 1, 1: 1}), 10_000)
     assert actions == []
     assert PipelineSpec.model_validate({"output": "s3://x"}).stall_timeout_s == 900  # the 15 min default
+    long = spec(stallTimeoutSeconds=1000, **CPU2)  # longer than the start-up grace: it applies from the start
+    status, _ = at(long, started(long), Observation(job="Running"), 0)
+    _, actions = at(long, status, Observation(job="Running"), 999)
+    assert actions == []
 
 
 def test_suspension_stops_the_stall_clock() -> None:

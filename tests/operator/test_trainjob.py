@@ -262,7 +262,8 @@ def test_cli_dry_run_prints_a_valid_trainjob() -> None:
                                       "credentials_secret=eve-s3", "--dry-run", "--backend", "kubernetes",
                                       "-n", "ml", "-o", "json"])
     assert result.exit_code == 0, result.output
-    pipeline, job = json.loads(result.stdout)
+    pipeline, job, *later = json.loads(result.stdout)  # then every later stage's job
+    assert [j["kind"] for j in later] == ["TrainJob", "TrainJob"]
     assert pipeline["spec"]["jobApi"] == "TrainJob"
     assert job["kind"] == "TrainJob" and job["metadata"] == {
         "name": "clu-prealign", "namespace": "ml", "labels": {
@@ -273,7 +274,8 @@ def test_cli_dry_run_prints_a_valid_trainjob() -> None:
                                         "global_batch_size=96", "micro_batch_size=1",
                                         "--dry-run", "--backend", "kubernetes", "-n", "ml"])
     assert yaml_out.exit_code == 0, yaml_out.output
-    assert [d["kind"] for d in yaml.safe_load_all(yaml_out.stdout)] == ["EvePipeline", "TrainJob"]
+    kinds = [d["kind"] for d in yaml.safe_load_all(yaml_out.stdout)]
+    assert kinds == ["EvePipeline", "TrainJob", "TrainJob", "TrainJob"]
 
 
 def test_cli_dry_run_names_what_a_trainjob_cannot_carry() -> None:

@@ -190,3 +190,40 @@ def test_a_hung_rank_dumps_its_stacks_on_sigusr1_and_its_peer_times_out(tmp_path
         assert "timed out" in ranks.output(0).lower() or "timeout" in ranks.output(0).lower(), ranks.tail()
     finally:
         ranks.kill()
+
+
+def test_the_cli_refuses_a_file_tracking_uri_up_front(tmp_path):
+    """The CLI validates with the trainer's config models: a file store is refused before anything
+    is submitted, naming the allowed schemes."""
+    cli = Path(sys.executable).parent / "eve-platform"
+    result = subprocess.run([str(cli), "submit", "--local", "--dry-run", "stage=sft", "tracking_uri=file:///tmp/mlruns",
+                             f"data={tmp_path}"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, EVE_PLATFORM_HOME=str(tmp_path / "home")))
+    assert result.returncode == 2, result.stderr
+    assert "mlflow.tracking_uri='file:///tmp/mlruns': this is a file store, which MLflow 3 refuses; use a URI of " \
+           "the scheme http, https, databricks, sqlite" in result.stderr + result.stdout
+
+
+def test_heartbeats_never_block_or_fail_the_run(tmp_path):
+    """A beat is written at once and on phase changes; a store that cannot be written only logs."""
+    from eve_trainer.heartbeat import HeartbeatWriter
+    from eve_trainer.storage import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    beat = HeartbeatWriter(store, pipeline="p", stage="sft", rank=3, every_s=60, attempt=2)
+    beat.start()
+    beat.update(step=0, total_steps=10, phase="train")
+    beat.update(step=4, loss=1.5, tokens_per_s=100.0)
+    beat.close("done")
+    (got,) = layout.read_heartbeats(store, "p", "sft")
+    assert (got.rank, got.step, got.total_steps, got.attempt, got.phase, got.loss) == (3, 4, 10, 2, "done", 1.5)
+    assert got.eta_s is not None and beat.writes >= 2
+
+    (tmp_path / "file").write_text("not a directory")
+    broken = HeartbeatWriter(LocalStore(tmp_path / "file"), pipeline="p", stage="sft", rank=0, every_s=60)
+    broken.start()
+    t0 = time.monotonic()
+    broken.update(step=1, total_steps=2, phase="train")  # no I/O in the caller
+    assert time.monotonic() - t0 < 0.1
+    broken.close("done", timeout_s=5)
+    assert broken.writes == 0

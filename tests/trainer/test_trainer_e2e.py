@@ -87,14 +87,15 @@ def test_stage_end_to_end(baseline, s3_env, mlflow_server, e2e_bucket):
     assert params["optim.lr"] == "0.001" and params["derived.world_size"] == "2"
     assert params["derived.gradient_accumulation"] == "1"
     assert run.info.status == "FINISHED"
-    history = client.get_metric_history(run.info.run_id, "loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, STEPS + 1))
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [losses[s] for s in range(1, STEPS + 1)]
-    for name in ("lm_loss", "align_loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_fraction"):
+    for name in ("train/lm_loss", "train/align_loss", "train/lr", "train/grad_norm", "perf/samples_per_s",
+                 "perf/tokens_per_s", "data/wait_fraction"):
         assert name in run.data.metrics, name
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert artifacts == {"checkpoints/step-3", "checkpoints/step-6"}
-    versions = client.search_model_versions("name='eve-base-pretrain'")
+    versions = [v for v in client.search_model_versions("name='eve-tiny'") if v.run_id == run.info.run_id]
     assert versions and versions[0].source == tags["eve.export_uri"]
 
 
@@ -166,11 +167,16 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_143(baseline, tmp_path, s3_
     assert first < baseline[0].losses()[1] - 0.1
 
 
-def test_zero3_trains_checkpoints_and_exports_full_weights(tmp_path, s3_env, e2e_bucket, dataset_url):
-    s3_server = s3_env
+@pytest.fixture(scope="module")
+def zero3_run(tmp_path_factory, s3_server, e2e_bucket, dataset_url) -> Ranks:
     args = train_args(dataset_url, e2e_bucket, "zero3", "deepspeed.zero_stage=3", "max_steps=3")
-    ranks = launch(args, world=2, log_dir=tmp_path, env=s3_server.env())
+    ranks = launch(args, world=2, log_dir=tmp_path_factory.mktemp("zero3"), env=s3_server.env())
     assert ranks.wait(240) == [0, 0], ranks.tail()
+    return ranks
+
+
+def test_zero3_trains_checkpoints_and_exports_full_weights(zero3_run, s3_env, e2e_bucket):
+    s3_server = s3_env
     store = store_for(s3_server, e2e_bucket)
     _, manifest = layout.latest_complete_checkpoint(store, "zero3", "pretrain")
     assert {p.path for p in manifest.files} >= {"ds/zero_pp_rank_0_mp_rank_00_model_states.pt",
@@ -186,3 +192,56 @@ def test_zero3_trains_checkpoints_and_exports_full_weights(tmp_path, s3_env, e2e
     assert not report.missing and not report.unexpected  # the 16-bit gather wrote every full tensor
     assert sum(p.numel() for p in model.parameters()) == sum(
         p.numel() for p in EveForCausalLM(get_preset("tiny")).parameters())
+
+
+def _copy_checkpoint(s3_server, bucket: str, src: str, dst: str, step: int) -> None:
+    client = s3_server.client()
+    src, dst = f"runs/{src}/pretrain/checkpoints/step-{step}/", f"runs/{dst}/pretrain/checkpoints/step-{step}/"
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix=src)["Contents"]:
+        client.copy_object(Bucket=bucket, Key=dst + obj["Key"][len(src):], CopySource={"Bucket": bucket, "Key": obj["Key"]})
+
+
+def test_zero2_checkpoint_of_2_ranks_resumes_on_1(baseline, tmp_path, s3_server, e2e_bucket, dataset_url):
+    """The baseline's step-3 checkpoint (2 ranks, ZeRO-2) resumes on 1 rank (gradient
+    accumulation 2, same global batch) through a universal checkpoint: the LR schedule goes on
+    exactly where it was, and the stage completes."""
+    _copy_checkpoint(s3_server, e2e_bucket, "base", "ws2", 3)
+    ranks = launch(train_args(dataset_url, e2e_bucket, "ws2"), world=1, log_dir=tmp_path, env=s3_server.env())
+    assert ranks.wait(240) == [0], ranks.tail()
+    events = ranks.events()
+    resharded = next(e for e in events if e.get("event") == "resharded")
+    assert (resharded["step"], resharded["written_by"], resharded["not_seen"]) == (3, 2, 0)
+    assert resharded["delivered_before"] == 3 * 8
+    lrs = {e["step"]: e["lr"] for e in events if e.get("event") == "step"}
+    base = {e["step"]: e["lr"] for e in baseline[0].events() if e.get("event") == "step"}
+    assert sorted(lrs) == [4, 5, 6] and lrs == {s: base[s] for s in lrs}
+    store = store_for(s3_server, e2e_bucket)
+    assert layout.verify(store, "ws2/pretrain/checkpoints/step-3/universal", layout.MANIFEST) is not None
+    assert layout.stage_complete(store, "ws2", "pretrain") is not None
+
+
+def test_zero3_checkpoint_of_2_ranks_resumes_on_1_with_the_same_weights(zero3_run, tmp_path, s3_server, e2e_bucket,
+                                                                       dataset_url):
+    """ZeRO-3 (parameters partitioned too): the step-3 checkpoint of 2 ranks, resumed on 1 rank
+    at its last step, exports bit-identical weights to the 2-rank run's export."""
+    import torch
+    from safetensors.torch import load_file
+
+    from eve_trainer.config import resolve
+    from eve_trainer.model_init import fetch_dir
+
+    _copy_checkpoint(s3_server, e2e_bucket, "zero3", "ws3", 3)
+    args = train_args(dataset_url, e2e_bucket, "ws3", "deepspeed.zero_stage=3", "max_steps=3")
+    ranks = launch(args, world=1, log_dir=tmp_path, env=s3_server.env())
+    assert ranks.wait(240) == [0], ranks.tail()
+    assert any(e.get("event") == "resharded" for e in ranks.events())
+
+    def weights(pipeline: str) -> dict:
+        folder = fetch_dir(f"s3://{e2e_bucket}/runs/{pipeline}/pretrain/export", resolve("pretrain", "tiny"))
+        out = {}
+        for f in sorted(folder.glob("*.safetensors")):
+            out.update(load_file(f))
+        return out
+
+    a, b = weights("zero3"), weights("ws3")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

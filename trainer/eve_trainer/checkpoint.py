@@ -42,6 +42,7 @@ STATE_DIR = "trainer-state"
 #: a DeepSpeed universal checkpoint converted from step-<n>/ds (written on the first resume on
 #: another world size, reused by later ones)
 UNIVERSAL_DIR = "universal"
+CONVERT_TIMEOUT_S = 4 * 3600.0
 #: DeepSpeed's per-rank partition files (optimizer states; model states under ZeRO-3). Without
 #: elastic checkpoints a rank reads only its own, so it downloads only its own: at 7B on 32 ranks
 #: that is 1/32 of the optimizer bytes per rank instead of all of them.
@@ -198,13 +199,17 @@ class CheckpointManager:
                     "universal checkpoint", self.url(step), world, self.world_size)
         uni_prefix = join(prefix, UNIVERSAL_DIR)
         error = None
+        # the other ranks wait in a collective while rank 0 converts (minutes at 7B): not a hang
+        timeout = D.collective_timeout_s()
+        D.set_collective_timeout(max(timeout, CONVERT_TIMEOUT_S))
         if self.rank == 0:
             try:
                 if layout.verify(self.store, uni_prefix, layout.MANIFEST, deep=False) is None:
                     self._write_universal(prefix, manifest, tmp / "convert")
             except Exception as err:  # noqa: BLE001 - every rank must learn of it, not wait forever
                 error = f"{type(err).__name__}: {err}"
-        error = D.broadcast_object(error)  # the converting rank is waited for (under the long timeout)
+        error = D.broadcast_object(error)
+        D.set_collective_timeout(timeout)
         if error is not None:
             raise RuntimeError(f"converting {self.url(step)} to a universal checkpoint failed: {error}")
         uni = D.broadcast_object(layout.verify(self.store, uni_prefix, layout.MANIFEST, deep=False)
@@ -242,7 +247,8 @@ class CheckpointManager:
         proc = subprocess.run(
             [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(work / "in" / DS_TAG),
              "--output_folder", str(out), "--num_extract_workers", str(workers), "--num_merge_workers",
-             str(max(1, workers // 2))], capture_output=True, text=True)
+             str(max(1, workers // 2)), "--inject_missing_state"],  # our model sets no Megatron-style info
+            capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"ds_to_universal exited {proc.returncode}: {proc.stderr[-2000:]}")
         uni_prefix = join(prefix, UNIVERSAL_DIR)

@@ -112,6 +112,14 @@ class MlflowSection(_Section):
     previous_run_id: str | None = None
     """MLflow run id of the stage this one starts from (lineage)."""
     system_metrics: bool = True
+    system_metrics_interval_s: float = Field(30.0, ge=1.0)
+    """Seconds between system-metric samples (CPU, memory, disk, network, GPU via nvidia-ml-py).
+    30 s suits steps of seconds and runs of days (about 3000 points a day per metric)."""
+    register_exports: bool = True
+    """Register each stage export as a version of `registered_model`; the aliases prealign, pretrain,
+    sft point at each stage's newest export (and MLflow's @latest at the newest version)."""
+    registered_model: str | None = None
+    """One registered model per pipeline family; None = eve-<model preset> (eve-7b-hd -> eve-7b)."""
 
     @field_validator("tracking_uri")
     @classmethod
@@ -150,6 +158,8 @@ class DebugSection(_Section):
     hang_at_step: int | None = Field(None, ge=0)
     """Test switch: rank `hang_rank` blocks forever before step hang_at_step+1 (stall detection tests)."""
     hang_rank: int = Field(0, ge=0)
+    hang_attempt: int = Field(0, ge=0)
+    """Hang only in this attempt of the stage (EVE_ATTEMPT), so a restart can complete; 0: every attempt."""
 
 
 class TrainConfig(_Section):
@@ -243,7 +253,7 @@ def _tiny(stage: str) -> dict[str, Any]:
         "data": {"max_length": 256 if stage != "sft-hd" else 512, "num_workers": 1,
                  "shuffle_buffer": 64},
         "optim": {"lr": 1e-3, "vision_lr": 2e-3 if stage == "prealign" else None},
-        "mlflow": {"log_every": 1},
+        "mlflow": {"log_every": 1, "system_metrics_interval_s": 5.0},  # stages of seconds
     })
 
 

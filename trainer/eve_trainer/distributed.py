@@ -105,7 +105,14 @@ def set_collective_timeout(seconds: float) -> None:
     c10d.default_pg_timeout = timeout
     if getattr(c10d, "default_pg_nccl_timeout", None) is not None:
         c10d.default_pg_nccl_timeout = timeout
-    c10d._set_pg_timeout(timeout)
+    if c10d.is_initialized():
+        c10d._set_pg_timeout(timeout)
+
+
+def collective_timeout_s() -> float:
+    import torch.distributed.distributed_c10d as c10d
+
+    return c10d.default_pg_timeout.total_seconds()
 
 
 @contextmanager

@@ -2,12 +2,15 @@
 
 Rank 0 gathers the full weights (ZeRO-3: DeepSpeed's 16-bit gather, which every rank must
 join; ZeRO-0/1/2: every rank holds them already) and calls `save_pretrained`, so the export
-has config.json + safetensors under the published parameter names. The next stage's
-`init_from` is this export's URL.
+has config.json + safetensors under the published parameter names, the tokenizer files
+(tokenizer.json, tokenizer_config.json, ...) and `preprocessor_config.json` (the image
+processor's settings), so `eve_model.inference.load_export` serves it as it is. The next
+stage's `init_from` is this export's URL.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +24,8 @@ from eve_trainer.storage import ObjectStore, join
 
 def export_stage(engine: Any, *, store: ObjectStore, pipeline: str, stage: str, step: int, rank: int,
                  zero_stage: int, config_hash: str, mlflow_run_id: str | None,
-                 extra: dict[str, Any] | None = None, tokenizer: Any = None) -> Manifest | None:
+                 extra: dict[str, Any] | None = None, tokenizer: Any = None, processor: Any = None,
+                 ) -> Manifest | None:
     """Collective. Rank 0 returns the stage-complete manifest."""
     state_dict = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
     manifest = None
@@ -34,8 +38,12 @@ def export_stage(engine: Any, *, store: ObjectStore, pipeline: str, stage: str, 
         try:
             model = engine.module
             model.save_pretrained(tmp, state_dict=state_dict)
-            if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            if processor is not None:
+                from eve_model.inference import PROCESSOR_FILE, processor_config
+
+                (tmp / PROCESSOR_FILE).write_text(json.dumps(processor_config(processor), indent=2))
             entries = layout.entries_for_dir(tmp)
             for entry in entries:
                 store.upload_file(tmp / entry.path, join(prefix, entry.path))

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     stop = StopFlag()
     trainer = None
+    error = None  # the traceback, uploaded to the stage's MLflow run
     try:
         args = parse_args(argv)
         dist = DistInfo.from_env()
@@ -145,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StorageAccessError, ValueError) as err:
         started = trainer is not None and trainer.started
         if not started and _is_user_error(err):
-            print(f"eve-train: error: {err}", file=sys.stderr)
+            error = f"eve-train: error: {err}\n"
+            print(error, file=sys.stderr, end="")
             return EXIT_USER
-        traceback.print_exc()
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, end="")
         return EXIT_FAILED
     except StorageError as err:  # transient: an outage, a timeout, 5xx; the job is retried
         print(f"eve-train: error (retryable): {err}", file=sys.stderr)
@@ -155,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception:  # noqa: BLE001 - the exit code is the contract; the trace goes to the log
-        traceback.print_exc()
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, end="")
         return EXIT_FAILED
     finally:
         if trainer is not None:
-            trainer.close("KILLED" if stop.requested else "FAILED")
+            trainer.close("KILLED" if stop.requested else "FAILED", error=error)
         _shutdown()
 
 

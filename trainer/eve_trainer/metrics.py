@@ -8,13 +8,19 @@ Requests the server rejects (4xx) are dropped with a warning instead of retried.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from eve_trainer import tracking_names as N
+from eve_trainer.registry import ExportVersion, register_export
 
 log = logging.getLogger("eve_trainer.metrics")
 
@@ -28,7 +34,10 @@ class BaseLogger:
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
-    def register_model(self, name: str, source: str) -> None: ...
+    def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None: ...
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None: ...
+    def log_datasets(self, datasets: list[DatasetRef]) -> None: ...
+    def register_export(self, export: ExportVersion) -> None: ...
     def wait_for_run(self, timeout_s: float) -> str | None:
         return self.run_id
     def close(self, status: str = "FINISHED", timeout_s: float = 30.0) -> None: ...
@@ -48,6 +57,37 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 _NOTHING = object()
 
 
+@dataclass(frozen=True)
+class DatasetRef:
+    """A training dataset as an MLflow dataset input: its URL, sample count and index digest."""
+
+    url: str
+    num_samples: int
+    digest: str
+    kind: str = "caption"
+    context: str = "train"
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1] or self.url
+
+
+def dataset_refs(urls: list[str], *, endpoint_url: str | None = None, region: str | None = None,
+                 ) -> list[DatasetRef]:
+    """One DatasetRef per dataset root, from its index.json (one small read each)."""
+    from eve_trainer.data.index import INDEX_FILE
+    from eve_trainer.storage import open_store
+
+    refs = []
+    for url in urls:
+        raw = open_store(url, endpoint_url=endpoint_url, region=region).get_bytes(INDEX_FILE)
+        index = json.loads(raw)
+        samples = index.get("num_samples") or sum(int(s["samples"]) for s in index.get("shards", []))
+        refs.append(DatasetRef(url=url, num_samples=int(samples), kind=str(index.get("kind", "caption")),
+                               digest=hashlib.sha256(raw).hexdigest()[:32]))
+    return refs
+
+
 class MLflowLogger(BaseLogger):
     """One MLflow run per stage, nested under the pipeline run when `parent_run_id` is given.
 
@@ -58,6 +98,7 @@ class MLflowLogger(BaseLogger):
     def __init__(self, *, tracking_uri: str, experiment: str, run_name: str,
                  tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
                  resume_run_id: str | None = None, system_metrics: bool = True,
+                 system_metrics_interval_s: float = 30.0,
                  max_backoff_s: float = 30.0, flush_interval_s: float = 1.0):
         # fail fast per request; the worker does the retrying (MLflow's default is 7 retries
         # with exponential backoff and a 120 s timeout per request)
@@ -69,7 +110,7 @@ class MLflowLogger(BaseLogger):
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
         self.resume_run_id = resume_run_id
-        self.system_metrics = system_metrics
+        self.system_metrics, self.system_metrics_interval_s = system_metrics, system_metrics_interval_s
         self.max_backoff_s, self.flush_interval_s = max_backoff_s, flush_interval_s
         self.run_id: str | None = None
         self.dropped = 0
@@ -99,18 +140,30 @@ class MLflowLogger(BaseLogger):
     def log_text(self, text: str, artifact_file: str) -> None:
         self._put("op", lambda c, r: c.log_text(r, text, artifact_file))
 
-    def register_model(self, name: str, source: str) -> None:
-        def op(c: Any, r: str) -> None:
-            from mlflow.exceptions import MlflowException
+    def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None:
+        obj = json.loads(json.dumps(obj, default=str))  # a snapshot: later changes are not logged
+        self._put("op", lambda c, r: c.log_dict(r, obj, artifact_file))
 
-            try:
-                c.create_registered_model(name)
-            except MlflowException as err:
-                if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
-                    raise
-            c.create_model_version(name, source=source, run_id=r, tags={"eve.export_uri": source})
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        """Upload a local folder (or file) to the run, in order with everything else queued."""
+        self._put("op", lambda c, r: c.log_artifacts(r, local_dir, artifact_path))
+
+    def log_datasets(self, datasets: list[DatasetRef]) -> None:
+        def op(c: Any, r: str) -> None:
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            inputs = [DatasetInput(
+                Dataset(name=d.name, digest=d.digest, source_type="s3" if d.url.startswith("s3://") else "local",
+                        source=json.dumps({"uri": d.url}),
+                        profile=json.dumps({"num_samples": d.num_samples, "kind": d.kind})),
+                tags=[InputTag("mlflow.data.context", d.context)]) for d in datasets]
+            c.log_inputs(r, datasets=inputs)
 
         self._put("op", op)
+
+    def register_export(self, export: ExportVersion) -> None:
+        """A new version of the family's registered model for this stage's verified export."""
+        self._put("op", lambda c, r: register_export(c, export, run_id=r))
 
     def wait_for_run(self, timeout_s: float) -> str | None:
         self._run_ready.wait(timeout_s)
@@ -120,6 +173,8 @@ class MLflowLogger(BaseLogger):
         """Flush what is queued (up to timeout_s), end the run, stop the worker."""
         if self._closing.is_set():
             return
+        if self._monitor is not None:  # before the run ends: a monitor stops at a terminated run
+            self._put("op", lambda c, r: self._final_system_sample())
         self._put("op", lambda c, r: c.set_terminated(r, status))
         self._queue.put(None)
         # a server that never answered is not worth the whole wait
@@ -202,19 +257,26 @@ class MLflowLogger(BaseLogger):
                     raise
                 log.warning("cannot reopen MLflow run %s (%s); starting a new one", self.resume_run_id, err)
         if run_id is None:
-            exp = client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                try:
-                    exp_id = client.create_experiment(self.experiment)
-                except MlflowException:
-                    exp_id = client.get_experiment_by_name(self.experiment).experiment_id
-            else:
-                exp_id = exp.experiment_id
+            exp_id = get_or_create_experiment(client, self.experiment, self.tracking_uri)
             run_id = client.create_run(exp_id, run_name=self.run_name, tags=self.tags).info.run_id
         self.run_id = run_id
         self._run_ready.set()
         if self.system_metrics:
             self._start_system_metrics(run_id)
+
+    def _final_system_sample(self) -> None:
+        """Stop the monitor and log one last sample, so a stage shorter than the sampling
+        interval still has system metrics (MLflow's monitor drops its unfinished interval)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        try:
+            monitor.finish()
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as err:  # noqa: BLE001 - tracking must never fail the job
+            log.warning("last system-metrics sample not logged: %s", err)
 
     def _start_system_metrics(self, run_id: str) -> None:
         try:
@@ -224,12 +286,32 @@ class MLflowLogger(BaseLogger):
             log.warning("psutil is not installed: no MLflow system metrics")
             return
         try:
-            self._monitor = SystemMetricsMonitor(run_id, sampling_interval=10, samples_before_logging=1,
+            self._monitor = SystemMetricsMonitor(run_id, sampling_interval=self.system_metrics_interval_s,
+                                                 samples_before_logging=1,
                                                  resume_logging=bool(self.resume_run_id),
                                                  tracking_uri=self.tracking_uri)
             self._monitor.start()
         except Exception as err:  # noqa: BLE001
             log.warning("MLflow system metrics disabled: %s", err)
+
+
+def get_or_create_experiment(client: Any, name: str, tracking_uri: str | None) -> str:
+    """The experiment's id; a new one gets the training kind tag and, on a local SQLite store,
+    an artifact location beside the database. An existing experiment without a kind gets the tag
+    (an experiment somebody tagged otherwise keeps theirs)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, **N.experiment_create_fields(tracking_uri))
+        except MlflowException:  # created meanwhile by the operator or another stage
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if N.EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, N.EXPERIMENT_KIND_TAG, N.EXPERIMENT_KIND_TRAINING)
+    return exp.experiment_id
 
 
 def _is_client_error(err: Exception) -> bool:
@@ -267,3 +349,25 @@ def build_logger(*, tracking_uri: str | None, is_main: bool, **kwargs: Any) -> B
     if not tracking_uri or not is_main:
         return BaseLogger()
     return MLflowLogger(tracking_uri=tracking_uri, **kwargs)
+
+
+def upload_rank_logs(tracking_uri: str, experiment: str, parent_run_id: str, stage: str, log_dir: str,
+                     attempt: int) -> str | None:
+    """Attach a failed attempt's rank logs to its stage run as logs/attempt-<k>/rank-<r>.log.
+
+    For whoever holds the logs (the local backend's runner): the stage run is the newest run
+    with this parent and stage. Returns its id, or None when the stage never reached MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{N.TAG_PARENT_RUN}` = '{parent_run_id}' and tags.`{N.TAG_STAGE}` = '{stage}'")
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    client.log_artifacts(run_id, log_dir, f"{N.LOGS_ARTIFACT_DIR}/attempt-{attempt}")
+    return run_id

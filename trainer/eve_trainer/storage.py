@@ -394,7 +394,7 @@ class S3Store:
             # HEAD has no body, so no error code: a bare 404 is a missing bucket, 403 a denial
             if isinstance(err, FileNotFoundError):
                 err = StorageAccessError(f"bucket of {self.url} does not exist (NoSuchBucket)")
-            elif isinstance(err, StorageAccessError) and not isinstance(raw, ImportError) and \
+            elif isinstance(err, StorageAccessError) and \
                     getattr(raw, "response", {}).get("Error", {}).get("Code") in ("403", "AccessDenied"):
                 err = StorageAccessError(f"bucket of {self.url} is not accessible with these credentials "
                                          "(403 AccessDenied)")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -21,12 +22,14 @@ from typing import Any
 
 from eve_trainer import distributed as D
 from eve_trainer import flops, layout, optim
+from eve_trainer import tracking_names as N
 from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
 from eve_trainer.export import export_stage
-from eve_trainer.heartbeat import HeartbeatWriter, hang_forever
-from eve_trainer.metrics import BaseLogger, build_logger
+from eve_trainer.heartbeat import HeartbeatWriter, attempt_from_env, hang_forever
+from eve_trainer.metrics import BaseLogger, build_logger, dataset_refs
+from eve_trainer.registry import ExportVersion
 from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
 from eve_trainer.storage import open_store
@@ -92,6 +95,9 @@ class Trainer:
         self.progress: Progress | None = None
         self.engine: Any = None
         self.resume_run_id: str | None = None
+        #: counters that continue across stages (from init_from's stage-complete manifest)
+        self.offsets = {"global_step": 0, "tokens_seen": 0.0, "samples_seen": 0}
+        self.tokens_seen = 0.0  # in this stage
         self.device = device or D.init_process_group(dist, collective_timeout_s=cfg.distributed.timeout_s)
         self.cuda = self.device.startswith("cuda")
         self.bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and self.cuda)
@@ -109,7 +115,8 @@ class Trainer:
         self.init_kind = check_init_source(cfg, self.model_config)
         self.grad_accum = cfg.gradient_accumulation(dist.world_size)
 
-        self.loader = self._build_loader(EveImageProcessor.from_config(self.model_config))
+        self.processor = EveImageProcessor.from_config(self.model_config)
+        self.loader = self._build_loader(self.processor)
         self.total_steps = self._total_steps()
         self.checkpointer = CheckpointManager(
             self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank, world_size=dist.world_size,
@@ -131,19 +138,23 @@ class Trainer:
         self.progress = Progress(self.cfg.progress, total_steps=self.total_steps, enabled=self.dist.is_main)
         resumed = self.resume()
         self.stop.arm()  # from here on there is something to save: SIGTERM means checkpoint, exit 143
+        self.offsets = self._previous_stage_counters()
         self._start_tracking(resumed)
         self._event("start", f"stage {self.cfg.stage}: step {self.step}/{self.total_steps}, world "
                     f"{self.dist.world_size}, grad accumulation {self.grad_accum}, device {self.device}",
                     step=self.step, total_steps=self.total_steps, resumed_from=resumed)
         self.progress.start(self.step)
         self.heartbeat.update(step=self.step, total_steps=self.total_steps, phase="train")
-        hang = self.cfg.debug.hang_at_step if self.cfg.debug.hang_rank == self.dist.rank else None
+        debug = self.cfg.debug
+        hang = debug.hang_at_step if debug.hang_rank == self.dist.rank and debug.hang_attempt in (
+            0, attempt_from_env()) else None
         batches = iter(self.loader)
         while self.step < self.total_steps:
             if self.step == hang:
                 hang_forever(self.step, self.dist.rank)
             result = self.train_step(batches)
             self.step += 1
+            self.tokens_seen += result.tokens
             self.started = True
             self.heartbeat.update(step=self.step, loss=result.loss, tokens_per_s=result.tokens / result.step_s)
             last = self.step == self.total_steps
@@ -212,7 +223,15 @@ class Trainer:
 
             metrics["gpu_memory_max_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
             metrics["gpu_memory_reserved_gib"] = torch.cuda.memory_reserved() / 2**30
-        self.logger.log_metrics(metrics, step=self.step)
+        global_step = self.offsets["global_step"] + self.step
+        tracked = {_MLFLOW_NAMES.get(k, k): v for k, v in metrics.items()}
+        tracked.update({
+            N.PROGRESS_GLOBAL_STEP: global_step, N.PROGRESS_STAGE_STEP: self.step,
+            N.PROGRESS_TOKENS_SEEN: self.offsets["tokens_seen"] + self.tokens_seen,
+            N.PROGRESS_SAMPLES_SEEN: self.offsets["samples_seen"] + self.step * self.cfg.global_batch_size,
+            N.PROGRESS_FRACTION: self.step / self.total_steps})
+        # the x axis is the global step, so the stages' curves continue one another
+        self.logger.log_metrics(tracked, step=global_step)
         if self.progress is not None:
             self.progress.step(self.step, metrics)
 
@@ -246,15 +265,24 @@ class Trainer:
     def export(self) -> None:
         run_id = self.logger.wait_for_run(10.0)
         url = f"{self.store.url}/{layout.export_prefix(self.cfg.pipeline, self.cfg.stage)}"
+        counters = {N.MANIFEST_GLOBAL_STEP: self.offsets["global_step"] + self.step,
+                    N.MANIFEST_TOKENS_SEEN: self.offsets["tokens_seen"] + self.tokens_seen,
+                    N.MANIFEST_SAMPLES_SEEN: self.offsets["samples_seen"] + self.step * self.cfg.global_batch_size}
         manifest = export_stage(
             self.engine, store=self.store, pipeline=self.cfg.pipeline, stage=self.cfg.stage, step=self.step,
             rank=self.dist.rank, zero_stage=self.cfg.deepspeed.zero_stage, config_hash=self.cfg.fingerprint(),
             mlflow_run_id=run_id, extra={"init_from": self.cfg.init_from, "export_uri": url,
-                                         "checkpoint": self.checkpointer.url(self.step)})
+                                         "checkpoint": self.checkpointer.url(self.step), **counters},
+            tokenizer=self.tokenizer, processor=self.processor)
         if manifest is not None:
-            self.logger.set_tags({"eve.export_uri": url})
-            self.logger.log_text(manifest.to_json().decode(), "export/stage-complete.json")
-            self.logger.register_model(f"eve-{self.cfg.pipeline}-{self.cfg.stage}", url)
+            blob = manifest.to_json()
+            digest = hashlib.sha256(blob).hexdigest()
+            self.logger.set_tags({N.TAG_EXPORT_URI: url, N.TAG_MANIFEST_SHA256: digest})
+            self.logger.log_text(blob.decode(), "export/stage-complete.json")
+            if self.cfg.mlflow.register_exports:
+                name = N.registered_model_name(self.cfg.mlflow.registered_model, self.cfg.model.preset)
+                self.logger.register_export(ExportVersion(name=name, stage=self.cfg.stage, pipeline=self.cfg.pipeline,
+                                                          source=url, manifest_sha256=digest, step=self.step))
             self._event("export", f"export {url} ({len(manifest.files)} files)", url=url)
 
     def resume(self) -> int | None:
@@ -270,18 +298,34 @@ class Trainer:
             return None
         state = restored.trainer_state
         self.step = restored.step
-        self.loader.load_state_dict(state["loader"])
+        self.tokens_seen = float(state.get("tokens_seen", 0.0))
+        if restored.all_states is not None:  # written by another world size: re-split what is left
+            facts = self.loader.load_resharded([s["loader"] for s in restored.all_states])
+            self._event("resharded", f"checkpoint of {restored.written_by} ranks resumed on {self.dist.world_size}: "
+                        f"model, optimizer and LR schedule via a universal checkpoint; {facts['left_in_epoch']} "
+                        f"samples left in epoch {facts['epoch']} re-split over the ranks", step=restored.step,
+                        written_by=restored.written_by, **facts)
+        else:
+            self.loader.load_state_dict(state["loader"])
+        old_batch = state.get("global_batch_size", self.cfg.global_batch_size)
+        if old_batch != self.cfg.global_batch_size:
+            log.warning("global_batch_size changed from %d to %d since the checkpoint: the remaining steps, the "
+                        "samples per step and the LR schedule (now over %d steps) differ from the original run, so "
+                        "the run is not the one it would have been; every sample is still seen once per epoch",
+                        old_batch, self.cfg.global_batch_size, self.total_steps)
         _set_rng_state(state["rng"])
         self.resume_run_id = restored.manifest.mlflow_run_id or state.get("mlflow_run_id")
         self._event("resumed", f"resumed from {self.checkpointer.url(restored.step)}", step=restored.step)
         return restored.step
 
-    def close(self, status: str = "FAILED") -> None:
-        """Safe on a half-built trainer."""
+    def close(self, status: str = "FAILED", error: str | None = None) -> None:
+        """Safe on a half-built trainer. `error` (a traceback) goes to the run as logs/rank-<r>-error.txt."""
         if self.progress is not None:
             self.progress.close()
         if getattr(self, "heartbeat", None) is not None:
             self.heartbeat.close("done" if status == "FINISHED" else status.lower())
+        if error and status == "FAILED":
+            self.logger.log_text(error, f"{N.LOGS_ARTIFACT_DIR}/rank-{self.dist.rank}-error.txt")
         self.logger.close(status)
 
     # -- building blocks -------------------------------------------------------------------------
@@ -337,17 +381,17 @@ class Trainer:
 
     def _start_tracking(self, resumed: int | None) -> None:
         cfg = self.cfg
-        tags = {"eve.pipeline": cfg.pipeline, "eve.stage": cfg.stage,
-                "eve.init_checkpoint": cfg.init_from or "random-init",
-                "eve.previous_run_id": cfg.mlflow.previous_run_id or "",
+        tags = {N.TAG_PIPELINE: cfg.pipeline, N.TAG_STAGE: cfg.stage, N.TAG_RUN_KIND: "stage",
+                N.TAG_INIT_CHECKPOINT: cfg.init_from or "random-init",
+                N.TAG_PREVIOUS_RUN: cfg.mlflow.previous_run_id or "",
                 "eve.world_size": str(self.dist.world_size), "eve.model_preset": cfg.model.preset}
         if commit := _git_commit():
             tags["mlflow.source.git.commit"] = tags["eve.git_commit"] = commit
         self.logger = build_logger(
             tracking_uri=cfg.mlflow.tracking_uri, is_main=self.dist.is_main, experiment=cfg.mlflow.experiment,
-            run_name=f"{cfg.pipeline}/{cfg.stage}", tags=tags, parent_run_id=cfg.mlflow.parent_run_id,
+            run_name=N.stage_run_name(cfg.stage), tags=tags, parent_run_id=cfg.mlflow.parent_run_id,
             resume_run_id=self.resume_run_id if resumed is not None else None,
-            system_metrics=cfg.mlflow.system_metrics)
+            system_metrics=cfg.mlflow.system_metrics, system_metrics_interval_s=cfg.mlflow.system_metrics_interval_s)
         self.logger.log_params({
             **cfg.model_dump(mode="json"),
             "derived": {"world_size": self.dist.world_size, "gradient_accumulation": self.grad_accum,
@@ -356,10 +400,37 @@ class Trainer:
                         "bf16": self.bf16}})
         if resumed is not None:
             self.logger.set_tags({"eve.resumed_from_step": str(resumed)})
+        if not self.dist.is_main or not cfg.mlflow.tracking_uri:
+            return
+        self.logger.log_dict(cfg.model_dump(mode="json"), N.CONFIG_ARTIFACT)
+        try:
+            self.logger.log_datasets(dataset_refs(cfg.data.urls, endpoint_url=cfg.storage.endpoint_url,
+                                                  region=cfg.storage.region))
+        except Exception as err:  # noqa: BLE001 - lineage must not stop training; the loader read them
+            log.warning("dataset inputs not logged: %s", err)
+
+    def _previous_stage_counters(self) -> dict[str, Any]:
+        """global_step / tokens_seen / samples_seen where the init export's stage ended (0 when fresh).
+
+        Only rank 0 logs and writes the manifest, so only rank 0 reads them (no collective)."""
+        zero = {"global_step": 0, "tokens_seen": 0.0, "samples_seen": 0}
+        if not self.cfg.init_from or self.init_kind != "eve" or not self.dist.is_main:
+            return zero
+        try:
+            store = open_store(self.cfg.init_from, endpoint_url=self.cfg.storage.endpoint_url,
+                               region=self.cfg.storage.region)
+            extra = layout.Manifest.from_json(store.get_bytes(layout.STAGE_COMPLETE)).extra
+            found = {"global_step": int(extra.get(N.MANIFEST_GLOBAL_STEP, 0)),
+                     "tokens_seen": float(extra.get(N.MANIFEST_TOKENS_SEEN, 0.0)),
+                     "samples_seen": int(extra.get(N.MANIFEST_SAMPLES_SEEN, 0))}
+        except Exception:  # noqa: BLE001 - a plain HF folder has no stage-complete manifest
+            found = zero
+        return found
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "loader": self.loader.state_dict(), "rng": _rng_state(),
-                "mlflow_run_id": self.logger.run_id}
+                "global_batch_size": self.cfg.global_batch_size,
+                "mlflow_run_id": self.logger.run_id, "tokens_seen": self.tokens_seen}
 
     def _seed_everything(self, seed: int) -> None:
         import numpy as np
@@ -411,6 +482,17 @@ def _num_positions(out: Any, batch: dict[str, Any]) -> float:
     """Sequence positions the model ran, padding included."""
     mask = getattr(out, "attention_mask", None)
     return float((mask if mask is not None else batch["input_ids"]).numel())
+
+
+#: the progress line's short names -> MLflow's grouped names
+_MLFLOW_NAMES = {"loss": N.TRAIN_LOSS, "lm_loss": N.TRAIN_LM_LOSS, "align_loss": N.TRAIN_ALIGN_LOSS,
+                 "lr": N.TRAIN_LR, "vision_lr": N.TRAIN_VISION_LR, "grad_norm": N.TRAIN_GRAD_NORM,
+                 "samples_per_s": N.PERF_SAMPLES_PER_S, "tokens_per_s": N.PERF_TOKENS_PER_S,
+                 "data_wait_fraction": N.DATA_WAIT_FRACTION, "step_time_s": N.PERF_STEP_TIME_S,
+                 "mfu": N.PERF_MFU, "padding_fraction": N.PERF_PADDING_FRACTION,
+                 "model_tflops_per_s": N.PERF_MODEL_TFLOPS_PER_S,
+                 "gpu_memory_max_allocated_gib": N.PERF_GPU_MEM_MAX_ALLOCATED,
+                 "gpu_memory_reserved_gib": N.PERF_GPU_MEM_RESERVED}
 
 
 def _numel(model: Any, trainable: bool = False) -> int:

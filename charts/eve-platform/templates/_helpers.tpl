@@ -155,16 +155,35 @@ credentials, always by reference to the existing Secret (never inline).
   value: {{ .Values.storage.s3.region | quote }}
 - name: AWS_DEFAULT_REGION
   value: {{ .Values.storage.s3.region | quote }}
+{{- end -}}
+
+{{/*
+S3 access keys from a Secret, by reference: (list . "<secret name>"); nothing for "".
+*/}}
+{{- define "eve-platform.s3KeysEnv" -}}
+{{- $ := index . 0 -}}
+{{- with index . 1 }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.storage.s3.credentialsSecret.name }}
-      key: {{ .Values.storage.s3.credentialsSecret.accessKeyIdKey }}
+      name: {{ . }}
+      key: {{ $.Values.storage.s3.credentialsSecret.accessKeyIdKey }}
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.storage.s3.credentialsSecret.name }}
-      key: {{ .Values.storage.s3.credentialsSecret.secretAccessKeyKey }}
+      name: {{ . }}
+      key: {{ $.Values.storage.s3.credentialsSecret.secretAccessKeyKey }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The Secret with the operator's own S3 credentials; "" with operator.s3Identity=serviceAccount
+(IRSA, workload identity: the ServiceAccount's annotations give the pod its cloud identity).
+*/}}
+{{- define "eve-platform.operatorCredentialsSecret" -}}
+{{- if eq .Values.operator.s3Identity "secret" -}}
+{{- default .Values.storage.s3.credentialsSecret.name .Values.operator.credentialsSecret -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -202,6 +221,14 @@ tests/deploy asserts this exact rule set.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/*
+Only with operator.readPipelineSecrets: read the S3 credentials Secret a pipeline names, to
+verify its manifests with the pipeline's own keys. Always in a Role per watched namespace,
+never cluster-wide (role-secrets.yaml).
+*/}}
+{{- define "eve-platform.rbac.secretRules" -}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
@@ -243,6 +270,12 @@ cannot express.
 {{- end -}}
 {{- if and .Values.mlflow.artifactsDestination (not (regexMatch "^[a-z0-9]+://" .Values.mlflow.artifactsDestination)) -}}
 {{- fail (printf "mlflow.artifactsDestination=%q must be a URL such as s3://bucket/mlflow-artifacts" .Values.mlflow.artifactsDestination) -}}
+{{- end -}}
+{{- if and .Values.operator.readPipelineSecrets .Values.rbac.create (not (include "eve-platform.watchNamespaces" . | fromYamlArray)) -}}
+{{- fail "operator.readPipelineSecrets=true grants reading Secrets only in named namespaces: set watchNamespaces (or rbac.namespaced=true for the release namespace); a cluster-wide Secret grant is not offered" -}}
+{{- end -}}
+{{- if and (eq .Values.operator.s3Identity "secret") (not (include "eve-platform.operatorCredentialsSecret" .)) -}}
+{{- fail "operator.s3Identity=secret needs operator.credentialsSecret or storage.s3.credentialsSecret.name; or set operator.s3Identity=serviceAccount (IRSA / workload identity via serviceAccount.annotations)" -}}
 {{- end -}}
 {{- if and (eq .Values.trainJob.defaultJobApi "TrainJob") (not .Values.trainJob.enabled) -}}
 {{- fail "trainJob.defaultJobApi=TrainJob needs trainJob.enabled=true (the ClusterTrainingRuntime and the operator's RBAC for trainjobs)" -}}

@@ -14,7 +14,7 @@ from typing import Any
 
 from eve_operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from eve_operator.jobspec import build_job_spec
-from eve_operator.pipeline import Observation, PipelineStatus, StageComplete, SubmitJob, decide, job_name
+from eve_operator.pipeline import SubmitJob, job_name
 from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
 from eve_operator.spec import PipelineSpec, validate_name
 from eve_operator.trainjob import CONTAINER as TRAINJOB_CONTAINER
@@ -87,23 +87,21 @@ def render_pipeline(name: str, namespace: str | None, spec: PipelineSpec) -> dic
     return {
         "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": name, "namespace": current_namespace(namespace)},
-        "spec": spec.model_dump(by_alias=True, exclude_defaults=True, mode="json"),
+        # only what the user set: every omitted field takes the operator's default (eve_operator.defaults)
+        "spec": spec.model_dump(by_alias=True, exclude_unset=True, mode="json"),
     }
 
 
 def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[dict[str, Any]]:
-    """The PyTorchJob(s) or TrainJob(s) (spec.jobApi) the operator would create first (ownerReferences
-    are added then)."""
+    """The PyTorchJob or TrainJob (spec.jobApi) of every stage, in order, as the operator will
+    create them: the first from the pipeline's init_from, each later one from the previous
+    stage's export (the URL it will have; the operator checks its stage-complete manifest
+    first). ownerReferences and the parent run id are added at run time."""
     validate_name(name)
-    previous = None
-    if not spec.init_from and (prev := spec.previous_stage(spec.chain()[0])) is not None:
-        # looked up in S3 at run time; shown here as the URL it will have
-        from eve_trainer.layout import export_prefix
-
-        previous = StageComplete(f"{spec.output.rstrip('/')}/{export_prefix(name, prev)}")
-    decision = decide(name, spec, PipelineStatus(), Observation(previous_export=previous), 0.0)
     ns = current_namespace(namespace)
-    jobs = [build_job_spec(name, spec, action) for action in decision.actions if isinstance(action, SubmitJob)]
+    jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, job_name(name, stage, 1),
+                                                 spec.planned_init_from(name, stage), None))
+            for stage in spec.chain()]
     if job_api_of(spec, os.environ) == "TrainJob":
         return [build_trainjob(job, namespace=ns, runtime=runtime_of(os.environ)) for job in jobs]
     return [build_pytorchjob(job, namespace=ns) for job in jobs]

@@ -39,6 +39,8 @@ from eve_operator.spec import PipelineSpec
 from eve_operator.tracking import RunRecords
 
 POLL_S = 0.5
+#: SIGTERM -> SIGKILL grace of a stalled job: its ranks are blocked, no final checkpoint can come
+STALL_GRACE_S = 5.0
 
 
 def home() -> Path:
@@ -149,6 +151,7 @@ class LocalJob:
         self.message = ""
         self.exit_codes: list[int] = []
         self.suspended = False
+        self.logs_uploaded = False  # a failed attempt's rank logs go to MLflow once
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -248,6 +251,19 @@ def last_line(path: Path, marker: str) -> str:
     return next((line for line in reversed(_log_end(path)) if marker in line), "")
 
 
+def _upload_rank_logs(spec: PipelineSpec, parent_run_id: str | None, job: LocalJob) -> None:
+    """A failed attempt's rank logs go to its stage run in MLflow (logs/attempt-<k>/)."""
+    if not spec.mlflow.tracking_uri or not parent_run_id:
+        return
+    try:
+        from eve_trainer.metrics import upload_rank_logs
+
+        upload_rank_logs(spec.mlflow.tracking_uri, spec.mlflow.experiment, parent_run_id, job.job.stage,
+                         str(job.logs), job.job.attempt)
+    except Exception as err:  # noqa: BLE001 - tracking never stops the pipeline
+        print(f"warning: rank logs of {job.job.name} not uploaded to MLflow: {err}", file=sys.stderr)
+
+
 # -- the runner ----------------------------------------------------------------------------
 
 
@@ -279,7 +295,12 @@ class LocalRunner:
         return list(self.job.exit_codes) if self.job is not None and self.job.job.name == name else []
 
     def observe(self) -> Observation:
-        return observe(self.record.spec, self.record.status, _Reader(self))
+        observation = observe(self.record.spec, self.record.status, _Reader(self))
+        job = self.job
+        if job is not None and not job.logs_uploaded and job.state() == "Failed":
+            job.logs_uploaded = True
+            _upload_rank_logs(self.record.spec, self.record.status.mlflow_run_id, job)
+        return observation
 
     def act(self, decision: Decision) -> None:
         for action in decision.actions:
@@ -292,7 +313,7 @@ class LocalRunner:
                 self.job.set_suspended(action.suspended)
             elif isinstance(action, StopJob) and self.job is not None and self.job.job.name == action.job_name:
                 self.job.dump_stacks()
-                self.job.terminate()
+                self.job.terminate(grace_s=STALL_GRACE_S)
             elif isinstance(action, EndStageRun):
                 self.runs.end_stage(self.record.status.mlflow_run_id, action.stage, action.status, action.reason)
             elif isinstance(action, Emit):

@@ -47,9 +47,25 @@ def _size(text: str) -> int:
 
 def _fail(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USER_ERROR)
+
+
+#: Module -> the distribution that provides it (the `data` extra: pip install 'eve-platform[data]').
+_DATA_MODULES = {"PIL": "Pillow", "numpy": "numpy", "webdataset": "webdataset"}
+
+
+def _require(verb: str, *modules: str) -> None:
+    """A plain `pip install eve-platform` has no image libraries: say which extra to install."""
+    import importlib.util
+
+    missing = [_DATA_MODULES[m] for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        names = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+        _fail(f"`eve-platform data {verb}` needs {names}, which a plain install does not "
+              "include: pip install 'eve-platform[data]' (the trainer's [train] extra has them too)")
 
 
 def _user_errors():  # noqa: ANN202
@@ -92,6 +108,7 @@ def convert_cmd(
     out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
 ) -> None:
     """Convert a dataset into WebDataset shards + index.json, skipping (and counting) bad records."""
+    _require("convert", "PIL", "webdataset")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from eve_trainer.data.convert import convert
@@ -125,6 +142,8 @@ def synth_cmd(
 ) -> None:
     """Write a small synthetic dataset (random images + captions or conversations) for demos and tests."""
     import time
+
+    _require("synth", "PIL", "numpy", "webdataset")
 
     from eve_trainer.data.synth import write_synthetic_dataset
 

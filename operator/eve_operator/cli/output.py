@@ -63,16 +63,23 @@ def pipeline_rows(objs: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 PIPELINE_HEADERS = ["NAME", "BACKEND", "PHASE", "STAGE", "DONE", "AGE"]
-STAGE_HEADERS = ["STAGE", "STATE", "ATTEMPT", "JOB", "CHECKPOINT", "MLFLOW RUN", "MESSAGE"]
+STAGE_HEADERS = ["STAGE", "STATE", "ATTEMPT", "JOB", "CHECKPOINT", "MLFLOW RUN", "PROGRESS", "MESSAGE"]
 
 
-def stage_rows(obj: dict[str, Any]) -> list[list[Any]]:
-    return [[s["name"], s.get("state"), s.get("attempt") or "-", s.get("jobName"), s.get("checkpoint"),
-             s.get("mlflowRunId"), (s.get("message") or "")[:80]]
-            for s in (obj.get("status") or {}).get("stages") or []]
+def stage_rows(obj: dict[str, Any], live: dict[str, dict[str, Any]] | None = None) -> list[list[Any]]:
+    """One row per stage; `live` (cli.progress.live) adds a running stage's progress and run id."""
+    from eve_operator.cli.progress import short
+
+    rows = []
+    for s in (obj.get("status") or {}).get("stages") or []:
+        now = (live or {}).get(s["name"]) or {}
+        rows.append([s["name"], s.get("state"), s.get("attempt") or "-", s.get("jobName"), s.get("checkpoint"),
+                     s.get("mlflowRunId") or now.get("mlflowRunId"), short(now.get("progress")),
+                     (s.get("message") or "")[:80]])
+    return rows
 
 
-def describe(obj: dict[str, Any]) -> None:
+def describe(obj: dict[str, Any], live: dict[str, dict[str, Any]] | None = None) -> None:
     meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
     print(f"Name:        {meta['name']}")
     print(f"Backend:     {meta.get('backend', 'kubernetes')}"
@@ -81,11 +88,28 @@ def describe(obj: dict[str, Any]) -> None:
     print(f"Stage:       {status.get('currentStage') or '-'}")
     print(f"Preset:      {spec.get('preset')}   Output: {spec.get('output')}")
     if status.get("mlflowRunId"):
-        print(f"MLflow run:  {status['mlflowRunId']} ({(spec.get('mlflow') or {}).get('trackingUri')})")
+        uri = (spec.get("mlflow") or {}).get("trackingUri") or \
+            ((status.get("effective") or {}).get("mlflow.trackingUri") or {}).get("value")
+        print(f"MLflow run:  {status['mlflowRunId']} ({uri})")
     if status.get("message"):
         print(f"Message:     {status['message']}")
+    from eve_operator.cli.progress import duration, rate
+
+    for stage, now in (live or {}).items():
+        p = now.get("progress")
+        if p is not None:
+            print(f"Progress:    {stage}: step {p.step}/{p.total_steps}, loss "
+                  f"{'-' if p.loss is None else f'{p.loss:.4f}'}, {rate(p.tokens_per_s)} tokens/s, "
+                  f"ETA {duration(p.eta_s)} ({p.ranks} rank(s) reporting, {p.phase})")
+        if now.get("mlflowRunId"):
+            print(f"Stage run:   {stage}: MLflow run {now['mlflowRunId']}")
+    effective = status.get("effective") or {}
+    if effective:
+        print("\nEffective settings (source: pipeline | operator default | built-in):")
+        table(["FIELD", "VALUE", "SOURCE"],
+              [[f"spec.{k}", v.get("value"), v.get("source")] for k, v in effective.items()], "")
     print("\nStages:")
-    table(STAGE_HEADERS, stage_rows(obj), "  (none yet)")
+    table(STAGE_HEADERS, stage_rows(obj, live), "  (none yet)")
     events = obj.get("events") or []
     print("\nEvents:")
     table(["AGE", "TYPE", "REASON", "MESSAGE"],

@@ -41,10 +41,14 @@ PIPELINE_KEYS: dict[str, str] = {
     "queue": "scheduling.queue",
     "priority_class": "scheduling.priority_class",
     "max_attempts": "max_attempts",
+    "stall_timeout_s": "stall_timeout_s",
     "suspend": "suspend",
     "job_api": "job_api",
     "jobApi": "job_api",  # the EvePipeline field's name (PyTorchJob | TrainJob)
 }
+
+#: Keys whose empty value means "none" (no tracking, AWS S3, any GPU, ...), not "unset".
+EMPTY_IS_A_VALUE = {"gpu_product", "tracking_uri", "endpoint_url", "credentials_secret", "queue", "priority_class"}
 
 
 def _value(raw: str) -> Any:
@@ -73,6 +77,8 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
         if key == "name":
             name = validate_name(str(value))
         elif key in PIPELINE_KEYS:
+            if key in EMPTY_IS_A_VALUE and value is None:
+                value = ""  # `gpu_product=`: any GPU, not "unset" (which takes the operator's default)
             if key == "data" and isinstance(value, str):
                 value = [v for v in value.split(",") if v]
             set_dotted(tree, PIPELINE_KEYS[key], value)

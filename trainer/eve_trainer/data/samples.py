@@ -59,6 +59,16 @@ class SampleBuilder:
                 pass
         return n
 
+    def _resize_target(self, width: int, height: int) -> tuple[int, int] | None:
+        """(w, h) of the largest view the processor resizes this image to (the EVE view)."""
+        layout = getattr(self.processor, "layout", None)
+        if layout is None:
+            size = getattr(self.processor, "image_size", None)
+            return (size, size) if size else None
+        lay = layout(width, height)
+        ratio = getattr(self.processor, "ratio", 1)
+        return lay.width * ratio, lay.height * ratio
+
     def finish(self, prep: Prepared) -> dict[str, Any]:
         import torch
         from PIL import Image
@@ -67,12 +77,13 @@ class SampleBuilder:
         if prep.image_bytes is not None:
             try:
                 pil = Image.open(io.BytesIO(prep.image_bytes))
-                size = getattr(self.processor, "image_size", None)
-                if pil.format == "JPEG" and size:
-                    # DCT-domain downscale by 2/4/8 while both sides stay >= image_size: large
-                    # photos decode several times faster; the processor resizes anyway
-                    pil.draft("RGB", (size, size))
-                pil = pil.convert("RGB")
+                if pil.format == "JPEG":
+                    target = self._resize_target(*pil.size)
+                    if target:
+                        # DCT-domain downscale by 2/4/8 while both sides stay >= what the
+                        # processor resizes to: 1-4 MP photos decode several times faster
+                        pil.draft("RGB", target)
+                pil = pil.convert("RGB") if pil.mode != "RGB" else _loaded(pil)  # no copy when already RGB
             except Exception as err:  # noqa: BLE001 - PIL raises many types for bad data
                 raise SampleError("corrupt_image", f"{type(err).__name__}: {err}") from None
         image, image_clip = self.processor(pil)
@@ -82,6 +93,11 @@ class SampleBuilder:
         return {"input_ids": torch.tensor(prep.input_ids, dtype=torch.long),
                 "labels": torch.tensor(prep.labels, dtype=torch.long),
                 "image": image, "image_clip": image_clip, "length": n}
+
+
+def _loaded(pil: Any) -> Any:
+    pil.load()
+    return pil
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:

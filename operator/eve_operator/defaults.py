@@ -1,0 +1,137 @@
+"""What the operator was installed with: the cluster's defaults for pipelines, read once.
+
+The chart (charts/eve-platform/templates/deployment.yaml) puts the platform team's choices
+into the operator's environment. A pipeline that omits one of these fields gets the
+operator's value; a pipeline's own value always wins; without either, the spec model's
+built-in default applies. `provenance()` says which of the three each effective value is
+(`eve-platform describe` shows it from status.effective).
+
+    field                        env of the operator        chart value
+    image                        EVE_TRAINER_IMAGE          trainer.image.*
+    mlflow.trackingUri           MLFLOW_TRACKING_URI        mlflow.trackingUri / the in-cluster server
+    mlflow.experiment            MLFLOW_EXPERIMENT_NAME     mlflow.experiment
+    s3.endpointUrl               EVE_S3_ENDPOINT            storage.s3.endpoint
+    s3.region                    AWS_REGION                 storage.s3.region
+    s3.credentialsSecret         EVE_CREDENTIALS_SECRET     storage.s3.credentialsSecret.name
+    scheduling.gangScheduler     EVE_GANG_SCHEDULER         scheduling.gangScheduler
+    scheduling.queue             EVE_QUEUE                  scheduling.queue (only with that gang scheduler)
+    scheduling.priorityClass     EVE_PRIORITY_CLASS         scheduling.priorityClassName
+    resources.gpuProduct         EVE_GPU_PRODUCT            scheduling.gpuProduct (also each stage's resources)
+
+"Omitted" means absent or null; an empty string is a value (`gpuProduct: ""`: any GPU,
+`trackingUri: ""`: no tracking). The CRD carries no default for these fields, so the API
+server leaves them absent and the operator can tell.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from eve_operator.spec import PipelineSpec
+
+#: Spec path (camelCase, as in the resource) -> the operator env var that defaults it.
+FIELDS: dict[str, str] = {
+    "image": "EVE_TRAINER_IMAGE",
+    "mlflow.trackingUri": "MLFLOW_TRACKING_URI",
+    "mlflow.experiment": "MLFLOW_EXPERIMENT_NAME",
+    "s3.endpointUrl": "EVE_S3_ENDPOINT",
+    "s3.region": "AWS_REGION",
+    "s3.credentialsSecret": "EVE_CREDENTIALS_SECRET",
+    "scheduling.gangScheduler": "EVE_GANG_SCHEDULER",
+    "scheduling.queue": "EVE_QUEUE",
+    "scheduling.priorityClass": "EVE_PRIORITY_CLASS",
+    "resources.gpuProduct": "EVE_GPU_PRODUCT",
+}
+PIPELINE, OPERATOR, BUILT_IN = "pipeline", "operator default", "built-in"
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    values: dict[str, str] = field(default_factory=dict)
+    """Spec path -> the operator's default (only those the operator was given)."""
+    read_pipeline_secrets: bool = False
+    """EVE_READ_PIPELINE_SECRETS: read the values of a pipeline's spec.s3.credentialsSecret to
+    verify its manifests (chart: operator.readPipelineSecrets). Off: the operator's own identity."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorDefaults:
+        env = os.environ if environ is None else environ
+        values = {path: env[var] for path, var in FIELDS.items() if env.get(var)}
+        return cls(values, env.get("EVE_READ_PIPELINE_SECRETS", "false").lower() in ("1", "true", "yes"))
+
+    def apply(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The raw spec with the operator's defaults filled in where it omits them."""
+        spec = copy.deepcopy(dict(raw))
+        own_gang = _get(raw, "scheduling.gangScheduler")
+        for path, value in self.values.items():
+            if path == "scheduling.queue" and own_gang not in (None, self.values.get("scheduling.gangScheduler")):
+                continue  # a queue belongs to its scheduler: no Kueue queue name for a Volcano pipeline
+            if _get(spec, path) is None:
+                _set(spec, path, value)
+        if (gpu := self.values.get("resources.gpuProduct")) is not None:
+            for stage in (spec.get("stages") or {}).values():
+                res = (stage or {}).get("resources")
+                if isinstance(res, dict) and res.get("gpuProduct") is None:
+                    res["gpuProduct"] = gpu
+        return spec
+
+    def parse(self, raw: Mapping[str, Any] | None) -> PipelineSpec:
+        """The effective spec of a resource; raises pydantic.ValidationError."""
+        return PipelineSpec.model_validate(self.apply(raw or {}))
+
+    def provenance(self, raw: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+        """{path: {"value", "source"}} of every defaultable field of the effective spec."""
+        raw = raw or {}
+        effective = self.parse(raw).model_dump(by_alias=True, mode="json")
+        applied = self.apply(raw)
+        out = {}
+        for path in FIELDS:
+            value = _get(effective, path)
+            if _get(raw, path) is not None:
+                source = PIPELINE
+            elif _get(applied, path) is not None:
+                source = OPERATOR
+            else:
+                source = BUILT_IN
+            out[path] = {"value": "" if value is None else str(value), "source": source}
+        return out
+
+
+def _get(tree: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(tree, Mapping):
+            return None
+        tree = tree.get(key)
+    return tree
+
+
+def _set(tree: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        if not isinstance(tree.get(key), dict):
+            tree[key] = {}
+        tree = tree[key]
+    tree[leaf] = value
+
+
+_LOADED: OperatorDefaults | None = None
+
+
+def operator_defaults(*, reload: bool = False) -> OperatorDefaults:
+    """The operator's defaults, read from its environment once (at operator startup)."""
+    global _LOADED
+    if _LOADED is None or reload:
+        _LOADED = OperatorDefaults.from_env()
+    return _LOADED
+
+
+def parse_spec(raw: Mapping[str, Any] | None) -> PipelineSpec:
+    """The operator's one way to read a resource's spec: its own values, else the operator's."""
+    return operator_defaults().parse(raw)
+
+
+__all__ = ["OperatorDefaults", "FIELDS", "operator_defaults", "parse_spec", "PIPELINE", "OPERATOR", "BUILT_IN"]

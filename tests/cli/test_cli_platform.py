@@ -1,0 +1,100 @@
+"""The CLI on one machine: the local backend refuses what needs a cluster, dry runs chain the
+stages as they really run, progress lines come from the trainer's heartbeats, and the data
+verbs on a plain install say which extra to install."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eve_operator.cli import progress
+from eve_operator.cli.main import app, pipeline_exit_code
+from eve_trainer import layout
+from eve_trainer.storage import open_store
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EVE_PLATFORM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # this machine: no GPU
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))  # and no kube context
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("EVE_PLATFORM_BACKEND", raising=False)
+    return tmp_path / "home"
+
+
+def run(*args: str):  # noqa: ANN201
+    return runner.invoke(app, list(args))
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["nodes=4", "gpus_per_node=8"], "nodes=4 needs a cluster"),
+    (["gpus_per_node=2"], "gpus_per_node=2, but this machine has 0 GPU(s)"),
+    (["sft.data=x", "--backend", "local", "nodes=2", "gpus_per_node=0"], "nodes=2 needs a cluster"),
+])
+def test_local_backend_refuses_what_needs_a_cluster(args: list[str], expected: str, _home: Path) -> None:
+    for extra in ([], ["--dry-run"]):  # a dry run plans nothing it cannot run either
+        result = run("submit", "stage=prealign", "name=big", *args, *extra)
+        assert result.exit_code == 2, result.output
+        assert expected in result.output and "--backend kubernetes" in result.output
+        assert "Traceback" not in result.output
+    assert not (_home / "pipelines" / "big").exists()
+
+
+def test_local_dry_run_chains_each_stage_from_the_previous_export(_home: Path) -> None:
+    result = run("submit", "stage=prealign", "name=chain", "init_from=/models/llama", "output=s3://b/eve",
+                 "nproc_per_node=2", "--dry-run", "-o", "json")
+    assert result.exit_code == 0, result.output
+    stages = json.loads(result.stdout)["stages"]
+    assert [s["init_from"] for s in stages] == ["/models/llama", "s3://b/eve/chain/prealign/export",
+                                                 "s3://b/eve/chain/pretrain/export"]
+    assert "init_from=s3://b/eve/chain/pretrain/export" in stages[2]["command"]
+    assert "init_from=/models/llama" not in stages[1]["command"]
+
+
+def test_progress_from_the_heartbeat_contract(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/out")
+    for rank, step in ((0, 120), (1, 118)):
+        beat = layout.Heartbeat(rank=rank, step=step, total_steps=1000, attempt=2, loss=2.3141,
+                                tokens_per_s=12345.0, eta_s=845.0 + rank, phase="train")
+        store.put_bytes(layout.heartbeat_key("p", "pretrain", rank), beat.to_json())
+    store.put_bytes(layout.heartbeat_key("p", "pretrain", 2),
+                    layout.Heartbeat(rank=2, step=5, total_steps=1000, attempt=1).to_json())  # last attempt's
+    now = progress.summarize(layout.read_heartbeats(store, "p", "pretrain"), attempt=2)
+    assert now is not None and (now.step, now.total_steps, now.ranks) == (118, 1000, 2)
+    assert progress.short(now) == "118/1000 (12%) loss 2.314 12.3k tok/s ETA 14m06s"
+    obj = {"metadata": {"name": "p"}, "spec": {"output": f"file://{tmp_path}/out"},
+           "status": {"phase": "Running", "stages": [{"name": "prealign", "state": "Succeeded"},
+                                                     {"name": "pretrain", "state": "Running", "attempt": 2}]}}
+    live = progress.live(obj)
+    assert list(live) == ["pretrain"] and live["pretrain"]["progress"] == now
+    assert progress.summarize([], None) is None
+
+
+def test_exit_codes_of_a_finished_pipeline() -> None:
+    assert pipeline_exit_code({"phase": "Succeeded"}) == 0
+    assert pipeline_exit_code({"phase": "Failed", "message": "stage sft failed after attempt 3 of 3"}) == 1
+    assert pipeline_exit_code({"phase": "Failed", "message": "invalid spec: spec.preset: ..."}) == 2
+    assert pipeline_exit_code({"phase": "Failed", "message": "rank 0 exited with code 2: ConfigError"}) == 2
+
+
+@pytest.mark.parametrize(("verb", "missing"), [("synth", "Pillow, numpy and webdataset"),
+                                               ("convert", "Pillow and webdataset")])
+def test_data_verbs_on_a_plain_install_name_the_extra(verb: str, missing: str, tmp_path: Path) -> None:
+    """As after a plain `pip install .`: Pillow, numpy and webdataset cannot be imported (sys.modules[...] = None)."""
+    (tmp_path / "caps.jsonl").write_text('{"image": "a.png", "caption": "x"}\n')
+    args = {"synth": [str(tmp_path / "synth")], "convert": [str(tmp_path / "caps.jsonl"), str(tmp_path / "o")]}
+    script = ("import sys; sys.modules.update(PIL=None, numpy=None, webdataset=None); "
+              "from eve_operator.cli.main import app; app()")
+    proc = subprocess.run([sys.executable, "-c", script, "data", verb, *args[verb]], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"needs {missing}" in proc.stderr and "pip install 'eve-platform[data]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
