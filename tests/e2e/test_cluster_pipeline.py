@@ -120,7 +120,7 @@ def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch
     mp.setenv("KUBECONFIG", str(kubeconfig))  # the operator (kopf, in this process) reads it
     # the training-operator (PyTorchJob) and Kubeflow Trainer v2 (TrainJob) side by side
     cluster = TrainerCluster(emulator, kubeconfig, tmp / "node", runtimes=_chart_runtimes(), max_grace_s=GRACE_S,
-                             extra_env=step_delay)
+                             extra_env=step_delay, interval_s=0.25)  # controllers and a kubelet polling 4x a second
     mp.setenv("EVE_TRAINJOB_RUNTIME", "eve-torch")  # the operator with Trainer v2 support (trainJob.enabled)
     handlers.watch_trainjobs()
     for ns in (NS, TJ_NS):

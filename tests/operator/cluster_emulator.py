@@ -341,6 +341,8 @@ def reconcile(job: dict[str, Any], pods: list[dict[str, Any]], now: float) -> Pl
     status = copy.deepcopy(job.get("status") or {})
     stamp = now_iso(now)
     plan = Plan(status)
+    if run.get("managedBy") not in (None, "", "kubeflow.org/training-operator"):
+        return plan  # Reconcile: "Skipping PyTorchJob managed by a custom controller" (MultiKueue)
     if not status.get("conditions"):  # onOwnerCreateFunc: the create event
         set_condition(status, "Created", "True", f"{kind}Created", f"{kind} {name} is created.", stamp)
 

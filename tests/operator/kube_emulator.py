@@ -95,6 +95,11 @@ class _PodNotFound(KubernetesError):
     reason: str = "NotFound"
 
 
+def _flag(value: str | None) -> bool:
+    """A boolean query parameter: kubectl sends `true`, the Python client `True`."""
+    return (value or "").lower() in ("true", "1")
+
+
 def _is_pods(request: kmock.Request) -> bool:
     return request.resource is not None and request.resource.group == "" and request.resource.plural == "pods"
 
@@ -126,14 +131,14 @@ class _Emulator(kmock.KubernetesEmulator):
         if self._stored((request.resource, ns, name)) is None:
             raise _PodNotFound(message=f'pods "{name}" not found')
         params = request.params
-        container, previous = params.get("container"), params.get("previous") == "true"
+        container, previous = params.get("container"), _flag(params.get("previous"))
         found = self.log_source(ns, name, container, previous) if self.log_source else None
         if found is None:
             what = "previous terminated container" if previous else "container"
             raise _BadRequest(message=f'{what} "{container or "pytorch"}" in pod "{name}" '
                                       "is waiting to start: ContainerCreating")
         tail = int(params["tailLines"]) if params.get("tailLines") else None
-        follow = params.get("follow") == "true"
+        follow = _flag(params.get("follow"))
         yield b""  # start the response: a follower sees the headers before the first line
         with open(found.path, "rb") as f:
             if tail is not None:

@@ -124,6 +124,11 @@ def test_a_new_job_is_created_started_and_gets_its_pods() -> None:
     assert plan.status["startTime"] and plan.status["replicaStatuses"]["Worker"]["active"] == 0
 
 
+def test_a_job_managed_by_another_controller_is_left_alone() -> None:
+    plan = reconcile(job(managedBy="kueue.x-k8s.io/multikueue"), [], T0)
+    assert plan.create == [] and plan.status == {}
+
+
 def running(job_: dict[str, Any], pods: list[dict[str, Any]], now: float = T0) -> dict[str, Any]:
     status = reconcile(job_, pods, now).status
     return {**job_, "status": status}
