@@ -733,9 +733,11 @@ class Kubelet:
         if len(containers) != 1:
             raise NotImplementedError(f"pod {meta['name']}: the emulated kubelet runs one container per pod")
         if not spec.get("nodeName"):
-            self.core.patch_namespaced_pod(meta["name"], meta["namespace"], {
+            bound = _ignore(404, self.core.patch_namespaced_pod, meta["name"], meta["namespace"], {
                 "metadata": {"finalizers": [*(meta.get("finalizers") or []), FINALIZER]},
                 "spec": {"nodeName": NODE}})
+            if bound is None:
+                return  # deleted before it was bound (e.g. its job finished meanwhile): nothing to run
         container = Container(meta["name"], meta["namespace"], meta["uid"],
                               self.root / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}")
         try:
