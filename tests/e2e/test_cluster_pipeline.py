@@ -6,11 +6,14 @@ creates their pods and the emulated kubelet runs each pod's command (the launche
 starts the node's ranks) as a local process group (tests/operator/cluster_emulator.py).
 Only containers, cluster DNS, GPUs and the scheduler are missing (docs/operator.md).
 
-Two pipelines are shared by the tests (module fixtures, a few minutes on 2 cores):
+Three pipelines are shared by the tests (module fixtures, a few minutes each on 2 cores):
 - `cluster_chain`: prealign -> pretrain -> sft on 2 pods x 2 processes; one pod of pretrain
   is SIGKILLed (node loss) after pretrain's first complete checkpoint;
-- `local_chain`: the same pipeline on the local backend at world size 4.
-Their exports must be bit-identical. Two short pipelines check cancel and a permanent failure.
+- `local_chain`: the same pipeline on the local backend at world size 4;
+- `trainjob_chain`: the same pipeline with jobApi=TrainJob in its own namespace: Kubeflow
+  Trainer v2 (tests/operator/trainjob_emulator.py, on the chart's ClusterTrainingRuntime) runs
+  one pod per node with the torch plugin's PET_* env.
+All their exports must be bit-identical. Two short pipelines check cancel and a permanent failure.
 """
 
 from __future__ import annotations
