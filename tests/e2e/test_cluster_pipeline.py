@@ -6,12 +6,15 @@ creates their pods and the emulated kubelet runs each pod's command (the launche
 starts the node's ranks) as a local process group (tests/operator/cluster_emulator.py).
 Only containers, cluster DNS, GPUs and the scheduler are missing (docs/operator.md).
 
-Two pipelines are shared by the tests (module fixtures, a few minutes on 2 cores):
+Three pipelines are shared by the tests (module fixtures, a few minutes each on 2 cores):
 - `cluster_chain`: prealign -> pretrain -> sft on 2 pods x 2 processes; one pod of pretrain
   is SIGKILLed (node loss) after pretrain's first complete checkpoint;
 - `local_chain`: the same pipeline on the local backend at world size 4 (one node of 4 ranks:
-  the same global ranks, the same data order).
-Their exports must be bit-identical. Two short pipelines check cancel and a permanent failure.
+  the same global ranks, the same data order);
+- `trainjob_chain`: the same pipeline with jobApi=TrainJob in its own namespace: Kubeflow
+  Trainer v2 (tests/operator/trainjob_emulator.py, on the chart's ClusterTrainingRuntime) runs
+  one pod per node with the torch plugin's PET_* env.
+All their exports must be bit-identical. Two short pipelines check cancel and a permanent failure.
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the
 from cluster_emulator import JOB_NAME_LABEL, ClusterEmulator, conditions  # noqa: E402
 from kube_emulator import Emulator  # noqa: E402
 from operator_harness import running_operator, wait_for  # noqa: E402
+from trainjob_emulator import JOBSET_NAME, TrainerCluster  # noqa: E402
 
 from eve_trainer import layout  # noqa: E402
 from eve_trainer.storage import open_store  # noqa: E402
 
+from eve_operator import handlers  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the shared chain runs in the first test
 NS = "ml"
+TJ_NS = "ml-trainjob"  # the TrainJob chain: the same pipeline name (same exports), its own namespace
 NODES, NPROC = 2, 2
 STAGES = ["prealign", "pretrain", "sft"]
 #: world 4 = 2 pods x 2 processes: 8 samples a step = 2 per rank, no accumulation
@@ -64,8 +71,8 @@ class World:
         return subprocess.run([sys.executable, "-m", "eve_operator.cli.main", *args], env={**self.env, **env},
                               capture_output=True, text=True, timeout=timeout)
 
-    def submit_cluster(self, name: str, *extra: str) -> None:
-        result = self.cli("submit", "stage=prealign", f"name={name}", f"output=s3://{self.bucket}/cluster",
+    def submit_cluster(self, name: str, *extra: str, prefix: str = "cluster") -> None:
+        result = self.cli("submit", "stage=prealign", f"name={name}", f"output=s3://{self.bucket}/{prefix}",
                           f"data={self.data['caption']}", f"sft.data={self.data['conversation']}",
                           f"endpoint_url={self.endpoint}", "credentials_secret=s3-creds",
                           f"tracking_uri={self.tracking_uri}", "experiment=cluster-e2e",
@@ -115,11 +122,15 @@ def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch
     emulator = Emulator().start()
     kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig", NS)
     mp.setenv("KUBECONFIG", str(kubeconfig))  # the operator (kopf, in this process) reads it
-    cluster = ClusterEmulator(emulator, kubeconfig, tmp / "node", max_grace_s=GRACE_S, extra_env=step_delay,
-                              interval_s=0.25)  # a controller and a kubelet polling 4 times a second
-    cluster.core.create_namespaced_secret(NS, {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
-        "data": {k: _b64(s3_server.env()[k]) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}})
+    # the training-operator (PyTorchJob) and Kubeflow Trainer v2 (TrainJob) side by side
+    cluster = TrainerCluster(emulator, kubeconfig, tmp / "node", runtimes=_chart_runtimes(), max_grace_s=GRACE_S,
+                             extra_env=step_delay, interval_s=0.25)  # controllers and a kubelet polling 4x a second
+    mp.setenv("EVE_TRAINJOB_RUNTIME", "eve-torch")  # the operator with Trainer v2 support (trainJob.enabled)
+    handlers.watch_trainjobs()
+    for ns in (NS, TJ_NS):
+        cluster.core.create_namespaced_secret(ns, {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": ns},
+            "data": {k: _b64(s3_server.env()[k]) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}})
     env = dict(os.environ, EVE_PLATFORM_HOME=str(tmp / "home"), OMP_NUM_THREADS="1")
     env.pop("EVE_PLATFORM_BACKEND", None)
     try:
@@ -130,6 +141,18 @@ def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch
         cluster.stop()
         emulator.stop()
     assert not cluster.errors, "\n".join(cluster.errors)
+
+
+def _chart_runtimes() -> dict[str, dict[str, Any]]:
+    """The chart's ClusterTrainingRuntime (helm template), for TrainJobs; none without helm."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
+    from deploy_support import Helm, tool
+
+    binary, _ = tool("helm")
+    if binary is None:
+        return {}
+    objs = Helm(binary).template("--set", "trainJob.enabled=true", "--set", "scheduling.gangScheduler=none")
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == "ClusterTrainingRuntime"}
 
 
 def _b64(text: str) -> str:
@@ -195,10 +218,32 @@ def local_chain(world: World) -> dict[str, dict[str, str]]:
     result = world.cli("submit", "stage=prealign", "name=chain", f"output=s3://{world.bucket}/local",
                        f"data={world.data['caption']}", f"sft.data={world.data['conversation']}",
                        f"endpoint_url={world.endpoint}", f"tracking_uri={world.tracking_uri}",
-                       "experiment=local-e2e", f"nproc_per_node={NODES * NPROC}", *TRAIN, "--local")
+                       "experiment=local-e2e", "nodes=1", f"nproc_per_node={NODES * NPROC}", *TRAIN,
+                       "--local")  # the local backend runs one node: world 4 as 1 x 4
     world.timings["local chain"] = time.monotonic() - t0
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     return export_digests(world.store("local"), "chain")
+
+
+@pytest.fixture(scope="module")
+def trainjob_chain(world: World) -> dict[str, Any]:
+    """The same chain with jobApi=TrainJob: Kubeflow Trainer v2 runs one pod per node (PET_* env)."""
+    if not world.cluster.trainer.runtimes:
+        pytest.skip("helm is not available to render the chart's ClusterTrainingRuntime")
+    t0 = time.monotonic()
+    world.submit_cluster("chain", "jobApi=TrainJob", "-n", TJ_NS, prefix="trainjob")
+
+    def finished() -> dict[str, Any] | None:
+        obj = world.cluster.custom.get_namespaced_custom_object("eve-platform.io", "v1alpha1", TJ_NS,
+                                                                "evepipelines", "chain")
+        status = obj.get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_for(finished, timeout=900, what="the TrainJob chain to finish")
+    world.timings["trainjob chain"] = time.monotonic() - t0
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+    pods = {stage: world.cluster.trainjob_pods(TJ_NS, f"chain-{stage}") for stage in STAGES}
+    return {"status": status, "digests": export_digests(world.store("trainjob"), "chain"), "pods": pods}
 
 
 def test_chain_runs_prealign_pretrain_sft_on_two_pods_of_two_ranks(world: World, cluster_chain: ChainRun) -> None:
@@ -296,3 +341,22 @@ def test_bad_trainer_override_fails_the_stage_at_once_without_retry(world: World
     # the trainer's own error line: in the Master pod's log, read through the API
     logs = world.cli("logs", "broken", "--stage", "prealign", timeout=60)
     assert "eve-train: error: unknown builtin tokenizer 'builtin:nope'" in logs.stdout, logs.stdout[-3000:]
+
+
+def test_trainjob_chain_export_is_bit_identical_to_pytorchjob_and_local(
+        world: World, trainjob_chain: dict[str, Any], cluster_chain: ChainRun,
+        local_chain: dict[str, dict[str, str]]) -> None:
+    status = trainjob_chain["status"]
+    assert [s["jobName"] for s in status["stages"]] == [f"chain-{s}" for s in STAGES]
+    for stage, pods in trainjob_chain["pods"].items():  # one JobSet pod per node, each ran its 2 ranks
+        assert sorted(p.rsplit("-", 1)[0] for p in pods) == [f"chain-{stage}-node-0-{i}" for i in range(NODES)]
+        assert all((p["metadata"]["labels"] or {})[JOBSET_NAME] == f"chain-{stage}" for p in pods.values())
+    node0 = next(n for n in trainjob_chain["pods"]["sft"] if n.startswith("chain-sft-node-0-0-"))
+    assert f"world {NODES * NPROC}" in world.cluster.log(node0, TJ_NS)
+    logs = world.cli("logs", "chain", "--stage", "sft", "-n", TJ_NS, timeout=60)  # node 0's log via the API
+    assert logs.returncode == 0 and "[eve-train]" in logs.stdout, logs.stderr[-2000:]
+    print(f"\n[cluster-e2e] trainjob sft export digest {digest(trainjob_chain['digests']['sft'])}, "
+          f"wall s {json.dumps({k: round(v) for k, v in world.timings.items()})}", file=sys.__stdout__, flush=True)
+    for stage in STAGES:
+        assert trainjob_chain["digests"][stage] == local_chain[stage], f"{stage}: the TrainJob export differs"
+        assert trainjob_chain["digests"][stage] == cluster_chain.digests[stage]
