@@ -263,16 +263,17 @@ class CheckpointManager:
         shutil.rmtree(work, ignore_errors=True)
 
     def _fetch_all(self, prefix: str, entries: list[FileEntry], dest: Path) -> bool:
-        def fetch(entry: FileEntry) -> bool:
-            path, key = dest / entry.path, join(prefix, entry.path)
-            if hasattr(self.store, "download_and_hash"):
-                sha = self.store.download_and_hash(key, path)
-            else:
-                self.store.download_file(key, path)
-                sha = layout.sha256_file(path)
-            return path.stat().st_size == entry.size and sha == entry.sha256
+        """Download `entries` in parallel; True when every file matches its size and sha256."""
+        return all(self._parallel(lambda entry: self._fetch_verified(prefix, entry, dest), entries))
 
-        return all(self._parallel(fetch, entries))
+    def _fetch_verified(self, prefix: str, entry: FileEntry, dest: Path) -> bool:
+        path, key = dest / entry.path, join(prefix, entry.path)
+        if hasattr(self.store, "download_and_hash"):
+            sha = self.store.download_and_hash(key, path)
+        else:
+            self.store.download_file(key, path)
+            sha = layout.sha256_file(path)
+        return path.stat().st_size == entry.size and sha == entry.sha256
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -295,18 +296,9 @@ class CheckpointManager:
         if not any(e.path == mine for e in wanted):
             return False
 
-        def fetch(entry: FileEntry) -> bool:
-            # rank 0 saw every file with the right size: a failed download here is an outage
-            # (raise: the job is retried), not a corrupt checkpoint (skip it)
-            path, key = dest / entry.path, join(prefix, entry.path)
-            if hasattr(self.store, "download_and_hash"):
-                sha = self.store.download_and_hash(key, path)
-            else:
-                self.store.download_file(key, path)
-                sha = layout.sha256_file(path)
-            return path.stat().st_size == entry.size and sha == entry.sha256
-
-        return all(self._parallel(fetch, wanted))
+        # rank 0 saw every file with the right size: a failed download here is an outage
+        # (raise: the job is retried), not a corrupt checkpoint (skip it)
+        return self._fetch_all(prefix, wanted, dest)
 
     def _parallel(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         if len(items) <= 1:

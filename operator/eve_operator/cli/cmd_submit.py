@@ -1,0 +1,324 @@
+"""`eve-platform submit`: validate, plan and start a pipeline; follow it with --wait."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from eve_operator.cli import output
+from eve_operator.cli.common import (
+    BackendOpt, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE, LocalOpt, NamespaceOpt,
+    OutputOpt, _backend_call, _kube, app, fail, info, pick_backend,
+)
+from eve_operator.cli.output import Format
+
+
+# -- submit ----------------------------------------------------------------------------------
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def submit(
+    words: list[str] = typer.Argument(..., metavar="stage=<name> [key=value ...]",
+                                      help="Pipeline keys (stage, until, name, preset, data, init_from, "
+                                           "output, ...) and trainer overrides (optim.lr=1e-4, "
+                                           "sft.optim.lr=1e-5 for one stage)."),
+    local: bool = LocalOpt,
+    backend: str = BackendOpt,
+    namespace: Optional[str] = NamespaceOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be created and exit."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Local: run in the background."),
+    wait: bool = typer.Option(False, "--wait", "-w",
+                              help="Follow the pipeline to its end with a progress line per stage and exit with "
+                                   "its exit code (0 succeeded, 1 failed, 2 bad config or data). Local runs "
+                                   "wait unless --detach."),
+    output_fmt: Format = OutputOpt,
+) -> None:
+    """Start a pipeline at a stage; the following stages chain automatically unless until=<stage>."""
+    from eve_trainer.config import ConfigError
+
+    from eve_operator.cli.submit_args import parse_submit
+
+    where = pick_backend(backend, local)
+    defaults: dict[str, Any] = {}
+    if where == "local":
+        from eve_operator.backends import local as lb
+
+        defaults = {"output": lb.default_output(), "mlflow": {"tracking_uri": lb.default_tracking_uri()},
+                    "resources": {"gpus_per_node": _local_gpus(), "gpu_product": None}}
+    try:
+        name, spec = parse_submit(words, defaults)
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    name = name or f"eve-{spec.preset}".replace(".", "-")
+    if wait and detach:
+        fail("--wait and --detach contradict each other: pick one")
+    if where == "kubernetes":
+        _submit_kubernetes(name, namespace, spec, dry_run, output_fmt, wait)
+    else:
+        _check_fits_this_machine(spec)
+        _submit_local(name, spec, dry_run, detach, output_fmt)
+
+
+def _check_fits_this_machine(spec: Any) -> None:
+    """The local backend runs one machine: more nodes or GPUs than it has need a cluster."""
+    gpus = _local_gpus()
+    for stage in spec.chain():
+        res = spec.resources_for(stage)
+        where = f"stage {stage}: " if spec.stage(stage).resources is not None else ""
+        if res.nodes > 1:
+            fail(f"{where}nodes={res.nodes} needs a cluster; the local backend runs on this one machine. "
+                 "Submit with --backend kubernetes (a kube context pointing at a cluster with eve-platform "
+                 "installed), or set nodes=1")
+        if res.gpus_per_node > gpus:
+            fail(f"{where}gpus_per_node={res.gpus_per_node}, but this machine has {gpus} GPU(s). Submit with "
+                 f"--backend kubernetes to run on a cluster, or set gpus_per_node={gpus}")
+
+
+def pipeline_exit_code(status: dict[str, Any]) -> int:
+    """0 succeeded; 2 failed for a reason the user must fix (spec, config, data); 1 otherwise."""
+    if status.get("phase") == "Succeeded":
+        return 0
+    message = status.get("message") or ""
+    permanent = message.startswith("invalid ") or "exited with 2" in message or "exited with code 2" in message
+    return EXIT_USAGE if permanent else EXIT_FAILED
+
+
+def _local_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+
+
+def _submit_kubernetes(name: str, namespace: str | None, spec: Any, dry_run: bool, fmt: Format,
+                       wait: bool = False) -> None:
+    kube = _kube()
+    if dry_run:
+        info("dry run: every stage's job, each starting from the previous stage's export; fields the "
+             "pipeline omits (image, tracking, scheduler, ...) take the operator's defaults on the cluster")
+        docs = [_backend_call(kube.render_pipeline, name, namespace, spec),
+                *_backend_call(kube.render_jobs, name, namespace, spec)]
+        if fmt is Format.json:
+            output.emit(docs, fmt)
+        else:
+            import yaml
+
+            sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+        return
+    obj = _backend_call(kube.create_pipeline, name, namespace, spec)
+    if fmt is not Format.table:
+        output.emit(obj, fmt)
+        return
+    print(name)
+    info(f"EvePipeline {name} created in namespace {obj['metadata'].get('namespace')}; "
+         + ("waiting for it to finish (Ctrl-C stops waiting, not the pipeline)" if wait
+            else f"watch it with `eve-platform status {name}`, or submit with --wait"))
+    if wait:
+        raise typer.Exit(_wait_kubernetes(name, obj["metadata"].get("namespace") or namespace))
+
+
+#: Seconds between polls of `submit --wait` on a cluster (status and heartbeats).
+WAIT_POLL_S = float(os.environ.get("EVE_PLATFORM_WAIT_POLL_S", "2"))
+
+
+def _wait_kubernetes(name: str, namespace: str | None) -> int:
+    """Follow an EvePipeline: a line per stage change, a progress line per running stage."""
+    from eve_operator.cli import progress
+
+    kube = _kube()
+    follower = _Follower()
+    try:
+        while True:
+            obj = _backend_call(kube.get_pipeline, name, namespace)
+            if obj is None:
+                fail(f"EvePipeline {name} was deleted while waiting", EXIT_NOT_FOUND)
+            status = obj.get("status") or {}
+            follower.stages(status.get("stages") or [])
+            if status.get("phase") in ("Succeeded", "Failed"):
+                follower.done()
+                code = pipeline_exit_code(status)
+                print(f"pipeline {name}: {status['phase']}" + (f" - {status['message']}" if status.get("message")
+                                                                else ""))
+                output.table(output.STAGE_HEADERS, output.stage_rows(obj), "no stages")
+                return code
+            for stage, now in progress.live(obj).items():
+                follower.progress(stage, now)
+            time.sleep(WAIT_POLL_S)
+    except KeyboardInterrupt:
+        follower.done()
+        info(f"stopped waiting; the pipeline goes on (`eve-platform status {name}`)")
+        return EXIT_INTERRUPTED
+
+
+class _Follower:
+    """Prints what changed: stage transitions always, progress at most every few seconds."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.seen: dict[str, tuple[Any, ...]] = {}
+        self.last_progress: dict[str, tuple[float, str]] = {}
+        self.open_line = False
+
+    def _print(self, text: str, *, transient: bool = False) -> None:
+        if self.tty and transient:
+            sys.stderr.write("\r\033[K" + text)
+            sys.stderr.flush()
+            self.open_line = True
+            return
+        self.done()
+        info(text)
+
+    def done(self) -> None:
+        if self.open_line:
+            sys.stderr.write("\n")
+            self.open_line = False
+
+    def stages(self, stages: list[dict[str, Any]]) -> None:
+        for s in stages:
+            key = (s.get("state"), s.get("attempt"), s.get("message"))
+            if self.seen.get(s["name"]) != key and s.get("state") != "Pending":
+                self.seen[s["name"]] = key
+                text = f"{time.strftime('%H:%M:%S')} {s['name']}: {s.get('state')}"
+                if (s.get("attempt") or 0) > 1:
+                    text += f" (attempt {s['attempt']})"
+                if s.get("message"):
+                    text += f" - {s['message']}"
+                if s.get("state") == "Succeeded" and s.get("checkpoint"):
+                    text += f" -> {s['checkpoint']}"
+                self._print(text)
+
+    def progress(self, stage: str, now: dict[str, Any]) -> None:
+        from eve_operator.cli.progress import short
+
+        text = short(now.get("progress"))
+        if now.get("mlflowRunId"):
+            text += f" (MLflow run {now['mlflowRunId']})"
+        if not text:
+            return
+        last_t, last_text = self.last_progress.get(stage, (0.0, ""))
+        if text == last_text or time.monotonic() - last_t < (1.0 if self.tty else 10.0):
+            return
+        self.last_progress[stage] = (time.monotonic(), text)
+        self._print(f"  {stage}: {text}", transient=True)
+
+
+def _submit_local(name: str, spec: Any, dry_run: bool, detach: bool, fmt: Format) -> None:
+    from eve_trainer.config import ConfigError
+
+    from eve_operator.backends import local as lb
+    from eve_operator.jobspec import build_job_spec
+    from eve_operator.pipeline import SubmitJob
+
+    existing = lb.load(name)
+    if existing is not None and existing.runner_alive:
+        fail(f"pipeline {name} is already running (pid {existing.runner_pid}); "
+             f"watch it with `eve-platform status {name}` or choose another name=")
+    # Validate every stage's trainer config before anything starts.
+    try:
+        jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, f"{name}-{stage}",
+                                                     spec.planned_init_from(name, stage), None))
+                for stage in spec.chain()]
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    if dry_run:
+        plan = [{"name": j.name, "stage": j.stage, "processes": j.world_size,
+                 "init_from": spec.planned_init_from(name, j.stage),
+                 "command": ["python", "-m", "eve_trainer", *j.command[1:]], "env": j.env} for j in jobs]
+        output.emit({"pipeline": name, "backend": "local", "stages": plan}, fmt if fmt is not Format.table else Format.yaml)
+        return
+    record = lb.Record(name=name, spec=spec)
+    record.save()
+    if detach:
+        pid = lb.run_detached(name)
+        print(name)
+        info(f"running in the background (pid {pid}); `eve-platform status {name}`, "
+             f"`eve-platform logs {name} --follow`")
+        return
+    info(f"pipeline {name}: {' -> '.join(spec.chain())} on this machine "
+         f"({jobs[0].world_size} process(es) per stage); state in {lb.home()}")
+    status = _run_foreground(record)
+    _print_summary(name, spec, status)
+    if fmt is not Format.table:
+        output.emit(lb.load(name).to_json(), fmt)
+    raise typer.Exit(pipeline_exit_code(status.model_dump(by_alias=True)))
+
+
+def _run_foreground(record: Any) -> Any:
+    import signal
+
+    from eve_operator.backends import local as lb
+
+    from eve_trainer.layout import read_heartbeats
+
+    from eve_operator.cli import progress
+
+    tty = sys.stderr.isatty()
+    last_line: dict[str, Any] = {"t": 0.0}
+
+    def on_event(event: Any) -> None:
+        color = typer.colors.YELLOW if event.type == "Warning" else typer.colors.GREEN
+        typer.secho(f"{time.strftime('%H:%M:%S')} {event.reason:<16} {event.message}", fg=color, err=True)
+
+    def on_tick(rec: Any, job: Any) -> None:
+        if job is None or time.monotonic() - last_line["t"] < (1.0 if tty else 10.0):
+            return
+        last_line["t"] = time.monotonic()
+        try:  # the trainer's heartbeats; its last log line when there are none (yet)
+            now = progress.summarize(read_heartbeats(runner.store, rec.name, job.job.stage), job.job.attempt)
+        except Exception:  # noqa: BLE001 - progress display never stops the run
+            now = None
+        line = progress.short(now) or lb.last_line(job.logs / "rank-0.log", "[eve-train]")
+        if line and line != last_line.get("text"):
+            last_line["text"] = line
+            text = f"  {job.job.stage}: {line[:110]}"
+            if tty:
+                sys.stderr.write("\r\033[K" + text)
+                sys.stderr.flush()
+            else:
+                info(text)
+
+    runner = lb.LocalRunner(record, on_event=on_event, on_tick=on_tick)
+    signal.signal(signal.SIGTERM, runner.cancel)
+    try:
+        return runner.run()
+    except KeyboardInterrupt:
+        info("\ninterrupted: stopped the stage job (it resumes from its last checkpoint on resubmit)")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        if tty:
+            sys.stderr.write("\n")
+
+
+def _print_summary(name: str, spec: Any, status: Any) -> None:
+    from eve_operator.backends import local as lb
+
+    print()
+    output.table(["STAGE", "STATE", "ATTEMPT", "CHECKPOINT"],
+                 [[s.name, s.state, s.attempt, s.checkpoint] for s in status.stages], "no stages")
+    print(f"\npipeline {name}: {status.phase}" + (f" - {status.message}" if status.message else ""))
+    uri = spec.mlflow.tracking_uri
+    if uri:
+        print(f"MLflow UI:  {_mlflow_ui_hint(uri, spec.mlflow.experiment)}")
+    print(f"logs:       eve-platform logs {name} --stage <stage>   ({lb.pipeline_dir(name)}/logs)")
+
+
+def _mlflow_ui_hint(uri: str, experiment: str) -> str:
+    """How to open this pipeline's runs: a link to the model-training view (MLflow 3's UI opens
+    on GenAI traces otherwise), after `mlflow ui` for a local store."""
+    from eve_trainer.tracking_names import ui_runs_url
+
+    from eve_operator.tracking import experiment_id
+
+    local = not uri.startswith("http")
+    base = "http://127.0.0.1:5000" if local else uri
+    try:
+        found = experiment_id(uri, experiment, create=False)
+    except Exception:  # noqa: BLE001 - a hint; the store may be gone
+        found = None
+    link = ui_runs_url(base, found) if found else base
+    return f"mlflow ui --backend-store-uri {uri}   (then open {link})" if local else link
