@@ -110,6 +110,10 @@ class Kube:
     def exit_codes(self, ns: str, job: str) -> list[int]:
         """Exit codes of the trainer containers of a job's pods (its failed pods stay: cleanPodPolicy
         Running deletes only running ones)."""
+        return [code for code, _ in self.terminations(ns, job)]
+
+    def terminations(self, ns: str, job: str) -> list[tuple[int, str]]:
+        """(exit code, termination message) of each ended trainer container of a job's pods."""
         label, job = self.jobs.pod_label, self.jobs.object_name(job)
         pods = self.call("list", "pods", self.core.list_namespaced_pod, ns, label_selector=f"{label}={job}")
         codes = []
@@ -121,7 +125,7 @@ class Kube:
                     continue
                 for state in (container.state, container.last_state):
                     if state is not None and state.terminated is not None:
-                        codes.append(int(state.terminated.exit_code))
+                        codes.append((int(state.terminated.exit_code), state.terminated.message or ""))
         return codes
 
     def secret_data(self, ns: str, name: str) -> dict[str, str] | None:

@@ -28,7 +28,7 @@ from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import job_api_for
 from eve_operator.jobspec import build_job_spec
 from eve_operator.kube import Kube, open_store
-from eve_operator.observe import JobReport, StoreReads, observe
+from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
     EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
     initial_status, parent_run_params, parent_run_tags,
@@ -69,6 +69,10 @@ class ClusterReader:
 
     def exit_codes(self, name: str) -> list[int]:
         return self.loop.kube.exit_codes(self.loop.namespace, name)
+
+    def error_line(self, name: str) -> str:
+        messages = [m for code, m in self.loop.kube.terminations(self.loop.namespace, name) if code]
+        return error_line("\n".join(messages))
 
     def complete(self, stage: str) -> StageComplete | None:
         return self._s3(self.store.complete, stage)

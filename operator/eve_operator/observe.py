@@ -43,6 +43,10 @@ class StageReader(Protocol):
 
     def exit_codes(self, name: str) -> list[int]: ...
 
+    def error_line(self, name: str) -> str:
+        """The trainer's own error line of a failed job ("" when the backend has none)."""
+        ...
+
     def complete(self, stage: str) -> StageComplete | None: ...
 
     def heartbeats(self, stage: str) -> list[Any]: ...
@@ -61,8 +65,9 @@ def observe(spec: PipelineSpec, status: PipelineStatus, reader: StageReader) -> 
         if job.state == "Failed":
             permanent = PERMANENT_EXIT_CODE in reader.exit_codes(current.job_name)
             if permanent:
+                why = reader.error_line(current.job_name) or "bad config or data"
                 job = JobReport("Failed", f"{job.message} (the trainer exited with {PERMANENT_EXIT_CODE}: "
-                                          "bad config or data)", job.finished_at)
+                                          f"{why})", job.finished_at)
     previous = None
     if current.attempt == 0 and not spec.init_from and current.name == status.stages[0].name:
         if (prev := spec.previous_stage(current.name)) is not None:
@@ -75,6 +80,12 @@ def observe(spec: PipelineSpec, status: PipelineStatus, reader: StageReader) -> 
         beats = current_beats(reader.heartbeats(current.name), current.attempt)
     return Observation(job.state, job.message, job.finished_at, complete, previous,
                        job_permanent=permanent, beats=beats)
+
+
+def error_line(log_tail: str) -> str:
+    """The trainer's "error:" line in the tail of a log (its user errors are one line), else ""."""
+    lines = [line.strip() for line in log_tail.splitlines() if "error:" in line]
+    return lines[-1][:400] if lines else ""
 
 
 def current_beats(heartbeats: list[Any], attempt: int) -> tuple[Beat, ...]:

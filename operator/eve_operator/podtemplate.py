@@ -68,6 +68,10 @@ def build_pod_template(job: JobSpec, *, container_name: str = CONTAINER,
         "image": job.image,
         "imagePullPolicy": "IfNotPresent",
         "command": job.pod_command,  # the node launcher: a pod is a node, not a rank
+        # a failed container's last log lines become its termination message, which the operator
+        # reads with the exit code (no pods/log permission needed): `describe` shows the trainer's
+        # own error line
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "env": env,
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": merge_lists([{"name": SHM_VOLUME, "mountPath": SHM_PATH}],

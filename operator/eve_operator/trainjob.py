@@ -161,7 +161,8 @@ def _split(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pod template as (trainer container, the pod patch); refuses what neither can carry."""
     pod = dict(template["spec"])
     containers = pod.pop("containers")
-    container = containers[0]
+    container = dict(containers[0])
+    container.pop("terminationMessagePolicy", None)  # the runtime's node container sets it (the chart)
     if len(containers) > 1:
         raise ConfigError("podTemplate: extra containers cannot be added to a TrainJob's pods "
                           "(a runtimePatch may only change the runtime's own containers)")

@@ -338,6 +338,8 @@ def test_bad_trainer_override_fails_the_stage_at_once_without_retry(world: World
     assert conditions(world.cluster.job("broken-prealign", NS))["Failed"] == "True"
     described = world.cli("describe", "broken", timeout=60).stdout
     assert "failed permanently" in described and "exited with 2" in described, described
+    # the trainer's own error line in describe: the container's termination message (its log tail)
+    assert "unknown builtin tokenizer 'builtin:nope'" in described, described
     # the trainer's own error line: in the Master pod's log, read through the API
     logs = world.cli("logs", "broken", "--stage", "prealign", timeout=60)
     assert "eve-train: error: unknown builtin tokenizer 'builtin:nope'" in logs.stdout, logs.stdout[-3000:]

@@ -23,6 +23,7 @@ class Reader:
     exports: dict[str, StageComplete] = field(default_factory=dict)
     beats: list[Heartbeat] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)
+    log_tail: str = ""
 
     def job(self, name: str) -> JobReport:
         self.asked.append(f"job {name}")
@@ -31,6 +32,11 @@ class Reader:
     def exit_codes(self, name: str) -> list[int]:
         self.asked.append(f"codes {name}")
         return self.codes
+
+    def error_line(self, name: str) -> str:
+        from eve_operator.observe import error_line
+
+        return error_line(self.log_tail)
 
     def complete(self, stage: str) -> StageComplete | None:
         self.asked.append(f"complete {stage}")
@@ -109,3 +115,15 @@ def test_a_finished_pipeline_asks_nothing() -> None:
     status.stages[0].state = "Succeeded"
     reader = Reader()
     assert observe(sp, status, reader).job == "Absent" and reader.asked == []
+
+
+def test_a_permanent_failure_names_the_trainers_own_error_line() -> None:
+    sp = spec()
+    tail = ("2026-11-27 rank0 INFO eve_trainer: stage prealign\n"
+            "eve-train: error: data.tokenizer: unknown builtin tokenizer 'builtin:nope'\n"
+            "eve-launch[node 0]: ranks exited with [2]; exit 2\n")
+    reader = Reader(jobs={"demo-prealign": JobReport("Failed", "pod master-0 failed")}, codes=[2], log_tail=tail)
+    obs = observe(sp, submitted(sp), reader)
+    assert obs.job_permanent
+    assert obs.job_message.endswith("(the trainer exited with 2: eve-train: error: data.tokenizer: unknown builtin "
+                                    "tokenizer 'builtin:nope')")

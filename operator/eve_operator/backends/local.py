@@ -31,7 +31,7 @@ from eve_trainer.launch import exit_code
 from eve_trainer.storage import StorageAccessError, StorageUnavailable, open_store
 
 from eve_operator.jobspec import JobSpec, build_job_spec
-from eve_operator.observe import JobReport, StoreReads, observe
+from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
     Decision, EndStageRun, Emit, JobState, Observation, PipelineStatus, SetSuspended, StopJob, SubmitJob, decide,
     initial_status, parent_run_params, parent_run_tags,
@@ -299,6 +299,11 @@ class LocalRunner:
     def exit_codes(self, name: str) -> list[int]:
         return list(self.job.exit_codes) if self.job is not None and self.job.job.name == name else []
 
+    def error_line(self, name: str) -> str:
+        if self.job is None or self.job.job.name != name:
+            return ""
+        return error_line("\n".join("\n".join(_log_end(p)) for p in sorted(self.job.logs.glob("rank-*.log"))))
+
     def observe(self) -> Observation:
         observation = observe(self.record.spec, self.record.status, _Reader(self))
         job = self.job
@@ -398,7 +403,7 @@ class LocalRunner:
 
 class _Reader:
     def __init__(self, runner: LocalRunner):
-        self.job, self.exit_codes = runner.job_report, runner.exit_codes
+        self.job, self.exit_codes, self.error_line = runner.job_report, runner.exit_codes, runner.error_line
         self.complete, self.heartbeats = runner.reads.complete, runner.reads.heartbeats
 
 
