@@ -536,6 +536,25 @@ class _Loop:
             self._stop.wait(self.interval_s)
 
 
+def owned_pods(core: Any, kind: str) -> dict[str, list[dict[str, Any]]]:
+    """Every pod whose controller ownerReference is of `kind`, by the owner's uid."""
+    owned: dict[str, list[dict[str, Any]]] = {}
+    for pod in _list_pods(core):
+        ref = next((r for r in pod["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+        if ref is not None and ref.get("kind") == kind:
+            owned.setdefault(ref.get("uid"), []).append(pod)
+    return owned
+
+
+def collect_orphans(core: Any, owned: dict[str, list[dict[str, Any]]], live_uids: set[str]) -> None:
+    """The garbage collector's part: delete the pods whose owning job is gone."""
+    for uid, orphans in owned.items():
+        if uid not in live_uids:
+            for pod in orphans:
+                if not pod["metadata"].get("deletionTimestamp"):
+                    _ignore(404, core.delete_namespaced_pod, pod["metadata"]["name"], pod["metadata"]["namespace"])
+
+
 class TrainingOperator:
     """The PyTorchJob controller: list jobs and pods, `reconcile` each job, apply the plan.
 
@@ -551,12 +570,7 @@ class TrainingOperator:
 
     def tick(self) -> None:
         jobs = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-        pods = _list_pods(self.core)
-        owned: dict[str, list[dict[str, Any]]] = {}
-        for pod in pods:
-            ref = next((r for r in pod["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
-            if ref is not None and ref.get("kind") == KIND:
-                owned.setdefault(ref.get("uid"), []).append(pod)
+        owned = owned_pods(self.core, KIND)
         uids = set()
         for job in jobs:
             meta = job["metadata"]
@@ -565,12 +579,7 @@ class TrainingOperator:
                 continue
             plan = reconcile(job, owned.get(meta.get("uid"), []), time.time())
             self.apply(job, plan)
-        for uid, orphans in owned.items():  # the garbage collector: dependents of a deleted job
-            if uid not in uids:
-                for pod in orphans:
-                    if not pod["metadata"].get("deletionTimestamp"):
-                        _ignore(404, self.core.delete_namespaced_pod, pod["metadata"]["name"],
-                                pod["metadata"]["namespace"])
+        collect_orphans(self.core, owned, uids)
 
     def apply(self, job: dict[str, Any], plan: Plan) -> None:
         meta = job["metadata"]

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from cluster_emulator import CONTAINER, ClusterEmulator, Kubelet, _ignore, _list_pods, _Loop, api_client, now_iso
+from cluster_emulator import (CONTAINER, ClusterEmulator, Kubelet, _ignore, _Loop, api_client,
+                              collect_orphans, now_iso, owned_pods)
 from kube_emulator import Emulator, PodLog
 
 JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
@@ -263,11 +264,7 @@ class TrainerV2:
 
     def tick(self) -> None:
         jobs = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-        owned: dict[str, list[dict[str, Any]]] = {}
-        for pod in _list_pods(self.core):
-            ref = next((r for r in pod["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
-            if ref is not None and ref.get("kind") == KIND:
-                owned.setdefault(ref.get("uid"), []).append(pod)
+        owned = owned_pods(self.core, KIND)
         uids = set()
         for job in jobs:
             meta = job["metadata"]
@@ -285,12 +282,7 @@ class TrainerV2:
             if plan.status != (job.get("status") or {}):
                 _ignore(404, self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, meta["namespace"],
                         PLURAL, meta["name"], {"status": plan.status})
-        for uid, orphans in owned.items():  # the garbage collector
-            if uid not in uids:
-                for pod in orphans:
-                    if not pod["metadata"].get("deletionTimestamp"):
-                        _ignore(404, self.core.delete_namespaced_pod, pod["metadata"]["name"],
-                                pod["metadata"]["namespace"])
+        collect_orphans(self.core, owned, uids)
 
 
 _ANNOTATION_FIELD = re.compile(r"metadata\.annotations\['(.+)'\]")
