@@ -150,7 +150,7 @@ def test_sigterm_in_the_rendezvous_ends_promptly_and_says_what_it_waits_for(
         tmp_path: Path, s3_server, e2e_bucket: str, dataset_url: str) -> None:
     """Only the Master pod starts (the Worker is never scheduled): its real eve-train ranks
     wait in the rendezvous, say so, and a SIGTERM (cancel, preemption) ends them at once, 143."""
-    trainer = ["eve-train", "--preset", "tiny", "pretrain", f"data.urls=[{dataset_url}]",
+    trainer = [sys.executable, "-m", "eve_trainer", "--preset", "tiny", "pretrain", f"data.urls=[{dataset_url}]",
                f"output=s3://{e2e_bucket}/launch", "pipeline=rdzv", "micro_batch_size=2"]
     [(pod, log)] = start_pods(tmp_path, 2, "2", trainer, only=[0],
                               extra={"EVE_RENDEZVOUS_REPORT_S": "0.5", **s3_server.env()})
@@ -187,7 +187,7 @@ def test_the_stage_pod_command_is_the_launcher() -> None:
 def test_submit_checks_the_batch_against_the_jobs_real_world_size(tmp_path: Path) -> None:
     """nodes=2 nproc_per_node=2 with the tiny recipe (global batch 8, micro 4): every pod would
     exit 2 at start-up; `submit --dry-run` says so first, naming the world size."""
-    args = ["eve-platform", "submit", "stage=prealign", "name=ws", "output=s3://b/eve", "data=s3://b/d", "nodes=2",
+    args = [sys.executable, "-m", "eve_operator.cli.main", "submit", "stage=prealign", "name=ws", "output=s3://b/eve", "data=s3://b/d", "nodes=2",
             "nproc_per_node=2", "gpus_per_node=0", "--backend", "kubernetes", "--dry-run"]
     bad = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert bad.returncode == 2, bad.stderr
