@@ -111,7 +111,7 @@ def test_cross_field_invalid_spec_fails_at_once_naming_the_field(cluster: Cluste
     cluster.create_pipeline("bad", base_spec(output, start="sft", until="prealign"))
     status = wait_for(lambda: cluster.status("bad") if cluster.status("bad").get("phase") == "Failed" else None)
     assert "until='prealign' comes before start='sft'" in status["message"]
-    assert "InvalidSpec" in cluster.reasons("bad")
+    wait_for(lambda: "InvalidSpec" in cluster.reasons("bad"), what="the InvalidSpec event")
     assert cluster.jobs() == {}
 
 
@@ -164,7 +164,8 @@ def _missing_secret_waits_then_submits(cluster: Cluster, output: str) -> None:
     status = wait_for(lambda: cluster.status("creds") if "waiting" in cluster.status("creds").get("message", "")
                       else None)
     assert "Secret ml/s3-creds" in status["message"] and status["phase"] == "Pending"
-    assert "Waiting" in cluster.reasons("creds") and cluster.jobs() == {}
+    wait_for(lambda: "Waiting" in cluster.reasons("creds"), what="the Waiting event")
+    assert cluster.jobs() == {}
     cluster.create_secret("s3-creds", {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
     job = wait_for(lambda: cluster.jobs().get("creds-prealign"), what="the job once the Secret exists")
     env = {e["name"]: e for e in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
@@ -179,7 +180,8 @@ def test_unreachable_s3_is_explained_and_nothing_is_submitted(cluster: Cluster, 
     status = wait_for(lambda: cluster.status("nos3") if "waiting" in cluster.status("nos3").get("message", "")
                       else None, timeout=30)
     assert "cannot read s3://nowhere/eve" in status["message"]
-    assert "Waiting" in cluster.reasons("nos3") and cluster.jobs() == {}
+    wait_for(lambda: "Waiting" in cluster.reasons("nos3"), what="the Waiting event")
+    assert cluster.jobs() == {}
 
 
 def test_mlflow_parent_run_is_passed_to_the_stage(cluster: Cluster, operator: Operator, output: str,
@@ -195,7 +197,7 @@ def test_mlflow_down_continues_without_it(cluster: Cluster, operator: Operator, 
     cluster.create_pipeline("untracked", base_spec(output, mlflow={"trackingUri": "http://127.0.0.1:9"}))
     wait_for(lambda: "untracked-prealign" in cluster.jobs())
     assert cluster.status("untracked").get("mlflowRunId") is None
-    assert "MlflowUnavailable" in cluster.reasons("untracked")
+    wait_for(lambda: "MlflowUnavailable" in cluster.reasons("untracked"), what="the MlflowUnavailable event")
 
 
 def test_exit_code_2_fails_at_once_without_retry(cluster: Cluster, operator: Operator, output: str) -> None:
@@ -242,4 +244,6 @@ def test_unknown_gang_scheduler_fails_naming_the_field(cluster: Cluster, operato
     cluster.create_pipeline("yk", base_spec(output, scheduling={"gangScheduler": "yunikorn"}))
     status = wait_for(lambda: cluster.status("yk") if cluster.status("yk").get("phase") == "Failed" else None)
     assert "spec.scheduling.gangScheduler" in status["message"] and cluster.jobs() == {}
-    assert cluster.events("yk")[0]["type"] == "Warning"
+    # the Event is posted beside the status patch, not before it: wait for it too
+    events = wait_for(lambda: cluster.events("yk"), what="the Warning event of yk")
+    assert events[0]["type"] == "Warning"
