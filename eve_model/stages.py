@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-STAGES = ("prealign", "pretrain", "sft", "sft-hd")
+from eve_contract.names import STAGES  # noqa: E402,F401 (the one definition)
 
 
 def is_trainable(name: str, stage: str) -> bool:

@@ -13,16 +13,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Stage = Literal["prealign", "pretrain", "sft", "sft-hd"]
-STAGES: tuple[str, ...] = get_args(Stage)
-#: The default chain; `sft-hd` replaces `sft` for the HD model.
-DEFAULT_CHAIN: tuple[str, ...] = ("prealign", "pretrain", "sft")
-HD_CHAIN: tuple[str, ...] = ("prealign", "pretrain", "sft-hd")
-MODEL_PRESETS: tuple[str, ...] = ("tiny", "small", "eve-7b", "eve-7b-hd")
+from eve_contract.names import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage  # noqa: F401 (re-exported)
 
 
 class ConfigError(ValueError):
