@@ -86,7 +86,7 @@ def test_submit_wait_follows_the_stages_and_status_shows_progress(
         beat(output, "wt", "pretrain", 40)
         wait_for(lambda: waiter.saw("pretrain: 40/100 (40%) loss 3.100 25.0k tok/s ETA 3m00s"),
                  what="the CLI's progress line from the heartbeats")
-        parent = cluster.status("wt")["mlflowRunId"]
+        parent = wait_for(lambda: cluster.status("wt").get("mlflowRunId"), what="the pipeline run id in the status")
         run_id = stage_run(uri, parent, "wt", "pretrain")
 
         status = cli("status", "wt")

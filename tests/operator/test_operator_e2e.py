@@ -188,7 +188,7 @@ def test_mlflow_parent_run_is_passed_to_the_stage(cluster: Cluster, operator: Op
                                                   mlflow_server) -> None:
     cluster.create_pipeline("tracked", base_spec(output, mlflow={"trackingUri": mlflow_server.tracking_uri}))
     job = wait_for(lambda: cluster.jobs().get("tracked-prealign"))
-    run_id = cluster.status("tracked")["mlflowRunId"]
+    run_id = wait_for(lambda: cluster.status("tracked").get("mlflowRunId"), what="the pipeline run id in the status")
     command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
     assert run_id and f"mlflow.parent_run_id={run_id}" in command
 
@@ -196,7 +196,9 @@ def test_mlflow_parent_run_is_passed_to_the_stage(cluster: Cluster, operator: Op
 def test_mlflow_down_continues_without_it(cluster: Cluster, operator: Operator, output: str) -> None:
     cluster.create_pipeline("untracked", base_spec(output, mlflow={"trackingUri": "http://127.0.0.1:9"}))
     wait_for(lambda: "untracked-prealign" in cluster.jobs())
-    assert cluster.status("untracked").get("mlflowRunId") is None
+    # the status patch comes after the job: wait for it (its stages) before reading what it lacks
+    status = wait_for(lambda: (s := cluster.status("untracked")).get("stages") and s, what="the first status patch")
+    assert status.get("mlflowRunId") is None
     wait_for(lambda: "MlflowUnavailable" in cluster.reasons("untracked"), what="the MlflowUnavailable event")
 
 
