@@ -12,13 +12,10 @@ from typing import Any
 
 from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
 
+from eve_contract.naming import job_labels
 from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
 
-#: Labels every child object carries, so `kubectl get -l` and the CLI can find them.
-LABEL_PIPELINE = "eve-platform.io/pipeline"
-LABEL_STAGE = "eve-platform.io/stage"
-LABEL_ATTEMPT = "eve-platform.io/attempt"
 #: The node launcher (eve_trainer.launch): nodes x procs_per_node ranks, exit codes preserved.
 LAUNCHER = "eve-launch"
 
@@ -136,6 +133,6 @@ def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
         nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
         scheduling=spec.scheduling, backoff_limit=spec.backoff_limit,
         active_deadline_s=spec.active_deadline_s, suspend=spec.suspend,
-        labels={LABEL_PIPELINE: name, LABEL_STAGE: submit.stage, LABEL_ATTEMPT: str(submit.attempt)},
+        labels=job_labels(name, submit.stage, submit.attempt),
         pod_template=spec.pod_template_for(submit.stage),
     )

@@ -6,17 +6,15 @@ OpenAPI schema is generated from it (eve_operator.crd). Validation happens once,
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from eve_trainer.config import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage
+from eve_contract.names import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, Stage
 
 GangScheduler = Literal["volcano", "scheduler-plugins", "kueue", "none"]
 JobApi = Literal["PyTorchJob", "TrainJob"]
 OverrideValue = str | int | float | bool | list[str] | list[int] | list[float] | None
-_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 #: A Kubernetes quantity ("32", "400Gi"); YAML may give a bare number (`cpu: 32`).
 Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool)
                                           else v)]
@@ -318,7 +316,7 @@ class PipelineSpec(_Model):
     def planned_init_from(self, pipeline: str, stage: str) -> str | None:
         """Where a stage will start: the pipeline's init_from for the first stage, else the
         previous stage's export (what the pipeline core hands it once that stage completes)."""
-        from eve_trainer.layout import export_prefix
+        from eve_contract.layout import export_prefix
 
         previous = self.previous_stage(stage)
         if stage == self.chain()[0] and (self.init_from or previous is None):
@@ -330,14 +328,5 @@ class PipelineSpec(_Model):
         return self.pod_template.merged(self.stage(name).pod_template)
 
 
-def validate_name(name: str) -> str:
-    """Pipeline names become PyTorchJob names: DNS-1035 labels, short enough for suffixes."""
-    if not _DNS_LABEL.match(name) or len(name) > 40:
-        raise ValueError(
-            f"name={name!r} must be a DNS-1035 label of at most 40 characters "
-            "(lower-case letters, digits and '-', starting with a letter)")
-    return name
-
-
 __all__ = ["PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources", "ResourcesSpec", "SchedulingSpec",
-           "S3Spec", "MlflowSpec", "GangScheduler", "JobApi", "validate_name", "STAGES"]
+           "S3Spec", "MlflowSpec", "GangScheduler", "JobApi"]

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from eve_operator.cli import progress
 from eve_operator.cli.main import app, pipeline_exit_code
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 runner = CliRunner()
 
@@ -78,11 +78,15 @@ def test_progress_from_the_heartbeat_contract(tmp_path: Path) -> None:
     assert progress.summarize([], None) is None
 
 
-def test_exit_codes_of_a_finished_pipeline() -> None:
+def test_exit_codes_of_a_finished_pipeline_come_from_the_failure_class_not_the_message() -> None:
     assert pipeline_exit_code({"phase": "Succeeded"}) == 0
-    assert pipeline_exit_code({"phase": "Failed", "message": "stage sft failed after attempt 3 of 3"}) == 1
-    assert pipeline_exit_code({"phase": "Failed", "message": "invalid spec: spec.preset: ..."}) == 2
-    assert pipeline_exit_code({"phase": "Failed", "message": "rank 0 exited with code 2: ConfigError"}) == 2
+    for cls, code in (("permanent", 2), ("transient", 1), ("stalled", 1), ("cancelled", 1)):
+        assert pipeline_exit_code({"phase": "Failed", "failure": {"class": cls}}) == code
+    # "exited with code 255" contains "exited with code 2": a retryable failure is still not the user's
+    retryable = {"phase": "Failed", "message": "Pod: ml.x-master-0 exited with code 255 (attempt 2 of 2)",
+                 "failure": {"class": "transient", "exitCode": 255}}
+    assert pipeline_exit_code(retryable) == 1
+    assert pipeline_exit_code({"phase": "Failed", "message": "invalid spec: spec.preset: ..."}) == 1  # no class: 1
 
 
 @pytest.mark.parametrize(("verb", "missing"), [("synth", "Pillow, numpy and webdataset"),

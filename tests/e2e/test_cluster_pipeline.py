@@ -39,8 +39,8 @@ from kube_emulator import Emulator  # noqa: E402
 from operator_harness import running_operator, wait_for  # noqa: E402
 from trainjob_emulator import JOBSET_NAME, TrainerCluster  # noqa: E402
 
-from eve_trainer import layout  # noqa: E402
-from eve_trainer.storage import open_store  # noqa: E402
+from eve_contract import layout  # noqa: E402
+from eve_contract.storage import open_store  # noqa: E402
 
 from eve_operator import handlers  # noqa: E402
 

@@ -20,8 +20,8 @@ import pytest
 from kube_emulator import Emulator
 
 from eve_operator import handlers
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 GROUP, VERSION, PLURAL = "eve-platform.io", "v1alpha1", "evepipelines"
 JOBS = ("kubeflow.org", "v1", "pytorchjobs")

@@ -58,7 +58,7 @@ def test_succeeded_without_manifest_waits_for_it(cluster: Cluster, operator: Ope
 
 def test_a_corrupt_export_does_not_count(cluster: Cluster, operator: Operator, output: str,
                                          tmp_path: Path) -> None:
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     cluster.create_pipeline("corrupt", base_spec(output))
     wait_for(lambda: "corrupt-prealign" in cluster.jobs())
@@ -216,6 +216,7 @@ def test_exit_code_2_fails_at_once_without_retry(cluster: Cluster, operator: Ope
     cluster.set_condition("broken-prealign", "Failed", message="PyTorchJob broken-prealign is failed")
     status = wait_for(lambda: cluster.status("broken") if cluster.status("broken")["phase"] == "Failed" else None)
     assert "failed permanently" in status["message"] and "exited with 2" in status["message"]
+    assert status["failure"]["class"] == "permanent" and status["failure"]["exitCode"] == 2  # a field, not prose
     assert sorted(cluster.jobs()) == ["broken-prealign"]
 
 

@@ -194,9 +194,24 @@ def test_long_job_names_are_hashed_within_50_characters() -> None:
 
 def test_permanent_failure_fails_at_once_without_retry() -> None:
     status, actions = step(spec(), started(), Observation(job="Failed", job_message="rank 0 exited with code 2",
-                                                          job_permanent=True))
+                                                          job_exit_code=2))
     assert status.phase == "Failed" and "permanently" in status.message
     assert not [a for a in actions if isinstance(a, SubmitJob)]
+
+
+def test_the_failure_is_a_field_with_its_class_and_exit_code() -> None:
+    status, _ = step(spec(), started(), Observation(job="Failed", job_message="bad key", job_exit_code=2))
+    assert status.model_dump(by_alias=True)["failure"] == {"class": "permanent", "exitCode": 2,
+                                                           "message": status.message}
+    # 255 is retryable: a new attempt, then (the attempts spent) a transient failure
+    status, actions = step(spec(), started(), Observation(job="Failed", job_message="exited with code 255",
+                                                          job_exit_code=255))
+    assert status.phase == "Running" and status.failure is None and [a.attempt for a in actions
+                                                                      if isinstance(a, SubmitJob)] == [2]
+    status, _ = step(spec(), status, Observation(job="Failed", job_message="exited with code 255",
+                                                 job_exit_code=255))
+    assert status.phase == "Failed" and status.failure is not None
+    assert (status.failure.failure_class, status.failure.exit_code) == ("transient", 255)
 
 
 def test_pending_and_running_jobs_explain_themselves_in_the_stage_message() -> None:
@@ -289,6 +304,7 @@ def test_a_stall_on_the_last_attempt_fails_the_pipeline_and_still_stops_the_job(
     status, _ = at(sp, started(sp), running({0: 1, 1: 1}), 0)
     status, actions = at(sp, status, running({0: 1, 1: 1}), 60)
     assert status.phase == "Failed" and "stalled" in status.message and "attempt 1 of 1" in status.message
+    assert status.failure is not None and status.failure.failure_class == "stalled"
     assert [type(a) for a in actions] == [StopJob, EndStageRun, Emit, Emit] and not submits(actions)
 
 
@@ -337,7 +353,7 @@ def test_ranks_that_all_finished_are_not_a_stall() -> None:
 def test_failures_close_the_stage_run_with_the_reason() -> None:
     _, actions = step(spec(), started(), Observation(job="Failed", job_message="OOMKilled"))
     assert EndStageRun("prealign", "FAILED", "job demo-prealign failed: OOMKilled") in actions
-    _, actions = step(spec(), started(), Observation(job="Failed", job_message="bad", job_permanent=True))
+    _, actions = step(spec(), started(), Observation(job="Failed", job_message="bad", job_exit_code=2))
     assert [a.status for a in actions if isinstance(a, EndStageRun)] == ["FAILED"]
     late = NOW - COMPLETE_GRACE_S - 1
     _, actions = step(spec(), started(), Observation(job="Succeeded", job_finished_at=late))

@@ -14,7 +14,8 @@ from pod_security import restricted_violations
 from pydantic import ValidationError
 
 from eve_operator.jobspec import build_job_spec
-from eve_operator.pipeline import SubmitJob, job_name
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob
 from eve_operator.podtemplate import build_pod_template
 from eve_operator.pytorchjob import build_pytorchjob
 from eve_operator.spec import PipelineSpec

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from operator_harness import Cluster, Operator, base_spec, wait_for
 
 from eve_operator.tracking import END_REASON_TAG
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 
 def beat(output: str, pipeline: str, stage: str, *, step: int, attempt: int, rank: int = 0) -> None:

@@ -16,8 +16,10 @@ from eve_trainer.config import ConfigError
 
 from eve_operator.cli.main import app
 from eve_operator.crd import crd_manifest
-from eve_operator.jobspec import LABEL_PIPELINE, LABEL_STAGE, build_job_spec
-from eve_operator.pipeline import SubmitJob, job_name
+from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
+from eve_operator.jobspec import build_job_spec
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob
 from eve_operator.podtemplate import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import (

@@ -20,7 +20,9 @@ import pytest
 
 from fixtures.services import free_port
 
-from eve_trainer.launch import LaunchError, combine, exit_code, resolve_topology
+from eve_contract.exit_codes import exit_code
+from eve_contract.topology import TopologyError, node_topology, rank_info
+from eve_trainer.launch import combine
 
 JOB = "eve-prealign"
 
@@ -61,12 +63,29 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_topology_from_the_controllers_env(case: str) -> None:
     env, gpus, (world, ranks) = CASES[case]
-    topo = resolve_topology(env, gpu_count=gpus)
+    topo = node_topology(env, gpu_count=gpus)
     assert topo.world_size == world
     assert [topo.rank(i) for i in range(topo.nproc_per_node)] == ranks
     first = topo.rank_env(0)
     assert first["WORLD_SIZE"] == str(world) and first["RANK"] == str(ranks[0]) and first["LOCAL_RANK"] == "0"
     assert first["MASTER_ADDR"] == (env.get("PET_MASTER_ADDR") or "127.0.0.1")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_rank_reads_back_the_place_its_launcher_gave_it(case: str) -> None:
+    """One rule: what the launcher writes for a rank is what the trainer's process group reads."""
+    env, gpus, (world, ranks) = CASES[case]
+    topo = node_topology(env, gpu_count=gpus)
+    for local in range(topo.nproc_per_node):
+        info = rank_info({**env, **topo.rank_env(local)})
+        assert (info.rank, info.world_size, info.local_rank) == (ranks[local], world, local)
+
+
+def test_an_elastic_range_is_rejected_by_the_launcher_and_the_trainer_alike() -> None:
+    env = {"PET_NNODES": "1:4", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "0"}
+    for read in (lambda: node_topology(env), lambda: rank_info(env), lambda: rank_info({"RANK": "0", "WORLD_SIZE": "1:4"})):
+        with pytest.raises(TopologyError, match="elastic range"):
+            read()
 
 
 @pytest.mark.parametrize(("env", "gpus", "message"), [
@@ -78,8 +97,8 @@ def test_topology_from_the_controllers_env(case: str) -> None:
     ({"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "1"}, 0, "needs a rendezvous address"),
 ])
 def test_unlaunchable_env_is_a_clear_error(env: dict[str, str], gpus: int, message: str) -> None:
-    with pytest.raises(LaunchError, match=message):
-        resolve_topology(env, gpu_count=gpus)
+    with pytest.raises(TopologyError, match=message):
+        node_topology(env, gpu_count=gpus)
 
 
 def test_exit_codes_keep_the_contract() -> None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from eve_contract.names import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage  # noqa: F401 (re-exported)
+from eve_contract.names import MODEL_PRESETS, STAGES, Stage
 
 
 class ConfigError(ValueError):

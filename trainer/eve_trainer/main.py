@@ -24,13 +24,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from eve_trainer.config import (MODEL_PRESETS, STAGES, ConfigError, TrainConfig, _merge, check_key,
+from eve_contract.names import MODEL_PRESETS, STAGES
+from eve_trainer.config import (ConfigError, TrainConfig, _merge, check_key,
                                 parse_overrides, resolve)
-from eve_trainer.storage import StorageAccessError, StorageError, StorageUnavailable, open_store
+from eve_contract.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER
+from eve_contract.storage import StorageAccessError, StorageError, StorageUnavailable, open_store
 
 log = logging.getLogger("eve_trainer")
-
-from eve_trainer.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SIGTERM, EXIT_USER  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -14,9 +14,11 @@ from typing import Any
 
 from eve_operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from eve_operator.jobspec import build_job_spec
-from eve_operator.pipeline import SubmitJob, job_name
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob
 from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
-from eve_operator.spec import PipelineSpec, validate_name
+from eve_contract.naming import validate_pipeline_name
+from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import CONTAINER as TRAINJOB_CONTAINER
 from eve_operator.trainjob import JOBSET_NAME_LABEL, build_trainjob, job_api_of, runtime_of, trainjob_name
 
@@ -81,7 +83,7 @@ def _api_error(err: Any, what: str) -> Exception:
 
 def render_pipeline(name: str, namespace: str | None, spec: PipelineSpec) -> dict[str, Any]:
     """The EvePipeline object `create_pipeline` would create."""
-    validate_name(name)
+    validate_pipeline_name(name)
     return {
         "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": name, "namespace": current_namespace(namespace)},
@@ -95,7 +97,7 @@ def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[di
     create them: the first from the pipeline's init_from, each later one from the previous
     stage's export (the URL it will have; the operator checks its stage-complete manifest
     first). ownerReferences and the parent run id are added at run time."""
-    validate_name(name)
+    validate_pipeline_name(name)
     ns = current_namespace(namespace)
     jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, job_name(name, stage, 1),
                                                  spec.planned_init_from(name, stage), None))

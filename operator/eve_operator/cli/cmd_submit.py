@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from eve_contract.exit_codes import cli_exit_code
+from eve_contract.naming import default_pipeline_name, job_name
+from eve_contract.topology import gpu_count
+
 from eve_operator.cli import output
 from eve_operator.cli.common import (
-    BackendOpt, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE, LocalOpt, NamespaceOpt,
+    BackendOpt, EXIT_INTERRUPTED, EXIT_NOT_FOUND, LocalOpt, NamespaceOpt,
     OutputOpt, _backend_call, _kube, app, fail, info, pick_backend,
 )
 from eve_operator.cli.output import Format
@@ -49,12 +52,12 @@ def submit(
         from eve_operator.backends import local as lb
 
         defaults = {"output": lb.default_output(), "mlflow": {"tracking_uri": lb.default_tracking_uri()},
-                    "resources": {"gpus_per_node": _local_gpus(), "gpu_product": None}}
+                    "resources": {"gpus_per_node": gpu_count(), "gpu_product": None}}
     try:
         name, spec = parse_submit(words, defaults)
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    name = name or f"eve-{spec.preset}".replace(".", "-")
+    name = name or default_pipeline_name(spec.preset)
     if wait and detach:
         fail("--wait and --detach contradict each other: pick one")
     if where == "kubernetes":
@@ -66,7 +69,7 @@ def submit(
 
 def _check_fits_this_machine(spec: Any) -> None:
     """The local backend runs one machine: more nodes or GPUs than it has need a cluster."""
-    gpus = _local_gpus()
+    gpus = gpu_count()
     for stage in spec.chain():
         res = spec.resources_for(stage)
         where = f"stage {stage}: " if spec.stage(stage).resources is not None else ""
@@ -80,19 +83,11 @@ def _check_fits_this_machine(spec: Any) -> None:
 
 
 def pipeline_exit_code(status: dict[str, Any]) -> int:
-    """0 succeeded; 2 failed for a reason the user must fix (spec, config, data); 1 otherwise."""
+    """0 succeeded; else from the status's failure class (2 permanent: the user must fix the spec,
+    config or data; 1 otherwise). The message is never parsed."""
     if status.get("phase") == "Succeeded":
         return 0
-    message = status.get("message") or ""
-    permanent = message.startswith("invalid ") or "exited with 2" in message or "exited with code 2" in message
-    return EXIT_USAGE if permanent else EXIT_FAILED
-
-
-def _local_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
-    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+    return cli_exit_code((status.get("failure") or {}).get("class"))
 
 
 def _submit_kubernetes(name: str, namespace: str | None, spec: Any, dry_run: bool, fmt: Format,
@@ -220,7 +215,7 @@ def _submit_local(name: str, spec: Any, dry_run: bool, detach: bool, fmt: Format
              f"watch it with `eve-platform status {name}` or choose another name=")
     # Validate every stage's trainer config before anything starts.
     try:
-        jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, f"{name}-{stage}",
+        jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, job_name(name, stage, 1),
                                                      spec.planned_init_from(name, stage), None))
                 for stage in spec.chain()]
     except (ConfigError, ValueError) as err:
@@ -253,7 +248,7 @@ def _run_foreground(record: Any) -> Any:
 
     from eve_operator.backends import local as lb
 
-    from eve_trainer.layout import read_heartbeats
+    from eve_contract.layout import read_heartbeats
 
     from eve_operator.cli import progress
 
@@ -310,7 +305,7 @@ def _print_summary(name: str, spec: Any, status: Any) -> None:
 def _mlflow_ui_hint(uri: str, experiment: str) -> str:
     """How to open this pipeline's runs: a link to the model-training view (MLflow 3's UI opens
     on GenAI traces otherwise), after `mlflow ui` for a local store."""
-    from eve_trainer.tracking_names import ui_runs_url
+    from eve_contract.tracking_names import ui_runs_url
 
     from eve_operator.tracking import experiment_id
 

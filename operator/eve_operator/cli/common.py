@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from eve_contract.exit_codes import EXIT_BACKEND, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USER
+
 from eve_operator.cli import output
 from eve_operator.cli.output import Format
 
@@ -19,14 +21,10 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the typed trainer configuration.")
 app.add_typer(config_app, name="config")
 
-from eve_trainer.exit_codes import EXIT_BACKEND, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND
-from eve_trainer.exit_codes import EXIT_USER as EXIT_USAGE
-
-
 BACKENDS = ("auto", "local", "kubernetes")
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> None:
+def fail(message: str, code: int = EXIT_USER) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -76,4 +74,4 @@ OutputOpt = typer.Option(Format.table, "--output", "-o", help="table | json | ya
 
 __all__ = ["app", "config_app", "BACKENDS", "fail", "info", "pick_backend", "LocalOpt", "BackendOpt", "NamespaceOpt",
            "OutputOpt", "output", "Format", "EXIT_BACKEND", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NOT_FOUND",
-           "EXIT_USAGE"]
+           "EXIT_USER"]

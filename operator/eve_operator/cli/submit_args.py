@@ -17,7 +17,8 @@ from eve_trainer.config import (
     STAGES, ConfigError, check_key, config_keys, format_validation_error, set_dotted,
 )
 
-from eve_operator.spec import PipelineSpec, validate_name
+from eve_contract.naming import validate_pipeline_name
+from eve_operator.spec import PipelineSpec
 
 #: Pipeline keys -> the PipelineSpec path they set.
 PIPELINE_KEYS: dict[str, str] = {
@@ -75,7 +76,7 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
         key, raw = (part.strip() for part in word.split("=", 1))
         value = _value(raw)
         if key == "name":
-            name = validate_name(str(value))
+            name = validate_pipeline_name(str(value))
         elif key in PIPELINE_KEYS:
             if key in EMPTY_IS_A_VALUE and value is None:
                 value = ""  # `gpu_product=`: any GPU, not "unset" (which takes the operator's default)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import urlparse
 
-log = logging.getLogger("eve_trainer.storage")
+log = logging.getLogger("eve_contract.storage")
 
 
 class StorageError(RuntimeError):
