@@ -33,6 +33,7 @@ from eve_operator.pipeline import (
     EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
     initial_status, parent_run_params, parent_run_tags,
 )
+from eve_contract.errors import validation_message
 from eve_contract.naming import validate_pipeline_name
 from eve_operator.spec import PipelineSpec
 
@@ -41,16 +42,6 @@ log = logging.getLogger("eve_operator")
 
 class WaitError(Exception):
     """A dependency is missing (Secret, S3): explain in status, warn, submit nothing, retry."""
-
-
-def spec_error(err: ValidationError) -> str:
-    """'invalid spec: spec.<field>: <problem>' for every problem pydantic found."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"spec.{loc}: {msg}" if loc else f"spec: {msg}")
-    return "invalid spec: " + "; ".join(parts)
 
 
 class ClusterReader:
@@ -147,7 +138,7 @@ class PipelineLoop:
             spec, self.effective = operator_defaults().parse(self.body.get("spec")), \
                 operator_defaults().provenance(self.body.get("spec"))
         except ValidationError as err:
-            return await self.fail(status, spec_error(err), "InvalidSpec")
+            return await self.fail(status, validation_message(err, what="spec", root="spec", values=False), "InvalidSpec")
         except ValueError as err:
             return await self.fail(status, f"invalid name: {err}", "InvalidSpec")
         try:
@@ -268,4 +259,4 @@ class PipelineLoop:
                                         action.reason)
 
 
-__all__ = ["PipelineLoop", "WaitError", "spec_error", "ClusterReader"]
+__all__ = ["PipelineLoop", "WaitError", "ClusterReader"]

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from eve_contract.dicts import deep_merge
 from eve_contract.names import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, Stage
 
 GangScheduler = Literal["volcano", "scheduler-plugins", "kueue", "none"]
@@ -197,17 +198,6 @@ def merge_lists(base: list[Any], over: list[Any], key: str | None) -> list[Any]:
             out.append(item)
         else:
             out[at] = item
-    return out
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Maps merged key by key, recursively; any other value of `over` replaces the base's."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
     return out
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from fixtures.services import free_port
+from eve_contract.topology import free_port
 from fixtures.tcp_proxy import TcpForwarder
 
 from eve_contract import layout

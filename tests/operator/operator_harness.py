@@ -81,6 +81,17 @@ class Cluster:
             status["completionTime"] = now
         self.custom.patch_namespaced_custom_object_status(*JOBS[:2], ns, JOBS[2], job, {"status": status})
 
+    def exited_pod(self, job: str, exit_code: int, ns: str = NS) -> None:
+        """The job's master pod, terminated with `exit_code` (what the operator reads exit codes from)."""
+        self.core.create_namespaced_pod(ns, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{job}-master-0", "namespace": ns,
+                         "labels": {"training.kubeflow.org/job-name": job}},
+            "spec": {"containers": [{"name": "pytorch", "image": "x"}]},
+            "status": {"phase": "Failed", "containerStatuses": [{
+                "name": "pytorch", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}]}})
+
     def create_secret(self, name: str, data: dict[str, str], ns: str = NS) -> None:
         self.core.create_namespaced_secret(ns, {"apiVersion": "v1", "kind": "Secret",
                                                 "metadata": {"name": name, "namespace": ns},

@@ -125,14 +125,7 @@ def test_submit_wait_exits_with_the_failure_and_a_retryable_255_is_not_the_users
                     os.environ["KUBECONFIG"])
     try:
         wait_for(lambda: cluster.jobs().get("wf-sft"), timeout=30, what="the sft job")
-        cluster.core.create_namespaced_pod(NS, {  # the trainer's pod, exited 255 (retryable)
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "wf-sft-master-0", "namespace": NS,
-                         "labels": {"training.kubeflow.org/job-name": "wf-sft"}},
-            "spec": {"containers": [{"name": "pytorch", "image": "x"}]},
-            "status": {"phase": "Failed", "containerStatuses": [{
-                "name": "pytorch", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-                "state": {"terminated": {"exitCode": 255, "reason": "Error"}}}]}})
+        cluster.exited_pod("wf-sft", 255)  # the trainer's pod, exited 255 (retryable)
         # the controller's message holds "exited with code 2", as a prefix of 255
         cluster.set_condition("wf-sft", "Failed", message="Pod: ml.wf-sft-master-0 exited with code 255; OOMKilled on worker-1")
         code, out = waiter.finish()

@@ -205,14 +205,7 @@ def test_mlflow_down_continues_without_it(cluster: Cluster, operator: Operator, 
 def test_exit_code_2_fails_at_once_without_retry(cluster: Cluster, operator: Operator, output: str) -> None:
     cluster.create_pipeline("broken", base_spec(output))
     wait_for(lambda: "broken-prealign" in cluster.jobs())
-    cluster.core.create_namespaced_pod(NS, {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "broken-prealign-master-0", "namespace": NS,
-                     "labels": {"training.kubeflow.org/job-name": "broken-prealign"}},
-        "spec": {"containers": [{"name": "pytorch", "image": "x"}]},
-        "status": {"phase": "Failed", "containerStatuses": [{
-            "name": "pytorch", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]}})
+    cluster.exited_pod("broken-prealign", 2)
     cluster.set_condition("broken-prealign", "Failed", message="PyTorchJob broken-prealign is failed")
     status = wait_for(lambda: cluster.status("broken") if cluster.status("broken")["phase"] == "Failed" else None)
     assert "failed permanently" in status["message"] and "exited with 2" in status["message"]

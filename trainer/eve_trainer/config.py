@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eve_contract.dicts import deep_merge
+from eve_contract.errors import validation_message
 from eve_contract.names import MODEL_PRESETS, STAGES, Stage
 
 
@@ -234,13 +236,13 @@ def _eve7b(stage: str) -> dict[str, Any]:
             "data": {"template": "vicuna_v1", "max_length": 4096, "group_by_length": True},
         },
     }
-    return _merge(common, per_stage[stage])
+    return deep_merge(common, per_stage[stage])
 
 
 def _tiny(stage: str) -> dict[str, Any]:
     """The reference recipe scaled down to run in seconds on a laptop CPU."""
     base = _eve7b(stage)
-    return _merge(base, {
+    return deep_merge(base, {
         "model": {"gradient_checkpointing": False},
         "deepspeed": {"zero_stage": 2},
         "global_batch_size": 8, "micro_batch_size": 4, "max_steps": 6,
@@ -260,17 +262,7 @@ def recipe(stage: str, preset: str = "tiny") -> dict[str, Any]:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}")
     values = _tiny(stage) if preset in ("tiny", "small") else _eve7b(stage)
     model_preset = "eve-7b-hd" if (stage == "sft-hd" and preset == "eve-7b") else preset
-    return _merge(values, {"stage": stage, "model": {"preset": model_preset}})
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return deep_merge(values, {"stage": stage, "model": {"preset": model_preset}})
 
 
 # ----------------------------------------------------------------------------------------
@@ -334,22 +326,8 @@ def resolve(stage: str, preset: str = "tiny", overrides: list[str] | dict[str, A
     """Recipe defaults + overrides -> a validated TrainConfig, or ConfigError naming the key."""
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    values = _merge(recipe(stage, preset), overrides or {})
+    values = deep_merge(recipe(stage, preset), overrides or {})
     try:
         return TrainConfig.model_validate(values)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
-
-
-def format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if not e["loc"]:  # a cross-field rule: its message names the fields
-            lines.append(msg)
-            continue
-        key = ".".join(str(p) for p in e["loc"])
-        value = e.get("input")
-        shown = value if not isinstance(value, dict) else "{...}"
-        lines.append(f"{key}={shown!r}: {msg}")
-    return "invalid config: " + "; ".join(lines)
+        raise ConfigError(validation_message(err, what="config")) from None

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from eve_contract.names import MODEL_PRESETS, STAGES
-from eve_trainer.config import (ConfigError, TrainConfig, _merge, check_key,
+from eve_trainer.config import (ConfigError, TrainConfig, check_key,
                                 parse_overrides, resolve)
+from eve_contract.dicts import deep_merge
 from eve_contract.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER
 from eve_contract.storage import StorageAccessError, StorageError, StorageUnavailable, open_store
 
@@ -62,7 +63,7 @@ def load_config(args: argparse.Namespace) -> TrainConfig:
         values.pop("stage", None)  # the positional stage wins
         for key in _dotted_keys(values):
             check_key(key, f" in {args.config}")
-    values = _merge(values, parse_overrides(args.overrides))
+    values = deep_merge(values, parse_overrides(args.overrides))
     preset = args.preset or values.get("model", {}).get("preset") or "tiny"
     return resolve(args.stage, preset, values)
 

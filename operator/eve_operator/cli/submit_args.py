@@ -13,11 +13,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from eve_trainer.config import (
-    STAGES, ConfigError, check_key, config_keys, format_validation_error, set_dotted,
-)
-
+from eve_contract.errors import validation_message
+from eve_contract.names import STAGES
 from eve_contract.naming import validate_pipeline_name
+from eve_trainer.config import ConfigError, check_key, config_keys, set_dotted
 from eve_operator.spec import PipelineSpec
 
 #: Pipeline keys -> the PipelineSpec path they set.
@@ -100,7 +99,7 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
     try:
         return name, PipelineSpec.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err).replace("invalid config", "invalid pipeline")) from None
+        raise ConfigError(validation_message(err, what="pipeline")) from None
 
 
 def _check_trainer_key(key: str) -> None:
