@@ -42,7 +42,6 @@ from trainjob_emulator import JOBSET_NAME, TrainerCluster  # noqa: E402
 from eve_contract import layout  # noqa: E402
 from eve_contract.storage import open_store  # noqa: E402
 
-from eve_operator import handlers  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the shared chain runs in the first test
 NS = "ml"
@@ -126,7 +125,6 @@ def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch
     cluster = TrainerCluster(emulator, kubeconfig, tmp / "node", runtimes=_chart_runtimes(), max_grace_s=GRACE_S,
                              extra_env=step_delay, interval_s=0.25)  # controllers and a kubelet polling 4x a second
     mp.setenv("EVE_TRAINJOB_RUNTIME", "eve-torch")  # the operator with Trainer v2 support (trainJob.enabled)
-    handlers.watch_trainjobs()
     for ns in (NS, TJ_NS):
         cluster.core.create_namespaced_secret(ns, {
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": ns},

@@ -186,9 +186,10 @@ def cluster(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 @contextmanager
-def running_operator(resync_s: float = 0.5) -> Iterator[Operator]:
-    old = handlers.CONFIG.resync_s
-    handlers.CONFIG.resync_s = resync_s
+def running_operator(resync_s: float = 0.5, metrics_port: int = 0) -> Iterator[Operator]:
+    """The operator configured as its runner would (handlers.configure), then started."""
+    old = handlers.CONFIG
+    handlers.configure(handlers.Config(resync_s=resync_s, metrics_port=metrics_port))
     op = Operator()
     op.start()
     try:
@@ -197,7 +198,7 @@ def running_operator(resync_s: float = 0.5) -> Iterator[Operator]:
         try:
             op.stop()
         finally:
-            handlers.CONFIG.resync_s = old
+            handlers.configure(old)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from operator_harness import NS, Cluster
 from fixtures.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
 
 from eve_operator import crd
+from eve_operator import pytorchjob
 from eve_operator.backends import kubernetes as kb
 from eve_operator.spec import PipelineSpec
 
@@ -79,8 +80,8 @@ def test_stage_pods_master_first(cluster: Cluster) -> None:
                                ("demo-prealign-worker-0", "worker", "0"), ("other-master-0", "master", "0")):
         job = "other" if name.startswith("other") else "demo-prealign"
         cluster.core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": name, "namespace": NS, "labels": {kb.JOB_NAME_LABEL: job, kb.REPLICA_TYPE_LABEL: rtype,
-                                                      kb.REPLICA_INDEX_LABEL: index}},
+            "name": name, "namespace": NS, "labels": {pytorchjob.JOB_NAME_LABEL: job, pytorchjob.REPLICA_TYPE_LABEL: rtype,
+                                                      pytorchjob.REPLICA_INDEX_LABEL: index}},
             "spec": {"containers": [{"name": "pytorch", "image": "x"}]}})
     assert kb.stage_pods("demo", NS, "prealign") == [
         "demo-prealign-master-0", "demo-prealign-worker-0", "demo-prealign-worker-1"]

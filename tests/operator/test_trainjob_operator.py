@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
 
-from eve_operator import handlers, metrics
+from eve_operator import metrics
 from eve_operator.backends import kubernetes as kb
 
 TJ = ("trainer.kubeflow.org", "v1alpha1")
@@ -21,8 +21,7 @@ TJ = ("trainer.kubeflow.org", "v1alpha1")
 def operator(cluster: Cluster, s3_env: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Operator]:
     """The operator with Trainer v2 support on (chart value trainJob.enabled)."""
     monkeypatch.setenv("EVE_TRAINJOB_RUNTIME", "eve-torch")
-    handlers.watch_trainjobs()
-    with running_operator() as op:
+    with running_operator() as op:  # handlers.configure registers the TrainJob watch
         yield op
 
 
