@@ -19,7 +19,7 @@ OverrideValue = str | int | float | bool | list[str] | list[int] | list[float] |
 #: A Kubernetes quantity ("32", "400Gi"); YAML may give a bare number (`cpu: 32`).
 Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool)
                                           else v)]
-_INT_OR_STRING = {"x-kubernetes-int-or-string": True}
+_INT_OR_STRING: dict[str, Any] = {"x-kubernetes-int-or-string": True}
 
 
 def _operator_default(schema: dict[str, Any]) -> None:
@@ -79,7 +79,7 @@ class SchedulingSpec(_Model):
                                     description="Give up gang scheduling after this long.")
 
 
-_FREEFORM = {"x-kubernetes-preserve-unknown-fields": True}
+_FREEFORM: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 #: Env the operator sets on the trainer container, with the spec field that sets it instead.
 RESERVED_ENV = {
     "EVE_PIPELINE": "the pipeline name", "EVE_STAGE": "the stage", "EVE_ATTEMPT": "the attempt",
@@ -153,7 +153,7 @@ class PodTemplateSpec(_Model):
     container_security_context: dict[str, Any] = Field(
         default_factory=dict, alias="containerSecurityContext", json_schema_extra=_FREEFORM,
         description="Trainer container securityContext fields, merged over the restricted defaults.")
-    resources: PodResources = Field(default_factory=PodResources,  # type: ignore[arg-type]
+    resources: PodResources = Field(default_factory=PodResources,
                                     description="Extra resources (rdma/hca, vpc.amazonaws.com/efa, hugepages).")
 
     @model_validator(mode="after")
@@ -243,7 +243,7 @@ class PipelineSpec(_Model):
                        description="Trainer image; default the operator's (the chart's trainer.image), "
                                    "else ghcr.io/eve-platform/trainer:0.1.0.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
-    pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec,  # type: ignore[arg-type]
+    pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec,
                                           alias="podTemplate",
                                           description="Pod customisation of every stage (docs/install.md).")
     max_attempts: int = Field(3, alias="maxAttempts", ge=1, le=20,
@@ -295,7 +295,7 @@ class PipelineSpec(_Model):
         return full[i - 1] if i > 0 else None
 
     def stage(self, name: str) -> StageSpec:
-        return self.stages.get(name, StageSpec())  # type: ignore[call-arg]
+        return self.stages.get(name) or StageSpec()  # type: ignore[call-overload]  # any str asks
 
     def resources_for(self, name: str) -> ResourcesSpec:
         return self.stage(name).resources or self.resources
@@ -309,7 +309,7 @@ class PipelineSpec(_Model):
         from eve_contract.layout import export_prefix
 
         previous = self.previous_stage(stage)
-        if stage == self.chain()[0] and (self.init_from or previous is None):
+        if previous is None or (stage == self.chain()[0] and self.init_from):
             return self.init_from
         return f"{self.output.rstrip('/')}/{export_prefix(pipeline, previous)}"
 

@@ -93,7 +93,7 @@ def test_absent_job_is_recreated_with_the_same_name() -> None:
 
 def test_verified_manifest_finishes_the_stage_and_submits_the_next() -> None:
     status, actions = step(spec(), started(), Observation(job="Succeeded", complete=done("prealign", "run-1")))
-    first, second = status.stages[0], status.stages[1]
+    first = status.stages[0]
     assert first.state == "Succeeded" and first.checkpoint == EXPORT.format("prealign")
     assert first.mlflow_run_id == "run-1" and first.finished_at == NOW
     assert submits(actions) == [SubmitJob("pretrain", 1, "demo-pretrain", EXPORT.format("prealign"), "run-1")]
