@@ -87,6 +87,7 @@ RESERVED_ENV = {
     "PYTHONUNBUFFERED": "the operator", "AWS_ENDPOINT_URL": "spec.s3.endpointUrl", "AWS_REGION": "spec.s3.region",
     "AWS_ACCESS_KEY_ID": "spec.s3.credentialsSecret", "AWS_SECRET_ACCESS_KEY": "spec.s3.credentialsSecret",
     "MLFLOW_TRACKING_URI": "spec.mlflow.trackingUri",
+    "EVE_TRAIN_CONFIG": "the pipeline's resolved trainer config (spec.overrides and the pipeline's keys)",
 }
 #: Resources the operator sets from spec.resources; podTemplate.resources adds others only.
 RESERVED_RESOURCES = {"cpu": "spec.resources.cpu", "memory": "spec.resources.memory",

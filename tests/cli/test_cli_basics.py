@@ -74,9 +74,10 @@ def test_local_dry_run_prints_every_stage_command(_home: Path) -> None:
     assert [s["stage"] for s in plan["stages"]] == ["prealign", "pretrain", "sft"]
     sft = plan["stages"][2]
     assert sft["processes"] == 2
-    assert "optim.lr=1e-05" in sft["command"] and "data.urls=[s3://bkt/conv]" in sft["command"]
-    assert "data.urls=[s3://bkt/caps]" in plan["stages"][0]["command"]
-    assert "pipeline=exp1" in sft["command"]
+    assert sft["command"] == ["python", "-m", "eve_trainer", "sft"]
+    assert sft["config"]["optim"]["lr"] == 1e-5 and sft["config"]["data"]["urls"] == ["s3://bkt/conv"]
+    assert plan["stages"][0]["config"]["data"]["urls"] == ["s3://bkt/caps"]
+    assert sft["config"]["pipeline"] == "exp1"
     assert not (_home / "pipelines" / "exp1").exists(), "a dry run must create nothing"
 
 

@@ -55,8 +55,8 @@ def test_local_dry_run_chains_each_stage_from_the_previous_export(_home: Path) -
     stages = json.loads(result.stdout)["stages"]
     assert [s["init_from"] for s in stages] == ["/models/llama", "s3://b/eve/chain/prealign/export",
                                                  "s3://b/eve/chain/pretrain/export"]
-    assert "init_from=s3://b/eve/chain/pretrain/export" in stages[2]["command"]
-    assert "init_from=/models/llama" not in stages[1]["command"]
+    assert stages[2]["config"]["init_from"] == "s3://b/eve/chain/pretrain/export"
+    assert stages[1]["config"]["init_from"] == "s3://b/eve/chain/prealign/export"
 
 
 def test_progress_from_the_heartbeat_contract(tmp_path: Path) -> None:

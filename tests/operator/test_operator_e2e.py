@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
+from fixtures.stage_config import master_config
 
 from eve_operator import metrics
 
@@ -31,8 +32,7 @@ def test_full_chain_prealign_pretrain_sft(cluster: Cluster, operator: Operator, 
         cluster.set_condition(f"demo-{stage}", "Succeeded")
         if nxt:
             job = wait_for(lambda n=nxt: cluster.jobs().get(n), what=nxt)
-            command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-            assert f"init_from={export}" in command
+            assert master_config(job)["init_from"] == export
     status = wait_for(lambda: cluster.status("demo") if cluster.status("demo").get("phase") == "Succeeded" else None,
                       what="pipeline Succeeded")
     assert [s["state"] for s in status["stages"]] == ["Succeeded"] * 3
@@ -189,8 +189,7 @@ def test_mlflow_parent_run_is_passed_to_the_stage(cluster: Cluster, operator: Op
     cluster.create_pipeline("tracked", base_spec(output, mlflow={"trackingUri": mlflow_server.tracking_uri}))
     job = wait_for(lambda: cluster.jobs().get("tracked-prealign"))
     run_id = cluster.status("tracked")["mlflowRunId"]
-    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-    assert run_id and f"mlflow.parent_run_id={run_id}" in command
+    assert run_id and master_config(job)["mlflow"]["parent_run_id"] == run_id
 
 
 def test_mlflow_down_continues_without_it(cluster: Cluster, operator: Operator, output: str) -> None:

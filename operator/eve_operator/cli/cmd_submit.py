@@ -226,9 +226,14 @@ def _submit_local(name: str, spec: Any, dry_run: bool, detach: bool, fmt: Format
     except (ConfigError, ValueError) as err:
         fail(str(err))
     if dry_run:
+        from eve_contract import resolved_config
+
         plan = [{"name": j.name, "stage": j.stage, "processes": j.world_size,
                  "init_from": spec.planned_init_from(name, j.stage),
-                 "command": ["python", "-m", "eve_trainer", *j.command[1:]], "env": j.env} for j in jobs]
+                 "command": ["python", "-m", "eve_trainer", *j.command[1:]],
+                 "env": {k: v for k, v in j.env.items() if k != resolved_config.ENV_VAR},
+                 # what every rank reads from EVE_TRAIN_CONFIG (shown decoded)
+                 "config": resolved_config.loads(j.env[resolved_config.ENV_VAR])[1]} for j in jobs]
         output.emit({"pipeline": name, "backend": "local", "stages": plan}, fmt if fmt is not Format.table else Format.yaml)
         return
     record = lb.Record(name=name, spec=spec)
