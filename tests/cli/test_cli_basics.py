@@ -61,7 +61,7 @@ def test_bad_overrides_fail_with_the_key(args: list[str], expected: str) -> None
 
 def test_unknown_stage_and_missing_stage() -> None:
     result = run("submit", "stage=finetune", "--dry-run")
-    assert result.exit_code == 2 and "start=" in result.output and "prealign" in result.output
+    assert result.exit_code == 2 and "stage='finetune'" in result.output and "prealign" in result.output
     result = run("submit", "optim.lr=1e-4", "--dry-run")
     assert result.exit_code == 2 and "missing stage=<name>" in result.output
 
@@ -85,7 +85,7 @@ def test_until_limits_the_chain() -> None:
     result = run("submit", "stage=prealign", "until=pretrain", "--dry-run", "-o", "json")
     assert [s["stage"] for s in json.loads(result.output)["stages"]] == ["prealign", "pretrain"]
     result = run("submit", "stage=pretrain", "hd=true", "--dry-run", "-o", "json")
-    assert [s["stage"] for s in json.loads(result.output)["stages"]] == ["pretrain", "sft-hd"]
+    assert [s["stage"] for s in json.loads(result.stdout)["stages"]] == ["pretrain", "sft-hd"]
 
 
 def test_config_keys_and_show() -> None:

@@ -103,7 +103,7 @@ def test_pipeline_values_win_and_provenance_says_which() -> None:
                                      "EVE_QUEUE": "lq", "EVE_GPU_PRODUCT": "NVIDIA-H100-80GB-HBM3",
                                      "MLFLOW_TRACKING_URI": "http://mlflow:5000", "EVE_CREDENTIALS_SECRET": "",
                                      "AWS_REGION": "eu-west-1"})
-    raw = {"output": "s3://b/p", "image": "mine:1", "resources": {"nodes": 2},
+    raw = {"output": "s3://bkt/p", "image": "mine:1", "resources": {"nodes": 2},
            "stages": {"sft": {"resources": {"nodes": 1}}, "pretrain": {"resources": {"gpuProduct": ""}}},
            "s3": {"region": None}, "mlflow": {"experiment": "exp"}}
     spec = ops.parse(raw)
@@ -120,10 +120,10 @@ def test_pipeline_values_win_and_provenance_says_which() -> None:
     assert prov["s3.endpointUrl"] == {"value": "", "source": BUILT_IN}
     assert prov["scheduling.priorityClass"]["source"] == BUILT_IN
     # a queue belongs to its scheduler: a Volcano pipeline gets no Kueue queue
-    volcano = ops.parse({"output": "s3://b/p", "scheduling": {"gangScheduler": "volcano"}})
+    volcano = ops.parse({"output": "s3://bkt/p", "scheduling": {"gangScheduler": "volcano"}})
     assert volcano.scheduling.queue is None
     # nothing given at all: the built-ins
-    bare = OperatorDefaults.from_env({}).parse({"output": "s3://b/p"})
+    bare = OperatorDefaults.from_env({}).parse({"output": "s3://bkt/p"})
     assert bare.image == "ghcr.io/eve-platform/trainer:0.1.0" and bare.scheduling.gang_scheduler == "volcano"
     assert bare.mlflow.tracking_uri is None
 

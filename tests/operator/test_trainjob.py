@@ -217,7 +217,7 @@ def test_names_fit_jobset_pod_hostnames_and_are_deterministic() -> None:
 
 
 def test_job_api_defaults_to_the_operator_env_then_pytorchjob() -> None:
-    base = PipelineSpec.model_validate({"output": "s3://b/x"})
+    base = PipelineSpec.model_validate({"output": "s3://bkt/x"})
     assert job_api_of(base, {}) == "PyTorchJob"
     assert job_api_of(base, {"EVE_JOB_API": "TrainJob"}) == "TrainJob"
     assert job_api_of(base.model_copy(update={"job_api": "PyTorchJob"}), {"EVE_JOB_API": "TrainJob"}) == "PyTorchJob"

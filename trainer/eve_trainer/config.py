@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eve_contract.validators import http_url_problem, location_problem
 from eve_contract.names import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage  # noqa: F401 (re-exported)
 
 
@@ -50,6 +51,10 @@ class ModelSection(_Section):
         return self
 
 
+#: Tokenizers built into the trainer (eve_trainer.data.tokenizer); anything else is a folder.
+BUILTIN_TOKENIZERS: tuple[str, ...] = ("builtin:tiny",)
+
+
 class DataSection(_Section):
     urls: list[str] = Field(default_factory=list)
     """Dataset URLs (s3://bucket/prefix, file:///dir or a plain dir) holding shards + index.json."""
@@ -66,6 +71,29 @@ class DataSection(_Section):
     """Several samples per row of a micro-batch (rows of max_length spliced positions), with
     document-masked attention: same losses and gradients, less padding."""
 
+    @field_validator("urls")
+    @classmethod
+    def _dataset_locations(cls, urls: list[str]) -> list[str]:
+        for i, url in enumerate(urls):
+            if problem := location_problem(url):
+                raise ValueError(f"data.urls[{i}]={url!r} {problem}")
+        return urls
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _known_tokenizer(cls, spec: str | None) -> str | None:
+        if spec is None:
+            return spec
+        if spec.startswith("builtin:"):
+            if spec not in BUILTIN_TOKENIZERS:
+                raise ValueError(f"is not a builtin tokenizer; the builtins are {', '.join(BUILTIN_TOKENIZERS)} "
+                                 "(or give a tokenizer folder: s3://bucket/path or /path)")
+            return spec
+        if problem := location_problem(spec, need_key=True):
+            raise ValueError(f"{problem}; a tokenizer is a folder (s3://bucket/path, /path) or "
+                             f"{', '.join(BUILTIN_TOKENIZERS)}")
+        return spec
+
 
 class OptimSection(_Section):
     lr: float = Field(4e-5, gt=0)
@@ -74,10 +102,17 @@ class OptimSection(_Section):
     """LR of vision_tower*/mm_projector parameters; None = same as lr."""
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: float = Field(1e-8, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = Field(1.0, ge=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("each beta must be in [0, 1), e.g. [0.9,0.999]")
+        return betas
 
 
 class DeepSpeedSection(_Section):
@@ -141,6 +176,13 @@ class StorageSection(_Section):
     """At start-up, how long to wait for a store that does not answer (an outage, a restart)
     before exiting 1 so the job is retried; a missing bucket or denied access exits 2 at once."""
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, url: str | None) -> str | None:
+        if url and (problem := http_url_problem(url)):
+            raise ValueError(problem)
+        return url
+
 
 class DistributedSection(_Section):
     timeout_s: float = Field(600.0, ge=10)
@@ -185,6 +227,20 @@ class TrainConfig(_Section):
     heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
     debug: DebugSection = Field(default_factory=DebugSection)
     progress: Literal["auto", "bar", "json", "none"] = "auto"
+
+    @field_validator("output")
+    @classmethod
+    def _output_location(cls, url: str) -> str:
+        if problem := location_problem(url):
+            raise ValueError(problem)
+        return url
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_location(cls, url: str | None) -> str | None:
+        if url is not None and (problem := location_problem(url, need_key=True)):
+            raise ValueError(f"{problem}; init_from is an EVE export or a Llama/Vicuna folder")
+        return url
 
     def gradient_accumulation(self, world_size: int) -> int:
         """Micro-steps per optimizer step; the global batch must split evenly."""
