@@ -245,6 +245,15 @@ class TrainConfig(_Section):
     def gradient_accumulation(self, world_size: int) -> int:
         """Micro-steps per optimizer step; the global batch must split evenly."""
         per_step = world_size * self.micro_batch_size
+        if per_step > self.global_batch_size:
+            share, rest = divmod(self.global_batch_size, world_size)
+            fix = (f"set micro_batch_size={share} (global_batch_size / world_size) or a divisor of it"
+                   if share and not rest else
+                   f"set global_batch_size to a multiple of the world size {world_size} "
+                   f"(e.g. {world_size * self.micro_batch_size})")
+            raise ConfigError(
+                f"micro_batch_size={self.micro_batch_size} x world_size {world_size} = {per_step} is more than "
+                f"global_batch_size={self.global_batch_size} (every rank needs a whole micro-batch per step); {fix}")
         if self.global_batch_size % per_step:
             raise ConfigError(
                 f"global_batch_size={self.global_batch_size} is not divisible by world_size x "

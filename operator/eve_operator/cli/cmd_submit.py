@@ -109,16 +109,17 @@ def _needs_a_cluster(spec: Any) -> tuple[str, str] | None:
     return None
 
 
-def _export_note(name: str, spec: Any) -> str | None:
+def _export_note(name: str, spec: Any, *, missing: bool = False) -> str | None:
     """When the first stage starts from this pipeline's previous stage's export (no init_from):
     the sentence saying that this export must already exist and how to make it."""
     first = spec.chain()[0]
     previous = spec.previous_stage(first)
     if spec.init_from or previous is None:
         return None
+    state = "and there is none" if missing else "which must already exist"
     return (f"stage {first} starts from {spec.planned_init_from(name, first)}, the export of stage {previous} of "
-            f"pipeline {name}: it must already exist (run `eve-platform submit stage={previous} "
-            f"until={previous} name={name} ...` first), or set init_from=<export URL>")
+            f"pipeline {name}, {state}: run `eve-platform submit stage={previous} name={name} ...` first (it "
+            f"chains on to {first}), or set init_from=<export URL>")
 
 
 def pipeline_exit_code(status: dict[str, Any]) -> int:
@@ -316,7 +317,7 @@ def _check_export_exists(name: str, spec: Any, note: str) -> None:
         info(f"could not check the {previous} export ({err}); {note}")
         return
     if found is None:
-        fail(f"no complete export of stage {previous} for pipeline {name}; {note}")
+        fail(_export_note(name, spec, missing=True) or note)
 
 
 def _run_foreground(record: Any) -> Any:

@@ -84,7 +84,12 @@ def _backend_call(fn, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN001
 
 LocalOpt = typer.Option(False, "--local", help="Run on this machine (same as --backend local).")
 BackendOpt = typer.Option("", "--backend", help="auto | local | kubernetes (auto: kubernetes when a kube context exists).")
-NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace; default the context's.")
+def _namespace_option(value: str | None) -> str | None:
+    return None if value is None else check_namespace(value)
+
+
+NamespaceOpt = typer.Option(None, "--namespace", "-n", callback=_namespace_option,
+                            help="Kubernetes namespace; default the context's.")
 OutputOpt = typer.Option(Format.table, "--output", "-o", help="table | json | yaml.")
 
 
