@@ -60,7 +60,9 @@ def config_show(words: Optional[list[str]] = typer.Argument(None, metavar="stage
 
     from eve_operator.cli.cmd_submit import _local_defaults
     from eve_operator.cli.submit_args import default_name, load_pipeline_file, parse_submit
-    from eve_operator.jobspec import resolve_stage_config
+    from eve_contract import resolved_config
+
+    from eve_operator.jobspec import build_job_spec
     from eve_operator.pipeline import SubmitJob
 
     try:
@@ -71,11 +73,13 @@ def config_show(words: Optional[list[str]] = typer.Argument(None, metavar="stage
         which = stage or spec.chain()[0]
         if which not in spec.chain():
             fail(f"--stage {which}: this pipeline runs {' -> '.join(spec.chain())}")
-        cfg = resolve_stage_config(name, spec, SubmitJob(which, 1, f"{name}-{which}",
-                                                         spec.planned_init_from(name, which), None))
+        # the stage job's own document (what its ranks read), checked as submit checks it
+        job = build_job_spec(name, spec, SubmitJob(which, 1, f"{name}-{which}",
+                                                   spec.planned_init_from(name, which), None))
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    output.emit(cfg.model_dump(mode="json"), output_fmt if output_fmt is not Format.table else Format.yaml)
+    cfg = resolved_config.loads(job.env[resolved_config.ENV_VAR])[1]
+    output.emit(cfg, output_fmt if output_fmt is not Format.table else Format.yaml)
 
 
 # -- demo ----------------------------------------------------------------------------------
