@@ -129,6 +129,26 @@ def test_unknown_override_key_fails_naming_the_key(cluster: Cluster, operator: O
     assert cluster.jobs() == {}
 
 
+def test_a_hand_written_pipeline_gets_the_clis_refusals(cluster: Cluster, operator: Operator, output: str) -> None:
+    """Keys the pipeline sets itself, per-stage keys for stages that do not run, values that cannot
+    work: refused on the CRD path as `submit` refuses them (status + InvalidSpec event), never dropped."""
+    bad = {
+        "owned": (base_spec(output, stages={"sft": {"overrides": {"output": "s3://other/x"}}}),
+                  "stages.sft.overrides.output is set by the pipeline from spec.output"),
+        "unused": (base_spec(output, until="pretrain", stages={"sft": {"overrides": {"optim.lr": 1.0}}}),
+                   "stages.sft: this pipeline runs prealign -> pretrain"),
+        "image": (base_spec(output, image="Bad Image:!!"), "spec.image: is not a valid image reference"),
+    }
+    for name, (spec, _) in bad.items():
+        cluster.create_pipeline(name, spec)
+    for name, (_, expected) in bad.items():
+        status = wait_for(lambda n=name: cluster.status(n) if cluster.status(n).get("phase") == "Failed" else None,
+                          what=f"{name} to fail")
+        assert expected in status["message"], status["message"]
+        wait_for(lambda n=name: "InvalidSpec" in cluster.reasons(n), what=f"the InvalidSpec event of {name}")
+    assert cluster.jobs() == {}
+
+
 def test_suspend_and_resume_patch_the_current_job(cluster: Cluster, operator: Operator, output: str) -> None:
     cluster.create_pipeline("pause", base_spec(output))
     wait_for(lambda: "pause-prealign" in cluster.jobs())
