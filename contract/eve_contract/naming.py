@@ -31,8 +31,9 @@ def validate_pipeline_name(name: str) -> str:
 
 
 def default_pipeline_name(preset: str) -> str:
-    """The name `submit` gives a pipeline that has none: eve-<preset>."""
-    return f"eve-{preset}".replace(".", "-")
+    """The name `submit` gives a pipeline that has none: eve-tiny, eve-small, eve-7b, eve-7b-hd."""
+    name = preset if preset.startswith("eve-") else f"eve-{preset}"
+    return name.replace(".", "-").replace("_", "-").lower()
 
 
 def job_name(pipeline: str, stage: str, attempt: int) -> str:

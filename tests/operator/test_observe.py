@@ -49,7 +49,7 @@ class Reader:
 
 
 def spec(**extra: Any) -> PipelineSpec:
-    return PipelineSpec.model_validate({"output": "s3://b/eve", **extra})
+    return PipelineSpec.model_validate({"output": "s3://bkt/eve", **extra})
 
 
 def submitted(sp: PipelineSpec) -> PipelineStatus:
@@ -58,12 +58,12 @@ def submitted(sp: PipelineSpec) -> PipelineStatus:
 
 def test_a_stage_not_yet_submitted_asks_for_its_own_and_the_previous_export() -> None:
     sp = spec(start="pretrain")
-    reader = Reader(exports={"prealign": StageComplete("s3://b/eve/demo/prealign/export")})
+    reader = Reader(exports={"prealign": StageComplete("s3://bkt/eve/demo/prealign/export")})
     obs = observe(sp, PipelineStatus.model_validate({"stages": [{"name": "pretrain"}, {"name": "sft"}]}), reader)
     assert reader.asked == ["complete prealign", "complete pretrain"]
-    assert obs.previous_export == StageComplete("s3://b/eve/demo/prealign/export") and obs.complete is None
+    assert obs.previous_export == StageComplete("s3://bkt/eve/demo/prealign/export") and obs.complete is None
     reader = Reader()
-    observe(spec(start="pretrain", initFrom="s3://x/llama"), PipelineStatus.model_validate(
+    observe(spec(start="pretrain", initFrom="s3://xyz/llama"), PipelineStatus.model_validate(
         {"stages": [{"name": "pretrain"}]}), reader)
     assert reader.asked == ["complete pretrain"]  # init_from given: the previous export is not needed
 

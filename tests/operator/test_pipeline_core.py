@@ -316,7 +316,7 @@ def test_the_stage_timeout_overrides_the_pipeline_and_zero_turns_it_off() -> Non
     off = spec(stallTimeoutSeconds=600, stages={"prealign": {"stallTimeoutSeconds": 0}}, **CPU2)
     _, actions = at(off, status, running({0: 1, 1: 1}), 10_000)
     assert actions == []
-    assert PipelineSpec.model_validate({"output": "s3://x"}).stall_timeout_s == 900  # the 15 min default
+    assert PipelineSpec.model_validate({"output": "s3://xyz"}).stall_timeout_s == 900  # the 15 min default
     long = spec(stallTimeoutSeconds=1000, **CPU2)  # longer than the start-up grace: it applies from the start
     status, _ = at(long, started(long), Observation(job="Running"), 0)
     _, actions = at(long, status, Observation(job="Running"), 999)

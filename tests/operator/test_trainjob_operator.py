@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
+from fixtures.stage_config import master_config
 
 from eve_operator import metrics
 from eve_operator.backends import kubernetes as kb
@@ -67,7 +68,7 @@ def test_stages_chain_through_trainjobs(cluster: Cluster, operator: Operator, ou
     export = write_export(output, "tj", "prealign", tmp_path)
     set_condition(cluster, "tj-prealign", "Complete", "AllJobsCompleted", "jobset completed successfully")
     nxt = wait_for(lambda: trainjobs(cluster).get("tj-pretrain"), what="the pretrain TrainJob")
-    assert f"init_from={export}" in nxt["spec"]["trainer"]["command"]
+    assert master_config(nxt)["init_from"] == export
 
 
 def test_exit_2_on_a_node_pod_fails_the_pipeline_at_once(cluster: Cluster, operator: Operator, output: str) -> None:

@@ -193,7 +193,7 @@ def test_the_stage_pod_command_is_the_launcher() -> None:
     from eve_operator.pytorchjob import build_pytorchjob
     from eve_operator.spec import PipelineSpec
 
-    spec = PipelineSpec.model_validate({"preset": "tiny", "output": "s3://b/eve", "data": ["s3://b/d"],
+    spec = PipelineSpec.model_validate({"preset": "tiny", "output": "s3://bkt/eve", "data": ["s3://bkt/d"],
                                         "resources": {"gpusPerNode": 0, "nprocPerNode": 2, "nodes": 2},
                                         "overrides": {"micro_batch_size": 2}})
     job = build_job_spec("demo", spec, SubmitJob(stage="prealign", attempt=1, job_name="demo-prealign",
@@ -206,7 +206,7 @@ def test_the_stage_pod_command_is_the_launcher() -> None:
 def test_submit_checks_the_batch_against_the_jobs_real_world_size(tmp_path: Path) -> None:
     """nodes=2 nproc_per_node=2 with the tiny recipe (global batch 8, micro 4): every pod would
     exit 2 at start-up; `submit --dry-run` says so first, naming the world size."""
-    args = [sys.executable, "-m", "eve_operator.cli.main", "submit", "stage=prealign", "name=ws", "output=s3://b/eve", "data=s3://b/d", "nodes=2",
+    args = [sys.executable, "-m", "eve_operator.cli.main", "submit", "stage=prealign", "name=ws", "output=s3://bkt/eve", "data=s3://bkt/d", "nodes=2",
             "nproc_per_node=2", "gpus_per_node=0", "--backend", "kubernetes", "--dry-run"]
     bad = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert bad.returncode == 2, bad.stderr
@@ -229,5 +229,5 @@ def test_every_shipped_sample_launches_at_its_world_size(sample: str) -> None:
     doc = yaml.safe_load((Path(__file__).parents[2] / "manifests/samples" / sample).read_text())
     spec = PipelineSpec.model_validate(doc["spec"])
     for stage in spec.chain():
-        job = build_job_spec(doc["metadata"]["name"], spec, SubmitJob(stage, 1, f"x-{stage}", "s3://b/init", None))
+        job = build_job_spec(doc["metadata"]["name"], spec, SubmitJob(stage, 1, f"x-{stage}", "s3://bkt/init", None))
         assert job.pod_command[0] == "eve-launch" and job.world_size >= 1
