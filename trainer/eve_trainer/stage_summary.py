@@ -199,12 +199,13 @@ def teacher_source(cfg: TrainConfig, *, chained: bool = False) -> Source:
     the stage trains the aligning loss against a teacher that would keep random weights."""
     if not cfg.model.align_loss:
         return Source("none", "model.align_loss=false: no patch-aligning loss, no teacher")
-    if cfg.model.teacher_path:
+    from_export = bool(cfg.init_from) and (chained or cfg.stage != "prealign")
+    if cfg.model.teacher_path and not from_export:
         return Source(cfg.model.teacher_path, "model.teacher_path")
-    if cfg.init_from and (chained or cfg.stage != "prealign"):
-        # an EVE export carries the teacher it trained with; the trainer checks it at start
-        return Source(cfg.init_from, "carried by the previous stage's export" if chained
-                      else "carried by the init_from export, checked at start")
+    if from_export:  # an EVE export carries the teacher it trained with; the trainer checks it at start
+        how = "carried by the previous stage's export" if chained else "carried by the init_from export"
+        fill = f"; else model.teacher_path={cfg.model.teacher_path}" if cfg.model.teacher_path else ""
+        return Source(cfg.init_from, how + fill)
     if cfg.model.preset in RANDOM_TEACHER_PRESETS:
         return Source("random", "tiny preset: random teacher weights, for tests only")
     if cfg.model.preset in RANDOM_INIT_PRESETS and not cfg.init_from:
@@ -216,9 +217,10 @@ def missing_teacher_message(stage: str, preset: str) -> str:
     return (f"stage {stage} trains the patch-aligning loss (the reference's --requires_cliploss in every stage), "
             f"but no CLIP teacher is set, so the teacher would keep random weights (allowed only for the tiny "
             f"preset; model.preset={preset}). Fix it one of three ways: set model.teacher_path=<a CLIPVisionModel "
-            f"folder or s3:// URL, e.g. s3://<bucket>/models/{CLIP_TEACHER_NAME}>; or have the platform set a "
-            "default for every pipeline (chart value trainer.teacherPath, applied by the operator to pipelines "
-            "that set no teacher); or turn the loss off with model.align_loss=false (not the reference recipe)")
+            f"folder or s3:// URL, e.g. s3://<bucket>/models/{CLIP_TEACHER_NAME}>; or install the chart with "
+            "trainer.teacherPath=<that URL>, the operator's default for EvePipelines that set no teacher "
+            "(kubectl apply; the CLI cannot see it, so pass model.teacher_path here); or turn the loss off "
+            "with model.align_loss=false (not the reference recipe)")
 
 
 def check_tokenizer_fits(cfg: TrainConfig, vocab: int, spec: str) -> None:

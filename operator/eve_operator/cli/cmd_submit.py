@@ -57,6 +57,10 @@ def submit(
     name = name or f"eve-{spec.preset}".replace(".", "-")
     if wait and detach:
         fail("--wait and --detach contradict each other: pick one")
+    from eve_operator.cli.training_block import show_for_submit
+
+    # what each stage will train (-o table); exit 2 for a missing teacher or a tokenizer that does not fit
+    show_for_submit(name, spec, quiet=output_fmt is not Format.table)
     if where == "kubernetes":
         _submit_kubernetes(name, namespace, spec, dry_run, output_fmt, wait)
     else:
