@@ -179,3 +179,39 @@ def test_trainer_start_refuses_a_missing_teacher_and_a_tokenizer_too_big(tmp_pat
         _, err = proc.communicate(timeout=180)
         assert proc.returncode == 2, (name, err[-2000:])
         assert expect[name] in err and "Traceback" not in err, (name, err[-2000:])
+
+
+@pytest.mark.slow
+def test_the_aligning_loss_off_trains_no_pal_and_the_run_says_so(tmp_path: Path, mlflow_server) -> None:
+    """model.align_loss=false: no PAL and no teacher are built or exported, the align loss is 0, and the
+    stage's MLflow run carries the "what will be trained" block as params and as a text artifact."""
+    from mlflow.tracking import MlflowClient
+    from safetensors import safe_open
+
+    from eve_trainer.data import write_synthetic_dataset
+
+    write_synthetic_dataset(str(tmp_path / "data"), num_samples=16, kind="caption", seed=0)
+    result = _run_trainer("prealign", f"data.urls=[{tmp_path / 'data'}]", f"output={tmp_path / 'out'}",
+                          "data.num_workers=0", "max_steps=2", "model.align_loss=false", "pipeline=nopal",
+                          f"mlflow.tracking_uri={mlflow_server.tracking_uri}", "mlflow.experiment=model-meant",
+                          "mlflow.system_metrics=false", "mlflow.register_exports=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "aligning loss: off" in result.stderr  # the block, in the rank's log
+    export = tmp_path / "out/nopal/prealign/export"
+    assert json.loads((export / "config.json").read_text())["requires_cliploss"] is False
+    with safe_open(str(export / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if "vision_tower_compressor" in k or "vision_clip" in k]
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    exp = client.get_experiment_by_name("model-meant")
+    (run,) = client.search_runs([exp.experiment_id])
+    params = run.data.params
+    assert params["what.aligning_loss"] == "off" and params["what.teacher"].startswith("none")
+    assert params["what.tokenizer"].startswith("builtin:tiny") and params["what.pal_trainable"] == "0"
+    assert params["what.llm_frozen"] == params["what.frozen_params"] != "0"  # prealign: the LLM is frozen
+    assert params["what.pel_lr"] == "0.002"  # the tiny prealign recipe's vision LR
+    assert {m.value for m in client.get_metric_history(run.info.run_id, "train/align_loss")} == {0.0}
+    text = Path(client.download_artifacts(run.info.run_id, "what_will_be_trained.txt", str(tmp_path))).read_text()
+    assert "stage prealign (model.preset=tiny): what will be trained" in text and "aligning loss: off" in text
+    assert "PAL" not in text
