@@ -163,3 +163,19 @@ def test_describe_shows_the_blocks() -> None:
     assert "What will be trained:" in result.output
     assert f"teacher:       {CLIP} (model.teacher_path)" in block(result.output, "prealign")
     assert "s3://bkt/eve/eve7b/prealign/export (the previous stage's export)" in block(result.output, "pretrain")
+
+
+def test_the_samples_name_their_teacher_and_take_the_llms_tokenizer() -> None:
+    import yaml
+
+    from eve_operator.cli.training_block import stage_blocks
+    from eve_operator.spec import PipelineSpec
+
+    for path in sorted((ROOT / "manifests" / "samples").glob("evepipeline-*.yaml")):
+        obj = yaml.safe_load(path.read_text())
+        spec = PipelineSpec.model_validate(obj["spec"])
+        blocks = stage_blocks(obj["metadata"]["name"], spec)  # no ConfigError: every stage has what it needs
+        assert "data.tokenizer" not in spec.overrides, path.name
+        for b in blocks:
+            if spec.preset != "tiny":
+                assert b.tokenizer.where == b.llm.where and b.teacher.where.startswith("s3://"), (path.name, b.stage)
