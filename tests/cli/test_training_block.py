@@ -179,3 +179,17 @@ def test_the_samples_name_their_teacher_and_take_the_llms_tokenizer() -> None:
         for b in blocks:
             if spec.preset != "tiny":
                 assert b.tokenizer.where == b.llm.where and b.teacher.where.startswith("s3://"), (path.name, b.stage)
+
+
+def test_config_show_says_where_the_tokenizer_and_teacher_come_from() -> None:
+    import yaml
+
+    result = runner.invoke(app, ["config", "show", "stage=prealign", "preset=eve-7b", f"init_from={VICUNA}",
+                                 f"model.teacher_path={CLIP}"])
+    assert result.exit_code == 0, result.output
+    cfg = yaml.safe_load(result.output)  # the notes are YAML comments
+    assert cfg["data"]["tokenizer"] is None and cfg["model"]["teacher_path"] == CLIP
+    assert f"#   tokenizer:     {VICUNA} (from init_from)" in result.output
+    result = runner.invoke(app, ["config", "show", "stage=prealign", "preset=eve-7b", f"init_from={VICUNA}"])
+    assert result.exit_code == 0 and "# submit would refuse this stage: stage prealign trains the patch-aligning" \
+        in result.output

@@ -59,6 +59,10 @@ def config_show(words: list[str] = typer.Argument(..., metavar="stage=<name> [ke
     except ConfigError as err:
         fail(str(err))
     output.emit(cfg.model_dump(mode="json"), output_fmt if output_fmt is not Format.table else Format.yaml)
+    if output_fmt is not Format.json:  # what it trains, as YAML comments (stderr)
+        from eve_operator.cli.training_block import comment_for_config
+
+        info(comment_for_config(cfg))
 
 
 # -- demo ----------------------------------------------------------------------------------

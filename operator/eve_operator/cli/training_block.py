@@ -67,3 +67,13 @@ def show_for_describe(obj: dict[str, Any]) -> None:
         print(f"  (cannot be resolved: {str(err).splitlines()[0]})")
         return
     print("\n\n".join("\n".join(block.lines()) for block in blocks))
+
+
+def comment_for_config(cfg: Any) -> str:
+    """`config show`'s note: the stage's block (world size 1), or why submit would refuse it, as YAML
+    comments (a stage on its own: its init_from is taken as given, not as a previous stage's export)."""
+    try:
+        lines = summarize(cfg, world_size=1).lines()
+    except ConfigError as err:
+        lines = [f"submit would refuse this stage: {err}"]
+    return "\n".join(f"# {line}" for line in lines)
