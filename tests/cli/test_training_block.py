@@ -193,3 +193,12 @@ def test_config_show_says_where_the_tokenizer_and_teacher_come_from() -> None:
     result = runner.invoke(app, ["config", "show", "stage=prealign", "preset=eve-7b", f"init_from={VICUNA}"])
     assert result.exit_code == 0 and "# submit would refuse this stage: stage prealign trains the patch-aligning" \
         in result.output
+
+
+def test_the_block_is_torch_free() -> None:
+    import subprocess
+
+    code = ("import sys; import eve_operator.cli.training_block, eve_trainer.stage_summary; "
+            "bad = [m for m in ('torch', 'transformers', 'eve_model') if m in sys.modules]; assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
