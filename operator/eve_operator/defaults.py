@@ -19,7 +19,7 @@ built-in default applies. `provenance()` says which of the three each effective 
     resources.gpuProduct         EVE_GPU_PRODUCT            scheduling.gpuProduct (also each stage's resources)
 
 One trainer key has an operator default too, put into `spec.overrides` when the pipeline-wide
-overrides set neither it nor the opt-out `model.align_loss` (a stage's own overrides still win):
+overrides set neither it nor the opt-out `model.align_loss: false` (a stage's own overrides win):
 
     overrides.model.teacher_path EVE_TEACHER_PATH           trainer.teacherPath (the CLIP teacher)
 
@@ -53,8 +53,8 @@ FIELDS: dict[str, str] = {
 }
 #: Trainer override -> the operator env var that defaults it (when no override of the pipeline sets it).
 TRAINER_FIELDS: dict[str, str] = {"model.teacher_path": "EVE_TEACHER_PATH"}
-#: Overrides that make a trainer default moot (the aligning loss off: no teacher at all).
-_TRAINER_OPT_OUTS: dict[str, tuple[str, ...]] = {"model.teacher_path": ("model.align_loss",)}
+#: Override values that make a trainer default moot (the aligning loss off: no teacher at all).
+_TRAINER_OPT_OUTS: dict[str, dict[str, Any]] = {"model.teacher_path": {"model.align_loss": False}}
 PIPELINE, OPERATOR, BUILT_IN = "pipeline", "operator default", "built-in"
 
 
@@ -126,8 +126,11 @@ def _sets_trainer_key(raw: Mapping[str, Any], key: str) -> bool:
     """Whether the pipeline's own overrides set `key` or its opt-out (a stage's own value wins over
     the pipeline-wide one anyway, so stage overrides need no look)."""
     overrides = raw.get("overrides") or {}
-    return isinstance(overrides, Mapping) and any(
-        overrides.get(k) is not None for k in (key, *_TRAINER_OPT_OUTS.get(key, ())))
+    if not isinstance(overrides, Mapping):
+        return False
+    opted_out = any(str(overrides.get(k)).lower() == str(v).lower()
+                    for k, v in _TRAINER_OPT_OUTS.get(key, {}).items() if overrides.get(k) is not None)
+    return overrides.get(key) is not None or opted_out
 
 
 def _get(tree: Any, path: str) -> Any:

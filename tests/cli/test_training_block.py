@@ -138,6 +138,8 @@ def test_the_charts_teacher_reaches_the_stage_config_and_describe() -> None:
     assert ops.provenance(own)["overrides.model.teacher_path"]["source"] == PIPELINE
     off = {**obj["spec"], "overrides": {"model.align_loss": False}}
     assert "model.teacher_path" not in ops.parse(off).overrides
+    on = {**obj["spec"], "overrides": {"model.align_loss": True}}
+    assert ops.parse(on).overrides["model.teacher_path"] == CLIP
 
     from eve_operator.cli.training_block import show_for_describe
 
