@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
+from eve_trainer.stage_summary import check_model_meant
 
 from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
@@ -108,6 +109,8 @@ def _format_value(value: Any) -> str:
 def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
                    parent_run_id: str | None = None) -> JobSpec:
     cfg = resolve_stage_config(name, spec, submit, parent_run_id=parent_run_id)  # validate before submit
+    # no tokenizer, one that cannot fit, a 7B stage without a teacher: refused before any pod starts
+    check_model_meant(cfg, chained=submit.stage != spec.chain()[0])
     resources = spec.resources_for(submit.stage)
     world = resources.nodes * resources.procs_per_node
     try:  # the job's real world size: every rank would exit 2 on a batch that does not split

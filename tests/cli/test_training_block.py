@@ -132,6 +132,15 @@ def test_the_charts_teacher_reaches_the_stage_config_and_describe() -> None:
     effective = ops.parse(obj["spec"])
     cfg = resolve_stage_config("eve7b", effective, SubmitJob("prealign", 1, "eve7b-prealign", VICUNA, None))
     assert cfg.model.teacher_path == CLIP
+    # the operator refuses a pipeline it has no teacher for before any pod starts (InvalidConfig)
+    from eve_trainer.config import ConfigError
+
+    from eve_operator.jobspec import build_job_spec
+
+    first = SubmitJob("prealign", 1, "eve7b-prealign", VICUNA, None)
+    assert build_job_spec("eve7b", effective, first).stage == "prealign"
+    with pytest.raises(ConfigError, match="no CLIP teacher is set"):
+        build_job_spec("eve7b", OperatorDefaults.from_env({}).parse(obj["spec"]), first)
     assert ops.provenance(obj["spec"])["overrides.model.teacher_path"] == {"value": CLIP, "source": OPERATOR}
     own = {**obj["spec"], "overrides": {"model.teacher_path": "s3://mine/clip"}}
     assert ops.parse(own).overrides["model.teacher_path"] == "s3://mine/clip"
