@@ -18,6 +18,11 @@ built-in default applies. `provenance()` says which of the three each effective 
     scheduling.priorityClass     EVE_PRIORITY_CLASS         scheduling.priorityClassName
     resources.gpuProduct         EVE_GPU_PRODUCT            scheduling.gpuProduct (also each stage's resources)
 
+One trainer key has an operator default too, put into `spec.overrides` when the pipeline-wide
+overrides set neither it nor the opt-out `model.align_loss: false` (a stage's own overrides win):
+
+    overrides.model.teacher_path EVE_TEACHER_PATH           trainer.teacherPath (the CLIP teacher)
+
 "Omitted" means absent or null; an empty string is a value (`gpuProduct: ""`: any GPU,
 `trackingUri: ""`: no tracking). The CRD carries no default for these fields, so the API
 server leaves them absent and the operator can tell.
@@ -46,6 +51,10 @@ FIELDS: dict[str, str] = {
     "scheduling.priorityClass": "EVE_PRIORITY_CLASS",
     "resources.gpuProduct": "EVE_GPU_PRODUCT",
 }
+#: Trainer override -> the operator env var that defaults it (when no override of the pipeline sets it).
+TRAINER_FIELDS: dict[str, str] = {"model.teacher_path": "EVE_TEACHER_PATH"}
+#: Override values that make a trainer default moot (the aligning loss off: no teacher at all).
+_TRAINER_OPT_OUTS: dict[str, dict[str, Any]] = {"model.teacher_path": {"model.align_loss": False}}
 PIPELINE, OPERATOR, BUILT_IN = "pipeline", "operator default", "built-in"
 
 
@@ -53,6 +62,8 @@ PIPELINE, OPERATOR, BUILT_IN = "pipeline", "operator default", "built-in"
 class OperatorDefaults:
     values: dict[str, str] = field(default_factory=dict)
     """Spec path -> the operator's default (only those the operator was given)."""
+    trainer: dict[str, str] = field(default_factory=dict)
+    """Trainer override -> the operator's default (TRAINER_FIELDS; only those the operator was given)."""
     read_pipeline_secrets: bool = False
     """EVE_READ_PIPELINE_SECRETS: read the values of a pipeline's spec.s3.credentialsSecret to
     verify its manifests (chart: operator.readPipelineSecrets). Off: the operator's own identity."""
@@ -61,7 +72,9 @@ class OperatorDefaults:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorDefaults:
         env = os.environ if environ is None else environ
         values = {path: env[var] for path, var in FIELDS.items() if env.get(var)}
-        return cls(values, env.get("EVE_READ_PIPELINE_SECRETS", "false").lower() in ("1", "true", "yes"))
+        trainer = {key: env[var] for key, var in TRAINER_FIELDS.items() if env.get(var)}
+        return cls(values, trainer,
+                   read_pipeline_secrets=env.get("EVE_READ_PIPELINE_SECRETS", "false").lower() in ("1", "true", "yes"))
 
     def apply(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """The raw spec with the operator's defaults filled in where it omits them."""
@@ -72,6 +85,9 @@ class OperatorDefaults:
                 continue  # a queue belongs to its scheduler: no Kueue queue name for a Volcano pipeline
             if _get(spec, path) is None:
                 _set(spec, path, value)
+        for key, value in self.trainer.items():
+            if not _sets_trainer_key(raw, key):
+                spec["overrides"] = {**(spec.get("overrides") or {}), key: value}
         if (gpu := self.values.get("resources.gpuProduct")) is not None:
             for stage in (spec.get("stages") or {}).values():
                 res = (stage or {}).get("resources")
@@ -98,7 +114,23 @@ class OperatorDefaults:
             else:
                 source = BUILT_IN
             out[path] = {"value": "" if value is None else str(value), "source": source}
+        for key in TRAINER_FIELDS:
+            value = (applied.get("overrides") or {}).get(key)
+            own = (raw.get("overrides") or {}).get(key)
+            source = PIPELINE if own is not None else OPERATOR if value is not None else BUILT_IN
+            out[f"overrides.{key}"] = {"value": "" if value is None else str(value), "source": source}
         return out
+
+
+def _sets_trainer_key(raw: Mapping[str, Any], key: str) -> bool:
+    """Whether the pipeline's own overrides set `key` or its opt-out (a stage's own value wins over
+    the pipeline-wide one anyway, so stage overrides need no look)."""
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, Mapping):
+        return False
+    opted_out = any(str(overrides.get(k)).lower() == str(v).lower()
+                    for k, v in _TRAINER_OPT_OUTS.get(key, {}).items() if overrides.get(k) is not None)
+    return overrides.get(key) is not None or opted_out
 
 
 def _get(tree: Any, path: str) -> Any:
@@ -134,4 +166,4 @@ def parse_spec(raw: Mapping[str, Any] | None) -> PipelineSpec:
     return operator_defaults().parse(raw)
 
 
-__all__ = ["OperatorDefaults", "FIELDS", "operator_defaults", "parse_spec", "PIPELINE", "OPERATOR", "BUILT_IN"]
+__all__ = ["OperatorDefaults", "FIELDS", "TRAINER_FIELDS", "operator_defaults", "parse_spec", "PIPELINE", "OPERATOR", "BUILT_IN"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from eve_contract import resolved_config
 from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
+from eve_trainer.stage_summary import check_model_meant
 
 from eve_contract.naming import job_labels
 from eve_operator.pipeline import SubmitJob
@@ -96,8 +97,13 @@ def resolve_stage_config(name: str, spec: PipelineSpec, submit: SubmitJob, *,
 
 
 def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
-                   parent_run_id: str | None = None) -> JobSpec:
+                   parent_run_id: str | None = None, check_model: bool = True) -> JobSpec:
+    """The job of one stage attempt. `check_model=False` (`config show` only) renders a stage that
+    submit would refuse for its tokenizer or teacher, so that the refusal can be shown beside it."""
     cfg = resolve_stage_config(name, spec, submit, parent_run_id=parent_run_id)  # validate before submit
+    # no tokenizer, one that cannot fit, a 7B stage without a teacher: refused before any pod starts
+    if check_model:
+        check_model_meant(cfg, chained=submit.stage != spec.chain()[0])
     resources = spec.resources_for(submit.stage)
     world = resources.nodes * resources.procs_per_node
     try:  # the job's real world size: every rank would exit 2 on a batch that does not split

@@ -44,7 +44,13 @@ class ModelSection(_Section):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """auto = bf16 on CUDA, fp32 on CPU."""
     teacher_path: str | None = None
-    """Local path or URL of the frozen CLIP teacher; None = random teacher (tests only)."""
+    """Folder or s3:// URL of the frozen CLIP teacher of the patch-aligning loss (a CLIPVisionModel,
+    e.g. clip-vit-large-patch14-336). None: the init export's teacher (stages after prealign), the
+    operator's default (chart trainer.teacherPath), random weights for the tiny preset; otherwise
+    refused (eve_trainer.stage_summary)."""
+    align_loss: bool = True
+    """Train the patch-aligning loss against the CLIP teacher (the reference's --requires_cliploss, on in
+    every stage). false: no PAL and no teacher are built, and the loss is off (not the reference recipe)."""
 
     @model_validator(mode="after")
     def _known_preset(self) -> ModelSection:
@@ -60,8 +66,10 @@ BUILTIN_TOKENIZERS: tuple[str, ...] = ("builtin:tiny",)
 class DataSection(_Section):
     urls: list[str] = Field(default_factory=list)
     """Dataset URLs (s3://bucket/prefix, file:///dir or a plain dir) holding shards + index.json."""
-    tokenizer: str = "builtin:tiny"
-    """Tokenizer folder (local or s3://), or builtin:tiny for the offline test tokenizer."""
+    tokenizer: str | None = None
+    """Tokenizer folder (local or s3://), or builtin:tiny (the offline test tokenizer). None: the LLM's
+    own, from init_from (a Vicuna folder, or the previous stage's export, which carries its tokenizer);
+    builtin:tiny for the tiny preset and a random-init small."""
     template: Literal["plain", "vicuna_v1"] = "plain"
     max_length: int = Field(2048, ge=16)
     num_workers: int = Field(2, ge=0, le=64)

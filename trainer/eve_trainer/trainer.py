@@ -22,8 +22,8 @@ from typing import Any
 
 from eve_trainer import distributed as D
 from eve_contract import layout
-from eve_trainer import flops, optim
 from eve_contract import tracking_names as N
+from eve_trainer import flops, optim, stage_summary
 from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
@@ -37,6 +37,8 @@ from eve_contract.exit_codes import EXIT_OK, EXIT_SIGTERM
 from eve_contract.storage import open_store
 
 log = logging.getLogger("eve_trainer")
+#: the stage run's artifact with the "what will be trained" block (as `eve-platform submit` prints it)
+WHAT_ARTIFACT = "what_will_be_trained.txt"
 
 
 class StopFlag:
@@ -108,11 +110,18 @@ class Trainer:
         self.heartbeat = HeartbeatWriter(self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank,
                                          every_s=cfg.heartbeat.every_s)
         self.heartbeat.start()
-        preset_kwargs = {}
-        if cfg.model.teacher_path:  # the frozen CLIP teacher, as a local folder
+        preset_kwargs: dict[str, Any] = {}
+        if not cfg.model.align_loss:  # no PAL, no teacher: the patch-aligning loss is off
+            preset_kwargs["requires_cliploss"] = False
+        self.init_kind = check_init_source(cfg, get_preset(cfg.model.preset, **preset_kwargs))
+        #: an EVE export carries its tokenizer and teacher; a Llama folder only its tokenizer
+        self.chained = self.init_kind == "eve"
+        self.teacher_source = stage_summary.teacher_source(cfg, chained=self.chained)  # ConfigError: exit 2
+        if cfg.model.align_loss and cfg.model.teacher_path:  # the frozen CLIP teacher, as a local folder
             preset_kwargs["clip_teacher_path"] = str(fetch_dir(cfg.model.teacher_path, cfg))
         self.model_config = get_preset(cfg.model.preset, **preset_kwargs)
-        self.init_kind = check_init_source(cfg, self.model_config)
+        for warning in stage_summary.check_model_meant(cfg, chained=self.chained):
+            log.warning("%s", warning)
         self.grad_accum = cfg.gradient_accumulation(dist.world_size)
 
         self.processor = EveImageProcessor.from_config(self.model_config)
@@ -342,9 +351,18 @@ class Trainer:
         self.engine, self.optimizer, self.scheduler = self._build_engine()
 
     def _build_loader(self, processor: Any) -> Any:
-        from eve_trainer.data import build_loader, load_tokenizer
+        from eve_trainer.data import DataError, build_loader, load_tokenizer
 
-        self.tokenizer = load_tokenizer(self.cfg.data.tokenizer, endpoint_url=self.cfg.storage.endpoint_url)
+        source = stage_summary.tokenizer_source(self.cfg, chained=self.chained)
+        try:
+            self.tokenizer = load_tokenizer(source.where, endpoint_url=self.cfg.storage.endpoint_url)
+        except DataError as err:
+            if source.how == "data.tokenizer":
+                raise
+            raise DataError(f"data.tokenizer is unset, so the tokenizer is the LLM's ({source.how}): {err}; "
+                            "set data.tokenizer=<a tokenizer folder or s3:// URL>") from None
+        stage_summary.check_tokenizer_fits(self.cfg, len(self.tokenizer), source.where)  # ConfigError: exit 2
+        self.tokenizer_source = stage_summary.Source(source.where, source.how, len(self.tokenizer))
         return build_loader(self.cfg.data, storage=self.cfg.storage, tokenizer=self.tokenizer, processor=processor,
                             micro_batch_size=self.cfg.micro_batch_size, rank=self.dist.rank,
                             world_size=self.dist.world_size, seed=self.cfg.seed)
@@ -398,16 +416,34 @@ class Trainer:
                         "total_steps": self.total_steps, "trainable_params": _numel(self.model, trainable=True),
                         "total_params": _numel(self.model), "flops_per_token": self.flops_per_token,
                         "bf16": self.bf16}})
+        summary = self._what_will_be_trained()
+        self.logger.log_params({"what": summary.params()})
         if resumed is not None:
             self.logger.set_tags({"eve.resumed_from_step": str(resumed)})
         if not self.dist.is_main or not cfg.mlflow.tracking_uri:
             return
+        self.logger.log_text(summary.text(), WHAT_ARTIFACT)
         self.logger.log_dict(cfg.model_dump(mode="json"), N.CONFIG_ARTIFACT)
         try:
             self.logger.log_datasets(dataset_refs(cfg.data.urls, endpoint_url=cfg.storage.endpoint_url,
                                                   region=cfg.storage.region))
         except Exception as err:  # noqa: BLE001 - lineage must not stop training; the loader read them
             log.warning("dataset inputs not logged: %s", err)
+
+    def _what_will_be_trained(self) -> stage_summary.StageSummary:
+        """The block the CLI printed at submit, from what start-up found: the tokenizer's real size,
+        the teacher's source, the model's real parameter counts. Logged on rank 0."""
+        counts: dict[str, int] = {}
+        for name, param in self.model.named_parameters():
+            group = stage_summary.group_of(name)
+            counts[group] = counts.get(group, 0) + (param.numel() or getattr(param, "ds_numel", 0))
+        summary = stage_summary.summarize(
+            self.cfg, world_size=self.dist.world_size, chained=self.chained, total_steps=self.total_steps,
+            tokenizer=self.tokenizer_source, teacher=self.teacher_source, counts=counts)
+        if self.dist.is_main:
+            for line in summary.lines():
+                log.info("%s", line)
+        return summary
 
     def _previous_stage_counters(self) -> dict[str, Any]:
         """global_step / tokens_seen / samples_seen where the init export's stage ended (0 when fresh).

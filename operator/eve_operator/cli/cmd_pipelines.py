@@ -88,6 +88,9 @@ def describe(name: str, local: bool = LocalOpt, backend: str = BackendOpt,
         output.emit({**obj, "status": _with_live(obj.get("status") or {}, live)}, output_fmt)
         return
     output.describe(obj, live)
+    from eve_operator.cli.training_block import show_for_describe
+
+    show_for_describe(obj)
 
 
 def _live(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
