@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from eve_trainer.config import ConfigError
 
-from eve_operator import metrics, tracking
+from eve_operator import admission, metrics, tracking
 from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import job_api_for
 from eve_operator.jobspec import build_job_spec
@@ -106,6 +106,8 @@ class PipelineLoop:
     effective: dict[str, dict[str, str]] = field(default_factory=dict)
     """Effective defaultable fields and their source (eve_operator.defaults), for describe."""
     runs: tracking.RunRecords | None = None
+    admitted: dict[str, Any] | None = None
+    """The status condition Admitted (eve_operator.admission)."""
 
     @property
     def uid(self) -> str:
@@ -124,6 +126,8 @@ class PipelineLoop:
         if self.status is not None and status == self.status:
             return
         body = {**status.model_dump(by_alias=True, mode="json"), "effective": self.effective}
+        if self.admitted is not None:
+            body["conditions"] = [self.admitted]
         generation = self.body.get("metadata", {}).get("generation")
         if generation is not None:
             body["observedGeneration"] = generation
@@ -157,6 +161,9 @@ class PipelineLoop:
             status = PipelineStatus()  # the spec was fixed: start over
         if status.done:
             return status
+        if (refused := admission.refuse(operator_defaults(), spec, self.namespace)) is not None:
+            return await self.refuse(status, refused)
+        self.set_admitted(None)
         self.runs = self.run_records(spec)
         if not status.stages:
             status = initial_status(spec)
@@ -170,6 +177,8 @@ class PipelineLoop:
             self.warn_once("Waiting", str(err))
             await self.write_status(status)
             return status
+        except admission.PolicyError as err:  # a built job's pods break the pod policy: nothing created
+            return await self.refuse(status, err.refusal)
         except ConfigError as err:  # an override the trainer does not know, or a bad value
             return await self.fail(status, f"invalid trainer config: {err}", "InvalidConfig")
         self.last_warning = ""
@@ -197,6 +206,18 @@ class PipelineLoop:
         await self.write_status(failed)
         self.event("Warning", reason, message)
         return failed
+
+    def set_admitted(self, refused: admission.Refusal | None) -> None:
+        reason = "Admitted" if refused is None else refused.reason
+        if self.admitted is None or (self.admitted["reason"], self.admitted["message"]) != (
+                reason, admission.condition(refused, "")["message"]):
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.admitted = admission.condition(refused, now)
+
+    async def refuse(self, status: PipelineStatus, refused: admission.Refusal) -> PipelineStatus:
+        """The pipeline breaks an install-time rule: Failed, condition Admitted=False, a Warning Event."""
+        self.set_admitted(refused)
+        return await self.fail(status, refused.message, refused.reason)
 
     def run_records(self, spec: PipelineSpec) -> tracking.RunRecords:
         if self.runs is None or (self.runs.uri, self.runs.experiment) != (spec.mlflow.tracking_uri,
@@ -254,6 +275,7 @@ class PipelineLoop:
                 job = build_job_spec(self.name, spec, action, parent_run_id=status.mlflow_run_id)
                 bodies[action.job_name] = self.kube.jobs.body(job, self.namespace,
                                                               {"name": self.name, "uid": self.uid})
+                admission.check_job(operator_defaults(), bodies[action.job_name], self.namespace)
         for action in actions:
             if isinstance(action, SubmitJob):
                 await asyncio.to_thread(self.kube.create_job, self.namespace, bodies[action.job_name])

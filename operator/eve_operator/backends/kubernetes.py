@@ -18,7 +18,8 @@ from eve_operator.pipeline import SubmitJob, job_name
 from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
 from eve_operator.spec import PipelineSpec, validate_name
 from eve_operator.trainjob import CONTAINER as TRAINJOB_CONTAINER
-from eve_operator.trainjob import JOBSET_NAME_LABEL, build_trainjob, job_api_of, runtime_of, trainjob_name
+from eve_operator.trainjob import (
+    JOBSET_NAME_LABEL, build_trainjob, job_api_of, runtime_gang_of, runtime_of, trainjob_name)
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 from eve_operator.pytorchjob import JOB_NAME_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL  # noqa: E402
@@ -101,8 +102,60 @@ def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[di
                                                  spec.planned_init_from(name, stage), None))
             for stage in spec.chain()]
     if job_api_of(spec, os.environ) == "TrainJob":
-        return [build_trainjob(job, namespace=ns, runtime=runtime_of(os.environ)) for job in jobs]
+        return [build_trainjob(job, namespace=ns, runtime=runtime_of(os.environ),
+                               runtime_gang=runtime_gang_of(os.environ)) for job in jobs]
     return [build_pytorchjob(job, namespace=ns) for job in jobs]
+
+
+#: Where the chart publishes its install-time rules (<namespace>/<ConfigMap>; chart: <release>-policy).
+ENV_POLICY_CONFIGMAP = "EVE_PLATFORM_POLICY_CONFIGMAP"
+DEFAULT_POLICY_CONFIGMAP = "eve-system/eve-platform-policy"
+
+
+def install_rules() -> tuple[Any, str]:
+    """(OperatorDefaults, where they came from): the chart's rules ConfigMap when the kube context can
+    read it (what the operator runs with: pod policy, S3 identity, required gang scheduler), else
+    None and a sentence saying the built-in `restricted` pod policy is used."""
+    from eve_operator.defaults import OperatorDefaults
+
+    where = os.environ.get(ENV_POLICY_CONFIGMAP) or DEFAULT_POLICY_CONFIGMAP
+    ns, _, cm = where.partition("/")
+    try:
+        _, core = _apis()
+        data = {**(core.read_namespaced_config_map(cm, ns).data or {}), "EVE_OPERATOR_NAMESPACE": ns}
+    except KubeConfigError:
+        return None, "the built-in restricted pod policy (no kube context to read the cluster's)"
+    except Exception as err:  # noqa: BLE001 - 404, 403, unreachable: say so and check the default
+        reason = getattr(err, "reason", None) or type(err).__name__
+        return None, (f"the built-in restricted pod policy (ConfigMap {ns}/{cm} not readable: {reason}; "
+                      f"set {ENV_POLICY_CONFIGMAP}=<namespace>/<name> for another release)")
+    return OperatorDefaults.from_env(data), f"the cluster's rules (ConfigMap {ns}/{cm})"
+
+
+def check_admission(name: str, namespace: str | None, spec: PipelineSpec) -> str:
+    """What the operator would refuse, refused here (ValueError naming the field); returns which
+    rules were checked. With the cluster's ConfigMap: its pod policy, S3 and scheduling rules; without
+    it: the built-in `restricted` pod policy only."""
+    from eve_operator import admission, pod_policy
+    from eve_operator.defaults import OperatorDefaults
+
+    defaults, source = install_rules()
+    ns = current_namespace(namespace)
+    if defaults is not None:
+        refused = admission.refuse(defaults, spec, ns)
+    else:
+        defaults = OperatorDefaults()
+        violations = pod_policy.check_pipeline(spec, defaults.pod_policy, namespace=ns)
+        refused = violations and admission.Refusal(
+            "PodPolicyViolation", "invalid spec: " + pod_policy.refusal(violations, defaults.pod_policy))
+    if refused:
+        raise ValueError(f"{refused.message} (checked against {source})")
+    for job in render_jobs(name, namespace, spec):
+        try:
+            admission.check_job(defaults, job, ns)
+        except admission.PolicyError as err:
+            raise ValueError(f"{err} (checked against {source})") from None
+    return source
 
 
 # -- the API --------------------------------------------------------------------------------
