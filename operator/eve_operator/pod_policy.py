@@ -312,7 +312,7 @@ class _Check:
                 self.bad(at(f"securityContext.capabilities.add[{j}]"), f"capability {cap} is added",
                          "allowedCapabilities")
         if policy.restricted:
-            if ("capabilities" in sc or self.full) and "ALL" not in (caps.get("drop") or []):
+            if ("drop" in caps or self.full) and "ALL" not in (caps.get("drop") or []):
                 self.bad(at("securityContext.capabilities.drop"), "capabilities.drop does not include ALL",
                          "profile (baseline)")
             escalation = sc.get("allowPrivilegeEscalation")
