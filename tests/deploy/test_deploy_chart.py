@@ -83,6 +83,17 @@ def test_one_object_per_template_file() -> None:
     (("--set", "mlflow.backendStore.type=mysql"), "type"),
     (("--set", "scheduling.gangScheduler=yunikorn"), "gangScheduler"),
     (("--set", "watchNamespaces[0]=Bad_NS"), "watchNamespaces"),
+    # issue 20: the gaps the schema let through
+    (("--set", "operator.resources.request.cpu=1"), "request"),
+    (("--set", "storage.s3.credentialsSecret.name=Bad_Secret"), "credentialsSecret"),
+    (("--set", "operator.credentialsSecret=bad secret"), "credentialsSecret"),
+    (("--set", "scheduling.priorityClassName=High_Priority"), "priorityClassName"),
+    (("--set", "trainer.image.repository="), "repository"),
+    (("--set", "scheduling.gangScheduler=kueue"), "queue"),
+    (("--set", "podPolicy.profile=privileged"), "profile"),
+    (("--set-string", "podPolicy.allowPrivileged=yes"), "allowPrivileged"),
+    (("--set", "podPolicy.allowAnything=true"), "allowAnything"),
+    (("--set", "operator.s3.allowedEndpoints[0]=not-a-url"), "allowedEndpoints"),
 ])
 def test_schema_rejects(chart: Helm, args: tuple[str, ...], message: str) -> None:
     assert message in chart.template_error(*args)
@@ -114,6 +125,7 @@ def test_schema_is_strict_at_every_level() -> None:
     (("--set", "mlflow.artifactsDestination=bucket/path"), "must be a URL"),
     (("--set", "operator.readPipelineSecrets=true"), "a cluster-wide Secret grant is not offered"),
     (("--set", "storage.s3.credentialsSecret.name="), "or set operator.s3Identity=serviceAccount"),
+    (("--set", "mlflow.auth.enabled=true"), "mlflow.auth.existingSecret"),
 ])
 def test_validate_config_fails_with_a_clear_message(chart: Helm, args: tuple[str, ...], message: str) -> None:
     assert message in chart.template_error(*args)
@@ -408,3 +420,51 @@ def test_crd_template_renders_the_generated_file_unchanged(chart: Helm) -> None:
     assert crd["spec"] == source["spec"]
     assert crd["metadata"]["name"] == source["metadata"]["name"]
     assert source["metadata"].get("labels", {}).items() <= crd["metadata"]["labels"].items()
+
+
+# -- issue 20: the install's rules, MLflow's NetworkPolicy and auth ------------------------------
+
+
+def test_the_operator_gets_the_policy_configmap_and_users_may_read_it(chart: Helm) -> None:
+    import json
+
+    from eve_operator.defaults import OperatorDefaults
+
+    objs = chart.template("--set", "podPolicy.allowedCapabilities={IPC_LOCK}", "--set",
+                          "operator.s3.allowedBuckets={team-data}", "--set", "storage.s3.endpoint=http://minio:9000")
+    (cm,) = find(objs, "ConfigMap", f"{RELEASE}-policy")
+    rules = OperatorDefaults.from_env({**cm["data"], "EVE_OPERATOR_NAMESPACE": NAMESPACE})
+    assert rules.pod_policy.allowed_capabilities == ("IPC_LOCK",)
+    assert rules.pod_policy.operator_service_account == f"{NAMESPACE}/{RELEASE}"
+    assert rules.s3_allowed_endpoints == ("http://minio:9000",) and rules.s3_allowed_buckets == ("eve-platform",
+                                                                                                 "team-data")
+    assert rules.require_gang_scheduler and json.loads(cm["data"]["EVE_POD_POLICY"])["profile"] == "restricted"
+    (dep,) = find(objs, "Deployment", RELEASE)
+    pod = dep["spec"]["template"]
+    assert pod["spec"]["containers"][0]["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-policy"}}]
+    assert pod["metadata"]["annotations"]["checksum/policy"]
+    (role,) = [r for r in find(objs, "Role") if r["metadata"]["name"].endswith("-policy-reader")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{RELEASE}-policy"],
+                              "verbs": ["get"]}]
+    (binding,) = [b for b in find(objs, "RoleBinding") if b["metadata"]["name"].endswith("-policy-reader")]
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "system:authenticated"}]
+    off = chart.template("--set", "rbac.publishPolicy=false")
+    assert not [r for r in find(off, "Role") if r["metadata"]["name"].endswith("-policy-reader")]
+
+
+def test_mlflow_is_reachable_only_from_trainers_and_the_operator(chart: Helm) -> None:
+    objs = chart.template()
+    (np,) = find(objs, "NetworkPolicy")
+    assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
+    sources = np["spec"]["ingress"][0]["from"]
+    assert sources[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert sources[1]["podSelector"]["matchExpressions"] == [{"key": "eve-platform.io/pipeline",
+                                                              "operator": "Exists"}]
+    assert not find(chart.template("--set", "mlflow.networkPolicy.enabled=false"), "NetworkPolicy")
+    auth = chart.template("--set", "mlflow.auth.enabled=true", "--set", "mlflow.auth.existingSecret=mlflow-auth")
+    mlflow = find(auth, "Deployment", f"{RELEASE}-mlflow")[0]["spec"]["template"]["spec"]
+    assert "--app-name=basic-auth" in mlflow["containers"][0]["args"]
+    env = {e["name"]: e for e in find(auth, "Deployment", RELEASE)[0]["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth", "key": "password"}

@@ -14,6 +14,7 @@ from deploy_support import K8S_VERSION, NAMESPACE, RELEASE, ROOT, Helm, find
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
 from fixtures.schema_check import load_crd_schema, validate  # noqa: E402
+from pod_security import restricted_violations  # noqa: E402
 from trainjob_emulator import node_pods  # noqa: E402
 
 from eve_operator.jobspec import build_job_spec  # noqa: E402
@@ -126,6 +127,8 @@ def test_a_stage_trainjob_on_the_rendered_runtime_gives_valid_restricted_pods(ch
         assert pod["metadata"]["labels"]["eve-platform.io/pipeline"] == "demo"
         assert spec.get("schedulerName") == ("volcano" if gang == "volcano" else None)
         assert spec["terminationGracePeriodSeconds"] == 300
+        assert spec["automountServiceAccountToken"] is False  # the runtime's: the trainer needs no token
+        assert restricted_violations(spec, pod["metadata"].get("annotations")) == []
 
 
 def test_pods_of_the_runtime_alone_are_restricted(chart: Helm) -> None:
