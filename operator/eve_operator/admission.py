@@ -49,10 +49,13 @@ def refuse(defaults: OperatorDefaults, spec: PipelineSpec, namespace: str | None
     return None
 
 
-def check_job(defaults: OperatorDefaults, job: dict[str, Any], namespace: str | None) -> None:
+def check_job(defaults: OperatorDefaults, job: dict[str, Any], namespace: str | None,
+              spec: PipelineSpec | None = None) -> None:
     """Raises PolicyError when a rendered job's pods break the pod policy (the second line of defence:
-    the podTemplate was checked at admission, this checks what the operator actually built)."""
-    if violations := pod_policy.check_job(job, defaults.pod_policy, namespace=namespace):
+    the podTemplate was checked at admission, this checks what the operator actually built). The
+    pipeline's own S3 Secret (spec.s3.credentialsSecret), which the operator references, is allowed."""
+    own = [spec.s3.credentials_secret] if spec is not None and spec.s3.credentials_secret else []
+    if violations := pod_policy.check_job(job, defaults.pod_policy, namespace=namespace, own_secrets=own):
         name = (job.get("metadata") or {}).get("name")
         raise PolicyError(Refusal("PodPolicyViolation", f"invalid spec: {job.get('kind')} {name}: "
                                   + pod_policy.refusal(violations, defaults.pod_policy)))

@@ -275,7 +275,7 @@ class PipelineLoop:
                 job = build_job_spec(self.name, spec, action, parent_run_id=status.mlflow_run_id)
                 bodies[action.job_name] = self.kube.jobs.body(job, self.namespace,
                                                               {"name": self.name, "uid": self.uid})
-                admission.check_job(operator_defaults(), bodies[action.job_name], self.namespace)
+                admission.check_job(operator_defaults(), bodies[action.job_name], self.namespace, spec)
         for action in actions:
             if isinstance(action, SubmitJob):
                 await asyncio.to_thread(self.kube.create_job, self.namespace, bodies[action.job_name])

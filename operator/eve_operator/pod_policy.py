@@ -169,7 +169,8 @@ class _PodPaths:
         return f"{self.prefix}.{kind}[{i}].{rest}"
 
     def annotations(self, key: str) -> str:
-        return f"{self.prefix.rsplit('.spec', 1)[0]}.metadata.annotations[{key}]"
+        head = self.prefix.rsplit(".spec", 1)[0] + "." if "." in self.prefix else ""
+        return f"{head}metadata.annotations[{key}]"
 
 
 class _TemplatePaths(_PodPaths):
@@ -196,6 +197,8 @@ class _Check:
     full: bool
     """Every rule (a rendered pod); else only what is set (a podTemplate, merged over defaults)."""
     namespace: str | None = None
+    own_secrets: tuple[str, ...] = ()
+    """Secrets the operator itself references (the pipeline's spec.s3.credentialsSecret): allowed."""
     out: list[Violation] = field(default_factory=list)
 
     def bad(self, path: str, problem: str, relax: str | None) -> None:
@@ -249,7 +252,7 @@ class _Check:
         for key in ("user", "role"):
             if se.get(key):
                 self.bad(at(f"seLinuxOptions.{key}"), f"seLinuxOptions.{key} is set", None)
-        if sc.get("runAsUser") == 0 and not policy.allow_run_as_root:
+        if sc.get("runAsUser") == 0 and policy.restricted and not policy.allow_run_as_root:
             self.bad(at("runAsUser"), "runAsUser=0 runs as root", "allowRunAsRoot")
         if sc.get("runAsNonRoot") is False and policy.restricted and not policy.allow_run_as_root:
             self.bad(at("runAsNonRoot"), "runAsNonRoot=false lets the image run as root", "allowRunAsRoot")
@@ -274,7 +277,7 @@ class _Check:
 
     def secret(self, path: str, name: Any) -> None:
         allowed = self.policy.secrets
-        if "*" not in allowed and name not in allowed:
+        if "*" not in allowed and name not in allowed and name not in self.own_secrets:
             self.bad(path, f"Secret {name!r} is not one the chart lets pods read", "secrets")
 
     def service_account(self, spec: Mapping[str, Any]) -> None:
@@ -328,15 +331,11 @@ class _Check:
                          "profile (baseline)")
         for j, env in enumerate(c.get("env") or []):
             ref = ((env or {}).get("valueFrom") or {}).get("secretKeyRef")
-            if ref is not None and not self.operator_env(env):
+            if ref is not None:
                 self.secret(at(f"env[{j}].valueFrom.secretKeyRef.name"), ref.get("name"))
         for j, env_from in enumerate(c.get("envFrom") or []):
             if "secretRef" in (env_from or {}):
                 self.secret(at(f"envFrom[{j}].secretRef.name"), (env_from.get("secretRef") or {}).get("name"))
-
-    def operator_env(self, env: Mapping[str, Any]) -> bool:
-        """The S3 keys the operator itself references from spec.s3.credentialsSecret (allowed)."""
-        return self.full and env.get("name") in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
 def _under(path: str, allowed: str) -> bool:
@@ -348,9 +347,11 @@ def _under(path: str, allowed: str) -> bool:
 
 
 def check_pod(pod_spec: Mapping[str, Any], policy: PodPolicy = RESTRICTED, *, path: str = "spec",
-              annotations: Mapping[str, str] | None = None, namespace: str | None = None) -> list[Violation]:
-    """Every rule of the policy on a rendered PodSpec; `path` is where the PodSpec sits."""
-    check = _Check(policy, _PodPaths(path), full=True, namespace=namespace)
+              annotations: Mapping[str, str] | None = None, namespace: str | None = None,
+              own_secrets: Iterable[str] = ()) -> list[Violation]:
+    """Every rule of the policy on a rendered PodSpec; `path` is where the PodSpec sits.
+    own_secrets: the Secrets the operator itself references (spec.s3.credentialsSecret)."""
+    check = _Check(policy, _PodPaths(path), full=True, namespace=namespace, own_secrets=tuple(own_secrets))
     check.pod(pod_spec, annotations or {})
     return check.out
 
@@ -404,7 +405,7 @@ def pod_specs(job: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any], 
 
 
 def check_job(job: Mapping[str, Any], policy: PodPolicy = RESTRICTED, *,
-              namespace: str | None = None) -> list[Violation]:
+              namespace: str | None = None, own_secrets: Iterable[str] = ()) -> list[Violation]:
     """Every pod template of a rendered PyTorchJob or TrainJob, every rule.
 
     A TrainJob's pod is its runtimePatch (the whole merged securityContext, volumes, ...) with
@@ -412,9 +413,8 @@ def check_job(job: Mapping[str, Any], policy: PodPolicy = RESTRICTED, *,
     """
     out: list[Violation] = []
     for path, pod, annotations in pod_specs(job):
-        check = _Check(policy, _PodPaths(path), full=True, namespace=namespace)
-        check.pod(pod, annotations)
-        out += check.out
+        out += check_pod(pod, policy, path=path, annotations=annotations, namespace=namespace,
+                         own_secrets=own_secrets)
     return out
 
 

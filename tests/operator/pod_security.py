@@ -71,6 +71,8 @@ def _violations(pod: dict[str, Any], annotations: dict[str, str], *, restricted:
             out.append(f"sysctl {sysctl.get('name')} is unsafe")
     if restricted and psc.get("runAsUser") == 0:
         out.append("pod runAsUser=0")
+    if restricted and psc.get("runAsNonRoot") is False:  # even when every container sets true
+        out.append("pod runAsNonRoot=false")
     pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
     if pod_seccomp == "Unconfined":
         out.append("pod seccompProfile Unconfined")

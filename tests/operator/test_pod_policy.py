@@ -82,6 +82,9 @@ ESCALATIONS: dict[str, tuple[dict[str, Any], str, dict[str, Any] | None]] = {
     "projected-secret": ({"volumes": [{"name": "p", "projected": {"sources": [{"secret": {"name": "db"}}]}}]},
                          "volumes[0].projected.sources[0].secret.name", {"secrets": ["db"]}),
 }
+#: What `baseline` allows and `restricted` does not.
+BASELINE_ALLOWS = {"cap-drop-nothing", "run-as-non-root-false", "privilege-escalation", "nfs-volume", "root-user",
+                   "container-root"}
 #: Fields a podTemplate cannot carry at all: the spec refuses them (host namespaces, hostPort).
 NOT_IN_THE_SPEC = {"hostNetwork": True, "hostPID": True, "hostIPC": True,
                    "containers": [{"name": "x", "ports": [{"containerPort": 1, "hostPort": 1}]}]}
@@ -147,10 +150,22 @@ def test_each_relaxation_lets_exactly_its_case_through(case: str) -> None:
               and not (case.startswith("seccomp") and k.startswith("seccomp"))
               and not ("secrets" in relaxation and "secret" in k)]
     for other in others:  # one relaxation opens nothing else (baseline opens its own set only)
-        if relaxation.get("profile") == "baseline" and other in ("cap-drop-nothing", "run-as-non-root-false",
-                                                                   "privilege-escalation", "nfs-volume"):
+        if relaxation.get("profile") == "baseline" and other in BASELINE_ALLOWS:
             continue
         assert check_pipeline(spec_with(ESCALATIONS[other][0]), policy, namespace=NS), (case, other)
+
+
+@pytest.mark.parametrize("case", sorted(set(ESCALATIONS) - {"service-account", "operator-service-account",
+                                                          "secret-env", "secret-env-from", "secret-volume",
+                                                          "projected-secret"}))
+def test_the_policy_and_the_independent_pss_checker_agree(case: str) -> None:
+    """Two hand-written readings of PSS (the operator's and the tests') judge every rendered pod alike."""
+    body = rendered(spec_with(ESCALATIONS[case][0]))
+    ((_, pod, annotations),) = [p for p in pod_policy.pod_specs(body)]
+    assert bool(restricted_violations(pod, annotations)) == bool(check_job(body, POLICY, namespace=NS)) is True
+    in_baseline = case not in BASELINE_ALLOWS
+    assert bool(baseline_violations(pod, annotations)) is in_baseline
+    assert bool(check_job(body, PodPolicy(profile="baseline"), namespace=NS)) is in_baseline
 
 
 def test_the_operators_own_account_is_refused_even_when_listed() -> None:

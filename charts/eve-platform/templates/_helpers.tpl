@@ -213,6 +213,7 @@ EVE_S3_ALLOWED_ENDPOINTS: {{ join "," .Values.operator.s3.allowedEndpoints | quo
 EVE_S3_ALLOWED_BUCKETS: {{ join "," (prepend .Values.operator.s3.allowedBuckets .Values.storage.s3.bucket | uniq) | quote }}
 EVE_READ_PIPELINE_SECRETS: {{ .Values.operator.readPipelineSecrets | quote }}
 EVE_GANG_SCHEDULER: {{ .Values.scheduling.gangScheduler | quote }}
+EVE_QUEUE: {{ .Values.scheduling.queue | quote }}
 EVE_REQUIRE_GANG_SCHEDULER: {{ .Values.scheduling.required | quote }}
 {{- end -}}
 {{- define "eve-platform.rbac.namespacedRules" -}}

@@ -139,9 +139,17 @@ def check_admission(name: str, namespace: str | None, spec: PipelineSpec) -> str
     from eve_operator import admission, pod_policy
     from eve_operator.defaults import OperatorDefaults
 
+    from pydantic import ValidationError
+
     defaults, source = install_rules()
     ns = current_namespace(namespace)
     if defaults is not None:
+        try:  # what the operator will run: the pipeline's fields, else the install's (gang scheduler, queue)
+            spec = defaults.parse(spec.model_dump(by_alias=True, exclude_unset=True, mode="json"))
+        except ValidationError as err:
+            problems = "; ".join(f"spec.{'.'.join(str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                                 for e in err.errors())
+            raise ValueError(f"invalid spec: {problems} (with the defaults of {source})") from None
         refused = admission.refuse(defaults, spec, ns)
     else:
         defaults = OperatorDefaults()
@@ -152,7 +160,7 @@ def check_admission(name: str, namespace: str | None, spec: PipelineSpec) -> str
         raise ValueError(f"{refused.message} (checked against {source})")
     for job in render_jobs(name, namespace, spec):
         try:
-            admission.check_job(defaults, job, ns)
+            admission.check_job(defaults, job, ns, spec)
         except admission.PolicyError as err:
             raise ValueError(f"{err} (checked against {source})") from None
     return source
