@@ -412,8 +412,8 @@ def check_job(job: Mapping[str, Any], policy: PodPolicy = RESTRICTED, *,
     spec.trainer's env on the `node` container.
     """
     out: list[Violation] = []
-    for path, pod, annotations in pod_specs(job):
-        out += check_pod(pod, policy, path=path, annotations=annotations, namespace=namespace,
+    for path, pod, pod_annotations in pod_specs(job):
+        out += check_pod(pod, policy, path=path, annotations=pod_annotations, namespace=namespace,
                          own_secrets=own_secrets)
     return out
 

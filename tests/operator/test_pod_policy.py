@@ -24,9 +24,7 @@ from operator_harness import NS, Cluster, running_operator, wait_for
 from pod_security import baseline_violations, restricted_violations
 from pydantic import ValidationError
 
-from eve_trainer.config import ConfigError
-
-from eve_operator import admission, pod_policy
+from eve_operator import admission, metrics, pod_policy
 from eve_operator.defaults import OperatorDefaults
 from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import SubmitJob, job_name
@@ -34,6 +32,7 @@ from eve_operator.pod_policy import PodPolicy, check_job, check_pipeline
 from eve_operator.pytorchjob import build_pytorchjob
 from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import build_trainjob
+from eve_trainer.config import ConfigError
 
 BASE = {"output": "s3://ckpt/eve", "overrides": {"global_batch_size": 256}, "until": "prealign"}
 CSC, PSC = "containerSecurityContext", "securityContext"
@@ -307,7 +306,7 @@ def test_the_operators_keys_go_only_to_listed_endpoints_and_buckets(listener: Li
     assert "spec.output='s3://operator-only/eve'" in admission.refuse(own, other_bucket, NS).message
     # the pipeline's own keys (readPipelineSecrets) may go to its endpoint: they are the pipeline's
     with_secret = dataclasses.replace(own, read_pipeline_secrets=True)
-    spec = with_secret.parse({"output": "s3://b/eve", "s3": {"endpointUrl": listener.url, "credentialsSecret": "s"}})
+    spec = with_secret.parse({"output": "s3://bkt/eve", "s3": {"endpointUrl": listener.url, "credentialsSecret": "s"}})
     assert admission.refuse(with_secret, spec, NS) is None
     with pytest.raises(Exception):  # noqa: B017 - the listener answers 404
         open_store(spec, {"AWS_ACCESS_KEY_ID": "PIPELINEKEY", "AWS_SECRET_ACCESS_KEY": "x"}).get_bytes("k")
@@ -356,6 +355,12 @@ def test_the_operator_refuses_with_status_condition_and_event(cluster: Cluster, 
             events = wait_for(lambda n=name: [e for e in cluster.events(n) if e["reason"] == reason],
                               what=f"the {reason} event of {name}")
             assert events[0]["type"] == "Warning" and field in events[0]["message"]
+        # more reconcile passes of every pipeline (counted by eve_operator_reconciles_total): a refusal
+        # is reported once, not on every pass
+        target = metrics.RECONCILES.total() + 3 * len(cases)
+        wait_for(lambda: metrics.RECONCILES.total() >= target, what="three more passes of each pipeline")
+        for name, (_, _, reason) in cases.items():
+            assert len([e for e in cluster.events(name) if e["reason"] == reason]) == 1, name
         assert cluster.jobs() == {}, "a refused pipeline created a job"
     assert listener.seen == [], "the operator sent a request to the pipeline's endpoint"
 
