@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
-import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from operator_harness import NS, Cluster, running_operator, wait_for
 from pod_security import baseline_violations, restricted_violations
 from pydantic import ValidationError
@@ -365,19 +366,31 @@ def test_the_operator_refuses_with_status_condition_and_event(cluster: Cluster, 
     assert listener.seen == [], "the operator sent a request to the pipeline's endpoint"
 
 
-def test_dry_run_checks_the_clusters_rules(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dry_run_checks_the_clusters_rules(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every escalation through `eve-platform submit -f <EvePipeline> --dry-run`, against the chart's
+    rules ConfigMap read through the kube context (and the built-in policy without it)."""
     from typer.testing import CliRunner
 
     from eve_operator.backends import kubernetes as kb
     from eve_operator.cli.main import app
 
     monkeypatch.setenv("EVE_PLATFORM_BACKEND", "kubernetes")
-    run = lambda *args: CliRunner().invoke(app, ["submit", "stage=prealign", "until=prealign",  # noqa: E731
-                                                 "output=s3://eve-platform/eve", "global_batch_size=256", *args, "--dry-run", "-n", NS])
+
+    def dry_run(pod_template: dict[str, Any] | None = None, *pairs: str) -> Any:
+        spec = {**BASE, "start": "prealign", "output": "s3://eve-platform/eve", "podTemplate": pod_template or {}}
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump({"apiVersion": "eve-platform.io/v1alpha1", "kind": "EvePipeline",
+                                        "metadata": {"name": "demo", "namespace": NS}, "spec": spec}))
+        result = CliRunner().invoke(app, ["submit", "-f", str(path), *pairs, "--dry-run", "-n", NS])
+        assert "Traceback" not in result.output
+        return result
+
     # no rules ConfigMap in the cluster: the built-in restricted policy, said so
-    result = run()
+    result = dry_run()
     assert result.exit_code == 0, result.output
     assert "built-in restricted pod policy" in result.output and "not readable" in result.output
+    result = dry_run(ESCALATIONS["privileged"][0])
+    assert result.exit_code == 2 and "spec.podTemplate.containerSecurityContext.privileged" in result.output
     cluster.core.create_namespaced_config_map(NS, {
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "eve-platform-policy", "namespace": NS},
         "data": {"EVE_POD_POLICY": json.dumps({"allowedCapabilities": ["IPC_LOCK"]}),
@@ -385,17 +398,14 @@ def test_dry_run_checks_the_clusters_rules(cluster: Cluster, monkeypatch: pytest
                  "EVE_REQUIRE_GANG_SCHEDULER": "true", "EVE_S3_ENDPOINT": "http://minio:9000",
                  "EVE_S3_ALLOWED_BUCKETS": "eve-platform"}})
     monkeypatch.setenv(kb.ENV_POLICY_CONFIGMAP, f"{NS}/eve-platform-policy")
-    result = run()
+    result = dry_run()
     assert result.exit_code == 0 and f"the cluster's rules (ConfigMap {NS}/eve-platform-policy)" in result.output
-    result = run("gang_scheduler=none")
+    for case, (template, field, _) in ESCALATIONS.items():
+        result = dry_run(template)
+        assert result.exit_code == 2 and f"spec.podTemplate.{field}" in result.output, (case, result.output)
+    result = dry_run({CSC: {"capabilities": {"add": ["IPC_LOCK"]}}})  # the cluster's relaxation
+    assert result.exit_code == 0, result.output
+    result = dry_run(None, "gang_scheduler=none")
     assert result.exit_code == 2 and "spec.scheduling.gangScheduler=none" in result.output, result.output
-    result = run("endpoint_url=http://127.0.0.1:9")
+    result = dry_run(None, "endpoint_url=http://127.0.0.1:9")
     assert result.exit_code == 2 and "spec.s3.endpointUrl" in result.output, result.output
-    assert "Traceback" not in result.output
-    # a podTemplate (submit -f, or a resource) through the same check --dry-run runs
-    for case in ("privileged", "operator-service-account", "secret-env", "host-path-root"):
-        template, field, _ = ESCALATIONS[case]
-        with pytest.raises(ValueError, match=re.escape(f"spec.podTemplate.{field}")):
-            kb.check_admission("demo", NS, spec_with(template))
-    relaxed = spec_with({CSC: {"capabilities": {"add": ["IPC_LOCK"]}}}, output="s3://eve-platform/eve")
-    assert "ConfigMap" in kb.check_admission("demo", NS, relaxed)  # the cluster's relaxation, not the built-in
