@@ -45,7 +45,11 @@ def _call(tracking_uri: str, method: str, path: str, body: dict[str, Any] | None
         url += "?" + urllib.parse.urlencode(query)
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
-    if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):  # MLflow's basic-auth app (chart: mlflow.auth)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    own = (os.environ.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
+    # MLflow's basic-auth app (chart: mlflow.auth): the operator's login goes only to its own server,
+    # never to a trackingUri a pipeline names
+    if user and own and tracking_uri.rstrip("/") == own:
         token = base64.b64encode(f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
     request = urllib.request.Request(url, data=data, method=method, headers=headers)

@@ -188,9 +188,11 @@ def test_default_pods_pass_the_policy_and_both_pss_profiles() -> None:
         body = rendered(spec_with({}), api)
         assert check_job(body, POLICY, namespace=NS) == []
         for _, pod, _ in pod_policy.pod_specs(body):
-            if api == "PyTorchJob":  # a TrainJob patch is completed by the runtime (tests/deploy)
+            if api == "PyTorchJob":  # a TrainJob patch is completed by the runtime (tests/deploy checks both)
                 assert restricted_violations(pod) == [] and baseline_violations(pod) == []
-            assert pod["automountServiceAccountToken"] is False if api == "PyTorchJob" else True
+                assert pod["automountServiceAccountToken"] is False
+            else:  # a runtimePatch cannot carry it: the chart's runtime sets false
+                assert "automountServiceAccountToken" not in pod
 
 
 def test_the_token_is_mounted_only_when_asked_and_never_through_a_trainjob() -> None:
@@ -321,6 +323,22 @@ def test_the_operators_keys_go_only_to_listed_endpoints_and_buckets(listener: Li
         open_store(spec, None).get_bytes("k")
     assert listener.signed_with("OPERATORKEY")
     monkeypatch.setattr(defaults_module, "_LOADED", None)
+
+
+def test_the_operators_mlflow_login_goes_only_to_its_own_server(listener: Listener,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from eve_operator import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "operator")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "operator-password")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.eve-system.svc:5000")
+    with pytest.raises(tracking.TrackingError):  # a pipeline's trackingUri: answered 404, sent no login
+        tracking._call(listener.url, "GET", "experiments/get-by-name", query={"experiment_name": "x"})
+    assert listener.seen == [""]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", listener.url)  # control: the operator's own server gets it
+    with pytest.raises(tracking.TrackingError):
+        tracking._call(listener.url, "GET", "experiments/get-by-name", query={"experiment_name": "x"})
+    assert listener.seen[-1].startswith("Basic ")
 
 
 # -- through the real operator and `submit --dry-run` --------------------------------------------
