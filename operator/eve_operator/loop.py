@@ -21,8 +21,8 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from eve_trainer.config import ConfigError
-
+from eve_contract.errors import validation_message
+from eve_contract.naming import validate_pipeline_name
 from eve_operator import admission, metrics, tracking
 from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import job_api_for
@@ -30,12 +30,21 @@ from eve_operator.jobspec import build_job_spec
 from eve_operator.kube import Kube, open_store
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
-    EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
-    initial_status, parent_run_params, parent_run_tags,
+    Emit,
+    EndStageRun,
+    Observation,
+    PipelineStatus,
+    SetSuspended,
+    StageComplete,
+    StopJob,
+    SubmitJob,
+    decide,
+    initial_status,
+    parent_run_params,
+    parent_run_tags,
 )
-from eve_contract.errors import validation_message
-from eve_contract.naming import validate_pipeline_name
 from eve_operator.spec import PipelineSpec
+from eve_trainer.config import ConfigError
 
 log = logging.getLogger("eve_operator")
 
@@ -149,15 +158,17 @@ class PipelineLoop:
             self.kube = self.kube.using(job_api_for(spec))  # PyTorchJob or TrainJob (spec.jobApi)
         except ValueError as err:
             return await self.fail(status, f"invalid spec: spec.jobApi: {err}", "InvalidSpec")
-        # the install's rules (pod policy, S3 identity, scheduling); a finished pipeline is left as it ended
-        if not (status.done and status.stages) and (
-                refused := admission.refuse(operator_defaults(), spec, self.namespace)) is not None:
-            return await self.refuse(status, refused)  # the same refusal again: no new status, no new Event
+        # admission, before the first stage: the install's rules (pod policy, S3 identity, scheduling).
+        # Once started, every job the pipeline gets is checked against the pod policy as it is built
+        # (a running stage is never disturbed by a later edit or upgrade).
+        if not status.stages:
+            if (refused := admission.refuse(operator_defaults(), spec, self.namespace)) is not None:
+                return await self.refuse(status, refused)  # the same refusal again: no new status or Event
+            self.set_admitted(None)
         if status.phase == "Failed" and not status.stages:  # only an invalid spec or name fails before any stage
             status = PipelineStatus()  # the spec was fixed: start over
         if status.done:
             return status
-        self.set_admitted(None)
         self.runs = self.run_records(spec)
         if not status.stages:
             status = initial_status(spec)

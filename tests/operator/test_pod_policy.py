@@ -384,6 +384,26 @@ def test_the_operator_refuses_with_status_condition_and_event(cluster: Cluster, 
     assert listener.seen == [], "the operator sent a request to the pipeline's endpoint"
 
 
+def test_a_job_the_operator_builds_is_checked_again(cluster: Cluster, operator: Any, output: str,
+                                                   tmp_path: Path) -> None:
+    """An escalation added to a later stage while the pipeline runs: the running stage is left alone,
+    and the next stage's job is refused as it is built (nothing created), naming its field."""
+    from operator_harness import base_spec, write_export
+
+    cluster.create_pipeline("later", base_spec(output))
+    wait_for(lambda: cluster.jobs().get("later-prealign"), what="the prealign job")
+    cluster.patch_spec("later", {"stages": {"pretrain": {"podTemplate": ESCALATIONS["host-path-root"][0]}}})
+    cluster.set_condition("later-prealign", "Running")
+    write_export(output, "later", "prealign", tmp_path)
+    cluster.set_condition("later-prealign", "Succeeded")
+    status = wait_for(lambda: cluster.status("later") if cluster.status("later").get("phase") == "Failed" else None,
+                      what="the pretrain job refused")
+    assert "PyTorchJob later-pretrain" in status["message"]
+    assert "spec.pytorchReplicaSpecs.Master.template.spec.volumes[1].hostPath" in status["message"]
+    assert sorted(cluster.jobs()) == ["later-prealign"]
+    assert wait_for(lambda: [e for e in cluster.events("later") if e["reason"] == "PodPolicyViolation"])
+
+
 def test_dry_run_checks_the_clusters_rules(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every escalation through `eve-platform submit -f <EvePipeline> --dry-run`, against the chart's
     rules ConfigMap read through the kube context (and the built-in policy without it)."""
