@@ -21,21 +21,30 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from eve_trainer.config import ConfigError
-
-from eve_operator import metrics, tracking
+from eve_contract.errors import validation_message
+from eve_contract.naming import validate_pipeline_name
+from eve_operator import admission, metrics, tracking
 from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import job_api_for
 from eve_operator.jobspec import build_job_spec
 from eve_operator.kube import Kube, open_store
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
-    EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
-    initial_status, parent_run_params, parent_run_tags,
+    Emit,
+    EndStageRun,
+    Observation,
+    PipelineStatus,
+    SetSuspended,
+    StageComplete,
+    StopJob,
+    SubmitJob,
+    decide,
+    initial_status,
+    parent_run_params,
+    parent_run_tags,
 )
-from eve_contract.errors import validation_message
-from eve_contract.naming import validate_pipeline_name
 from eve_operator.spec import PipelineSpec
+from eve_trainer.config import ConfigError
 
 log = logging.getLogger("eve_operator")
 
@@ -98,6 +107,8 @@ class PipelineLoop:
     effective: dict[str, dict[str, str]] = field(default_factory=dict)
     """Effective defaultable fields and their source (eve_operator.defaults), for describe."""
     runs: tracking.RunRecords | None = None
+    admitted: dict[str, Any] | None = None
+    """The status condition Admitted (eve_operator.admission)."""
 
     @property
     def uid(self) -> str:
@@ -116,6 +127,8 @@ class PipelineLoop:
         if self.status is not None and status == self.status:
             return
         body = {**status.model_dump(by_alias=True, mode="json"), "effective": self.effective}
+        if self.admitted is not None:
+            body["conditions"] = [self.admitted]
         generation = self.body.get("metadata", {}).get("generation")
         if generation is not None:
             body["observedGeneration"] = generation
@@ -145,6 +158,13 @@ class PipelineLoop:
             self.kube = self.kube.using(job_api_for(spec))  # PyTorchJob or TrainJob (spec.jobApi)
         except ValueError as err:
             return await self.fail(status, f"invalid spec: spec.jobApi: {err}", "InvalidSpec")
+        # admission, before the first stage: the install's rules (pod policy, S3 identity, scheduling).
+        # Once started, every job the pipeline gets is checked against the pod policy as it is built
+        # (a running stage is never disturbed by a later edit or upgrade).
+        if not status.stages:
+            if (refused := admission.refuse(operator_defaults(), spec, self.namespace)) is not None:
+                return await self.refuse(status, refused)  # the same refusal again: no new status or Event
+            self.set_admitted(None)
         if status.phase == "Failed" and not status.stages:  # only an invalid spec or name fails before any stage
             status = PipelineStatus()  # the spec was fixed: start over
         if status.done:
@@ -162,6 +182,8 @@ class PipelineLoop:
             self.warn_once("Waiting", str(err))
             await self.write_status(status)
             return status
+        except admission.PolicyError as err:  # a built job's pods break the pod policy: nothing created
+            return await self.refuse(status, err.refusal)
         except ConfigError as err:  # an override the trainer does not know, or a bad value
             return await self.fail(status, f"invalid trainer config: {err}", "InvalidConfig")
         self.last_warning = ""
@@ -190,6 +212,18 @@ class PipelineLoop:
         await self.write_status(failed)
         self.event("Warning", reason, message)
         return failed
+
+    def set_admitted(self, refused: admission.Refusal | None) -> None:
+        reason = "Admitted" if refused is None else refused.reason
+        if self.admitted is None or (self.admitted["reason"], self.admitted["message"]) != (
+                reason, admission.condition(refused, "")["message"]):
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.admitted = admission.condition(refused, now)
+
+    async def refuse(self, status: PipelineStatus, refused: admission.Refusal) -> PipelineStatus:
+        """The pipeline breaks an install-time rule: Failed, condition Admitted=False, a Warning Event."""
+        self.set_admitted(refused)
+        return await self.fail(status, refused.message, refused.reason)
 
     def run_records(self, spec: PipelineSpec) -> tracking.RunRecords:
         if self.runs is None or (self.runs.uri, self.runs.experiment) != (spec.mlflow.tracking_uri,
@@ -247,6 +281,7 @@ class PipelineLoop:
                 job = build_job_spec(self.name, spec, action, parent_run_id=status.mlflow_run_id)
                 bodies[action.job_name] = self.kube.jobs.body(job, self.namespace,
                                                               {"name": self.name, "uid": self.uid})
+                admission.check_job(operator_defaults(), bodies[action.job_name], self.namespace, spec)
         for action in actions:
             if isinstance(action, SubmitJob):
                 await asyncio.to_thread(self.kube.create_job, self.namespace, bodies[action.job_name])

@@ -155,6 +155,10 @@ class PodTemplateSpec(_Model):
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
     service_account_name: str | None = Field(None, alias="serviceAccountName",
                                              description="ServiceAccount of the pods (IRSA, workload identity).")
+    automount_service_account_token: bool | None = Field(
+        None, alias="automountServiceAccountToken",
+        description="Mount the ServiceAccount's API token into the pods; default false (the trainer never "
+                    "calls the Kubernetes API). PyTorchJob only.")
     image_pull_secrets: list[dict[str, Any]] = Field(default_factory=list, alias="imagePullSecrets",
                                                      description="Image pull secrets, e.g. [{name: regcred}].")
     env: list[dict[str, Any]] = Field(default_factory=list, description="Extra env of the trainer (EnvVar list).")

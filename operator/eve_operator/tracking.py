@@ -15,7 +15,9 @@ through mlflow's own client, imported only then.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -42,8 +44,15 @@ def _call(tracking_uri: str, method: str, path: str, body: dict[str, Any] | None
     if query:
         url += "?" + urllib.parse.urlencode(query)
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    own = (os.environ.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
+    # MLflow's basic-auth app (chart: mlflow.auth): the operator's login goes only to its own server,
+    # never to a trackingUri a pipeline names
+    if user and own and tracking_uri.rstrip("/") == own:
+        token = base64.b64encode(f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s or TIMEOUT_S) as response:
             return json.loads(response.read() or b"{}")

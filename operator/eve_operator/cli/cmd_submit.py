@@ -148,6 +148,7 @@ def _submit_kubernetes(name: str, namespace: str | None, spec: Any, dry_run: boo
     if dry_run:
         info("dry run: every stage's job, each starting from the previous stage's export; fields the "
              "pipeline omits (image, tracking, scheduler, ...) take the operator's defaults on the cluster")
+        info(f"checked against {_backend_call(kube.check_admission, name, namespace, spec)}")
         docs = [_backend_call(kube.render_pipeline, name, namespace, spec), *jobs]
         if fmt is Format.json:
             output.emit(docs, fmt)
