@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput
 from . import attention as attn
 from .config import EveConfig
 from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .fused_loss import fused_linear_cross_entropy
 from .patch_aligner import ClipTeacher, PatchAligner
 from .patch_embedding import VisionTokenizer
 
@@ -137,6 +138,9 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         #: positions that have a target, N at a time, each chunk's logits recomputed in the
         #: backward (no [B, T', V] float32 tensor is kept); ``logits`` is then None. Same loss.
         self.loss_chunk_tokens = 0
+        #: With loss_chunk_tokens > 0: True = fused linear + CE (gradients in the forward, no
+        #: recompute); False = per-chunk activation checkpointing (recomputes each chunk's logits).
+        self.loss_fused = True
         #: Attention of the training forward (runtime, not saved): auto | sdpa | flex | varlen
         #: (eve_model/attention.py). Resolved per device and dtype at the first forward, logged once.
         self.attention = "auto"
@@ -404,13 +408,19 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         return BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=states)
 
     def _chunked_lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy over the positions with a target, ``loss_chunk_tokens`` at a time."""
+        """Summed cross-entropy over the positions with a target, ``loss_chunk_tokens`` at a time:
+        fused (gradients computed chunk by chunk in the forward, eve_model/fused_loss.py), or, with
+        ``loss_fused=False`` or a ZeRO-3-partitioned head, each chunk's logits recomputed in the
+        backward."""
         from torch.utils.checkpoint import checkpoint
 
         rows = (labels != IGNORE_INDEX).nonzero().flatten()
         if rows.numel() == 0:  # no target: a zero that still runs the head (ZeRO-3 / DDP see it used)
             return self.lm_head(hidden[:1]).float().sum() * 0.0
         h, y = hidden.index_select(0, rows), labels.index_select(0, rows)
+        weight = self.lm_head.weight
+        if self.loss_fused and not hasattr(weight, "ds_id"):  # ZeRO-3 gathers the head only in its own forward
+            return fused_linear_cross_entropy(h, weight, y, self.loss_chunk_tokens)
         total = hidden.new_zeros((), dtype=torch.float32)
 
         def chunk_loss(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:
