@@ -334,7 +334,7 @@ def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkp
            "params": sum(p.numel() or getattr(p, "ds_numel", 0) for p in trainer.model.parameters()),
            "zero": zero, "compile": compile_, "gradient_checkpointing": checkpointing, "dist": dist, "pack": pack,
            "group": group, "loss_chunk": module.loss_chunk_tokens, "fused": fused, "attn": module.attention,
-           "attention_path": sorted(set(module._attention_resolved.values())), "overrides": list(overrides),
+           "attention_path": sorted({c.kind for c in module._attention_resolved.values()}), "overrides": list(overrides),
            "micro_batch": micro, "seq": seq,
            "build_s": round(build_s, 1), "warmup_s": round(warmup_s, 1), "trainer_step_s": step_s,
            "tokens_per_s": tokens / total_s, "positions_per_s": positions / total_s,

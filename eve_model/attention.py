@@ -17,7 +17,9 @@ attention function then runs one of:
 - ``sdpa``: transformers' SDPA with the dense [B, 1, T, T] boolean mask (today's path).
 
 ``resolve_attention`` turns the user's choice (``auto|sdpa|flex|varlen``) into one of those
-for a device and dtype and says why, once. The model registers one transformers attention
+for a device and dtype and says why, once (auto: varlen on CUDA bf16/fp16, flex on other CUDA,
+and on CPU the per-segment path for packed rows, which measured about 2x faster than the dense
+mask there, with masked SDPA for one-sample-per-row batches). The model registers one transformers attention
 implementation, ``"eve"``, whose mask function is SDPA's: everything that is not a training
 forward of EveForCausalLM (generation with a KV cache, plain Llama calls) sees exactly sdpa.
 """
@@ -68,6 +70,7 @@ def flex_available() -> bool:
 class AttentionChoice:
     kind: str  # "sdpa" | "flex" | "varlen"
     reason: str
+    packed_only: bool = False  # use `kind` for packed rows only; one sample per row keeps masked SDPA
 
 
 def resolve_attention(requested: str, device: torch.device | str, dtype: torch.dtype) -> AttentionChoice:
@@ -83,9 +86,12 @@ def resolve_attention(requested: str, device: torch.device | str, dtype: torch.d
         elif device.type == "cuda" and flex_available():
             choice = AttentionChoice("flex", f"auto: FlexAttention (no varlen kernel for "
                                              f"{str(dtype).removeprefix('torch.')} on this GPU)")
+        elif device.type == "cpu":
+            choice = AttentionChoice("varlen", "auto: packed rows: per-segment causal SDPA (about 2x faster than "
+                                               "the dense document mask on CPU, docs/benchmarks.md); one sample "
+                                               "per row: SDPA with its padding mask", packed_only=True)
         else:
-            choice = AttentionChoice("sdpa", f"auto: masked SDPA on {device.type} (FlexAttention has no CPU "
-                                             "backward; the per-segment fallback is not faster there)")
+            choice = AttentionChoice("sdpa", f"auto: masked SDPA on {device.type}")
     elif requested == "varlen":
         choice = AttentionChoice("varlen", "varlen: FlashAttention varlen kernel" if kernel else
                                  f"varlen: per-segment causal SDPA (no varlen kernel on {device.type} "

@@ -144,19 +144,20 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         #: Attention of the training forward (runtime, not saved): auto | sdpa | flex | varlen
         #: (eve_model/attention.py). Resolved per device and dtype at the first forward, logged once.
         self.attention = "auto"
-        self._attention_resolved: dict[tuple, str] = {}
+        self._attention_resolved: dict[tuple, attn.AttentionChoice] = {}
         self.post_init()
 
-    def attention_kind(self, device: torch.device, dtype: torch.dtype) -> str:
+    def attention_kind(self, device: torch.device, dtype: torch.dtype, packed: bool = True) -> str:
         """The path ``self.attention`` resolves to here: "sdpa", "flex" or "varlen"."""
         key = (self.attention, str(device), dtype)
         if key not in self._attention_resolved:
-            kind = attn.resolve_attention(self.attention, device, dtype).kind
-            if kind != "sdpa" and self.config._attn_implementation != attn.EVE_ATTN_IMPL:
+            choice = attn.resolve_attention(self.attention, device, dtype)
+            if choice.kind != "sdpa" and self.config._attn_implementation != attn.EVE_ATTN_IMPL:
                 attn.register()
                 self.set_attn_implementation(attn.EVE_ATTN_IMPL)
-            self._attention_resolved[key] = kind
-        return self._attention_resolved[key]
+            self._attention_resolved[key] = choice
+        choice = self._attention_resolved[key]
+        return "sdpa" if choice.packed_only and not packed else choice.kind
 
     # ------------------------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor, name: str, size: int, batch: int) -> None:
@@ -385,7 +386,7 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
     def _decode(self, mm: MultimodalInputs, output_hidden_states: bool):
         """The decoder on the spliced batch, through the attention path ``self.attention`` picks."""
         embeds = mm.inputs_embeds
-        kind = self.attention_kind(embeds.device, embeds.dtype)
+        kind = self.attention_kind(embeds.device, embeds.dtype, packed=mm.position_ids is not None)
         if kind == "flex" and embeds.device.type == "cpu" and torch.is_grad_enabled() and (
                 embeds.requires_grad or any(p.requires_grad for p in self.model.layers.parameters())):
             kind = "sdpa"  # FlexAttention has no CPU backward (torch 2.13): masked SDPA instead

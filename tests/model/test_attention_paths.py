@@ -60,6 +60,9 @@ def test_varlen_equals_masked_sdpa(tiny_config, samples, stage, layout):
     ref, g_ref = run(model, batch, "sdpa")
     out, g_out = run(model, batch, "varlen")
     assert model.attention_kind(out.logits.device, torch.float32) == "varlen"
+    model.attention = "auto"  # on CPU: varlen for packed rows, masked SDPA for one sample per row
+    assert model.attention_kind(out.logits.device, torch.float32, packed=layout == "packed") == \
+        ("varlen" if layout == "packed" else "sdpa")
     assert float(ref.align_loss.detach()) > 0
     assert_same(out, ref, rows)
     assert g_out.keys() == g_ref.keys() and g_ref
@@ -110,12 +113,13 @@ def test_segments_cover_samples_and_padding():
 def test_choice_by_device_and_dtype_logged_once(caplog, monkeypatch):
     monkeypatch.setattr(attention, "_LOGGED", set())
     with caplog.at_level(logging.INFO, logger="eve_model.attention"):
-        assert resolve_attention("auto", "cpu", torch.float32).kind == "sdpa"
-        assert resolve_attention("auto", "cpu", torch.float32).kind == "sdpa"
+        auto = resolve_attention("auto", "cpu", torch.float32)
+        assert auto.kind == "varlen" and auto.packed_only  # packed rows; one sample per row: masked SDPA
+        assert resolve_attention("auto", "cpu", torch.float32) == auto
         assert resolve_attention("varlen", "cpu", torch.float32).kind == "varlen"
         assert resolve_attention("flex", "cpu", torch.float32).kind == "flex"
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 3 and lines[0].startswith("attention: auto: masked SDPA on cpu")
+    assert len(lines) == 3 and lines[0].startswith("attention: auto: packed rows: per-segment causal SDPA")
     assert "per-segment causal SDPA" in lines[1] and "forward-only" in lines[2]
     if not torch.cuda.is_available():  # CUDA without the bf16 kernel (fp32): FlexAttention
         assert resolve_attention("auto", "cuda", torch.float32).kind == "flex"
