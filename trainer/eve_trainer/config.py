@@ -41,6 +41,21 @@ class ModelSection(_Section):
     """Recompute decoder activations in backward (the reference turns it on for 7B)."""
     compile: bool = False
     """torch.compile each decoder layer (fuses norms/activations on GPU; first steps compile)."""
+    attention: Literal["auto", "sdpa", "flex", "varlen"] = "auto"
+    """Attention of training forwards, no dense mask for packed or padded rows: varlen
+    (FlashAttention varlen on CUDA bf16; per-sample SDPA elsewhere), flex (FlexAttention with a
+    document BlockMask), sdpa (masked SDPA). auto: varlen on CUDA bf16, flex on other CUDA, sdpa
+    on CPU; the choice is logged once (docs/model.md)."""
+    loss_chunk_tokens: int = Field(0, ge=0)
+    """> 0: LM head + cross-entropy only on positions with a label, this many rows at a time,
+    gradients computed in the forward (fused; no [B, T, V] logits). 0: full logits."""
+    checkpoint_every: int = Field(1, ge=1)
+    """With gradient_checkpointing: checkpoint decoder layers 0, k, 2k, ... (1 = every layer)."""
+    checkpoint_part: Literal["layer", "mlp"] = "layer"
+    """With gradient_checkpointing: recompute whole layers, or only their MLP (selective)."""
+    checkpoint_offload: bool = False
+    """With gradient_checkpointing and checkpoint_part=layer: keep the saved layer inputs in pinned
+    host memory (CUDA only; for 32 layers at 7B width on one device)."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """auto = bf16 on CUDA, fp32 on CPU."""
     teacher_path: str | None = None

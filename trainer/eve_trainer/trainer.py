@@ -344,6 +344,8 @@ class Trainer:
         self._seed_everything(self.cfg.seed)
         self.model = build_model(self.cfg, self.model_config, init_kind=self.init_kind, load_weights=load_weights)
         self.weights_loaded = load_weights
+        self.model.attention = self.cfg.model.attention  # resolved (and logged) at the first forward
+        self.model.loss_chunk_tokens = self.cfg.model.loss_chunk_tokens
         if self.cfg.model.compile:  # one compiled graph serves every (identical) decoder layer
             for layer in self.model.model.layers:
                 layer.compile()
@@ -382,8 +384,11 @@ class Trainer:
 
         trainable = set_trainable(self.model, self.cfg.stage)
         if self.cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.model.config.use_cache = False
+            from eve_model import set_activation_checkpointing
+
+            m = self.cfg.model
+            set_activation_checkpointing(self.model, every=m.checkpoint_every, part=m.checkpoint_part,
+                                         offload=m.checkpoint_offload)
         return trainable
 
     def _build_engine(self) -> tuple[Any, Any, Any]:
