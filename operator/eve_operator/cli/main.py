@@ -13,6 +13,7 @@ import typer
 from eve_operator.cli import output
 from eve_operator.cli import cmd_submit  # noqa: F401, I001 - registers submit first (the --help order)
 from eve_operator.cli import cmd_pipelines  # noqa: F401 - list, status, describe, logs, cancel
+from eve_operator.cli import cmd_eval  # noqa: F401 - eval
 from eve_operator.cli.common import app, config_app, fail, info
 from eve_operator.cli.output import Format
 from eve_operator.cli.cmd_submit import pipeline_exit_code, submit
