@@ -224,6 +224,7 @@ def _wait_job(api: Any, custom: Any, core: Any, ns: str, obj_name: str) -> int:
     import kubernetes
 
     last_state, last_line = "", ""
+    said: dict[str, str] = {}
     try:
         while True:
             try:
@@ -237,6 +238,10 @@ def _wait_job(api: Any, custom: Any, core: Any, ns: str, obj_name: str) -> int:
                 info(f"{obj_name}: {report.state}" + (f" ({report.message})" if report.message else ""))
                 last_state = report.state
             pods = _pods(api, core, ns, obj_name)
+            for pod, why in _waiting(api, pods).items():
+                if why != said.get(pod):
+                    info(f"{obj_name}: pod {pod} waits: {why}")
+                    said[pod] = why
             line = _last_eval_line(api, core, ns, pods[:1])
             if line and line != last_line:
                 info(line)
@@ -253,6 +258,18 @@ def _pods(api: Any, core: Any, ns: str, obj_name: str) -> list[dict[str, Any]]:
     raw = core.list_namespaced_pod(ns, label_selector=f"{api.pod_label}={obj_name}", _preload_content=False)
     pods = json.loads(raw.data)["items"]
     return sorted(pods, key=lambda p: p["metadata"]["name"])
+
+
+def _waiting(api: Any, pods: list[dict[str, Any]]) -> dict[str, str]:
+    """Pods whose container cannot start, with the reason (a missing Secret, an image pull error)."""
+    out = {}
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if status.get("name") == api.container and waiting.get("reason") not in (None, "ContainerCreating",
+                                                                                        "PodInitializing"):
+                out[pod["metadata"]["name"]] = f"{waiting['reason']}: {waiting.get('message', '')}".strip(": ")
+    return out
 
 
 def _last_eval_line(api: Any, core: Any, ns: str, pods: list[dict[str, Any]]) -> str:
@@ -346,3 +363,43 @@ def pipeline_eval_rows(obj: dict[str, Any]) -> list[list[Any]]:
 
 
 EVAL_HEADERS = ["STAGE", "BENCH", "METRIC", "VALUE", "N"]
+
+
+# -- data convert-bench ----------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from eve_operator.cli.cmd_data import Out, _emit, _fail, _require, _size, data_app  # noqa: E402
+
+
+@data_app.command("convert-bench")
+def convert_bench_cmd(
+    question_file: Path = typer.Argument(..., help="The reference's question file: .jsonl (question_id, image, "
+                                                   "text), ScienceQA's .json or MMBench's .tsv."),
+    output: str = typer.Argument(..., help="Bench folder to write: s3://bucket/prefix, file:///dir or a path."),
+    images: Path = typer.Option(None, "--images", help="Image folder the questions' paths are relative to "
+                                                       "(default: the question file's folder)."),
+    annotations: Path = typer.Option(None, "--annotations", help="Folder of the scorer's files (docs/eval.md), "
+                                                                 "copied to <output>/annotations/."),
+    shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB."),
+    endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT",
+                                     help="S3 endpoint (SeaweedFS/MinIO); default AWS."),
+    out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
+) -> None:
+    """A benchmark's question file and images -> a bench folder with shards, for `eve-platform eval`."""
+    _require("convert-bench", "PIL", "webdataset")
+    from eve_trainer.data.errors import DataError
+    from eve_trainer.evaluation.convert import convert_bench
+    from eve_trainer.evaluation.questions import BenchDataError
+    from eve_trainer.storage import StorageError
+
+    def say(done: int, total: int) -> None:
+        if done == total or done % 500 == 0:
+            info(f"converting: {done}/{total} images")
+
+    try:
+        report = convert_bench(question_file, output, images=images, annotations=annotations,
+                               shard_size=_size(shard_size), endpoint_url=endpoint_url, progress=say)
+    except (BenchDataError, DataError, StorageError, FileNotFoundError, PermissionError) as err:
+        _fail(str(err))
+    _emit(report.to_json(), out, f"bench {question_file} -> {report.output}")

@@ -74,6 +74,7 @@ def status(name: Optional[str] = typer.Argument(None, help="Pipeline; all when o
     print(f"{name}: {status_.get('phase', 'Pending')}"
           + (f" (stage {status_['currentStage']})" if status_.get("currentStage") else ""))
     output.table(output.STAGE_HEADERS, output.stage_rows(obj, live), "no stages yet")
+    _print_evals(obj)
     if status_.get("phase") == "Failed":
         raise typer.Exit(EXIT_FAILED)
 
@@ -88,6 +89,17 @@ def describe(name: str, local: bool = LocalOpt, backend: str = BackendOpt,
         output.emit({**obj, "status": _with_live(obj.get("status") or {}, live)}, output_fmt)
         return
     output.describe(obj, live)
+    _print_evals(obj, title=True)
+
+
+def _print_evals(obj: dict[str, Any], title: bool = False) -> None:
+    """The benchmark scores written beside the stage exports (`eve-platform eval`; docs/eval.md)."""
+    from eve_operator.cli.cmd_eval import EVAL_HEADERS, pipeline_eval_rows
+
+    rows = pipeline_eval_rows(obj)
+    if rows or title:
+        print("\nEvaluations:" if title else "")
+        output.table(EVAL_HEADERS, rows, "  <none>")
 
 
 def _live(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
