@@ -347,8 +347,12 @@ def evaluate(model: str, benches: dict[str, str], output: str, *, rank: int = 0,
                 say(f"[eve-eval] {name}: {done}/{total} questions on rank {rank} of {world_size} "
                     f"({rate:.2f} q/s, ETA {eta:.0f} s)")
 
-            say(f"[eve-eval] {name}: answering questions {start}..{end - 1} of {len(questions)} "
-                f"({files.url}) with {ref.model_id}")
+            if mine:
+                say(f"[eve-eval] {name}: rank {rank} of {world_size} answers questions {start}..{end - 1} of "
+                    f"{len(questions)} ({files.url}) with {ref.model_id}")
+            else:
+                say(f"[eve-eval] {name}: rank {rank} of {world_size} has no questions ({len(questions)} in "
+                    f"chunks of ceil({len(questions)}/{world_size}))")
             images = load_images(files, mine)
             lines = answer_questions(loaded, mine, images, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                      model_id=ref.model_id, say=line)
