@@ -14,9 +14,9 @@ def make_tiny_export(folder: Path, *, seed: int = 0, run_id: str | None = None) 
     """What `export_stage` writes for the tiny preset: model, tokenizer, processor, manifest last."""
     import torch
 
+    from eve_contract import layout
     from eve_model import EveForCausalLM, EveImageProcessor, get_preset
     from eve_model.inference import PROCESSOR_FILE, processor_config
-    from eve_trainer import layout
     from eve_trainer.data import load_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from eval_helpers import make_pope_bench
 
+from eve_contract.storage import open_store
 from eve_trainer.evaluation.benches import BenchFiles, bench
 from eve_trainer.evaluation.runner import load_images
-from eve_trainer.storage import open_store
 
 
 def test_convert_bench_then_read_the_same_images(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.Com
 
 
 def _upload(folder: Path, url: str, endpoint: str) -> None:
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     store = open_store(url, endpoint_url=endpoint)
     for path in sorted(folder.rglob("*")):
@@ -44,7 +44,7 @@ def _upload(folder: Path, url: str, endpoint: str) -> None:
 
 
 def _read(url: str, key: str, endpoint: str) -> bytes:
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     return open_store(url, endpoint_url=endpoint).get_bytes(key)
 
@@ -63,7 +63,7 @@ def _material(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any, s3_s
 
     from mlflow.tracking import MlflowClient
 
-    from eve_trainer import layout
+    from eve_contract import layout
     from eve_trainer.registry import ExportVersion, register_export
 
     tmp = tmp_path_factory.mktemp("eval")
@@ -196,7 +196,7 @@ def test_cluster_two_pods_of_two_ranks_give_the_single_process_answers(
     assert "starting ranks 2-3 of world size 4" in worker, worker
     assert "rank 2 answered 2 question(s)" in worker and "rank 3 of 4 has no questions" in worker  # ceil(6/4) = 2
     assert "PyTorchJob" in result.stderr and "Succeeded" in result.stderr
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     store = open_store(f"s3://{bucket}/cluster-eval", endpoint_url=endpoint)
     assert store.get_bytes("pope/answers.jsonl").decode() == single["answers"]

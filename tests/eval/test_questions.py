@@ -7,7 +7,12 @@ import json
 import pytest
 
 from eve_trainer.evaluation.questions import (
-    BenchDataError, chunk_bounds, mmbench_questions, parse_jsonl, science_questions, vqa_questions,
+    BenchDataError,
+    chunk_bounds,
+    mmbench_questions,
+    parse_jsonl,
+    science_questions,
+    vqa_questions,
 )
 
 

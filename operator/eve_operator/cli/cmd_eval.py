@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any, Optional
@@ -22,8 +23,18 @@ import typer
 
 from eve_operator.cli import output
 from eve_operator.cli.common import (
-    BackendOpt, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE, LocalOpt, NamespaceOpt, OutputOpt,
-    app, fail, info, pick_backend,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_USER,
+    BackendOpt,
+    LocalOpt,
+    NamespaceOpt,
+    OutputOpt,
+    app,
+    fail,
+    info,
+    pick_backend,
 )
 from eve_operator.cli.output import Format
 
@@ -69,7 +80,7 @@ def eval_(words: list[str] = typer.Argument(..., metavar="<export URL | models:/
           output_fmt: Format = OutputOpt) -> None:
     """Score an export on EVE's benchmarks (pope, textvqa, gqa, scienceqa, mme, vqav2, vizwiz, mmbench,
     mmbench_cn, seed, mmvet): answers, scores and submission files in <output>/<bench>/, scores in MLflow."""
-    from eve_trainer.evaluation.main import UsageError, parse
+    from eve_trainer.evaluation.args import UsageError, parse
 
     try:
         model, eval_words, job = split_words(words)
@@ -111,29 +122,31 @@ def _run_local(model: str, eval_words: list[str], args: Any, nproc: int) -> int:
             args.options["tracking_uri"] = uri
     info(f"evaluating {model} on {', '.join(args.benches)} with {nproc} local rank(s); "
          f"answers and scores go to {args.output}")
-    if nproc == 1:
-        from eve_trainer.evaluation.main import main as eval_main
+    # the ranks are processes of their own (eve-eval, through the node launcher for several), so
+    # this CLI never loads torch; their progress lines come to this terminal
+    command = [sys.executable, "-m", "eve_trainer.evaluation", model, *eval_words]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE"):
+        env.pop(var, None)
+    if nproc > 1:
+        env.update(PET_NNODES="1", PET_NODE_RANK="0", PET_NPROC_PER_NODE=str(nproc), PET_MASTER_ADDR="127.0.0.1",
+                   PET_MASTER_PORT=str(_free_port()))
+        command = [sys.executable, "-m", "eve_trainer.launch", "--", *command]
+    proc = subprocess.Popen(command, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        return EXIT_INTERRUPTED
 
-        return eval_main([model, *eval_words])
+
+def _free_port() -> int:
     import socket
-
-    from eve_trainer.launch import NodeLauncher, Topology
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launcher = NodeLauncher(Topology(1, nproc, 0, "127.0.0.1", port),
-                            [sys.executable, "-m", "eve_trainer.evaluation", model, *eval_words])
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    launcher.start(env)
-    try:
-        return launcher.wait()
-    except KeyboardInterrupt:
-        import signal
-
-        launcher.signal_all(signal.SIGTERM)
-        launcher.wait()
-        return EXIT_INTERRUPTED
+        return s.getsockname()[1]
 
 
 # -- on the cluster ----------------------------------------------------------------------------------
@@ -179,10 +192,9 @@ def _job_api(spec: Any) -> Any:
 
 def _run_kubernetes(model: str, eval_words: list[str], args: Any, job_keys: dict[str, str],
                     namespace: str | None, dry_run: bool) -> int:
-    from eve_trainer.config import ConfigError
-
     from eve_operator.backends.kubernetes import KubeConfigError, _apis, current_namespace
     from eve_operator.spec import validate_name
+    from eve_trainer.config import ConfigError
 
     if not args.output.startswith("s3://"):
         fail(f"output={args.output}: a cluster job writes to the object store; give an s3:// output")
@@ -289,7 +301,7 @@ def _failure_code(api: Any, pods: list[dict[str, Any]]) -> int:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             if status.get("name") == api.container and \
                     ((status.get("state") or {}).get("terminated") or {}).get("exitCode") == 2:
-                return EXIT_USAGE
+                return EXIT_USER
     return EXIT_FAILED
 
 
@@ -298,8 +310,8 @@ def _failure_code(api: Any, pods: list[dict[str, Any]]) -> int:
 
 def read_scores(output_url: str, benches: list[str], endpoint_url: str | None = None) -> dict[str, dict[str, Any]]:
     """{bench: scores.json} for the benches that have one."""
+    from eve_contract.storage import open_store
     from eve_trainer.evaluation import paths
-    from eve_trainer.storage import open_store
 
     store = open_store(output_url, endpoint_url=endpoint_url)
     found = {}
@@ -336,9 +348,9 @@ def _print_scores(output_url: str, benches: dict[str, str], endpoint_url: str | 
 def pipeline_eval_rows(obj: dict[str, Any]) -> list[list[Any]]:
     """For `status`/`describe`: the scores written beside each stage's export
     (`<output>/<pipeline>/<stage>/eval/<bench>/scores.json`). Best effort: [] when unreadable."""
-    from eve_trainer import layout
+    from eve_contract import layout
+    from eve_contract.storage import open_store
     from eve_trainer.evaluation import paths
-    from eve_trainer.storage import open_store
 
     spec = obj.get("spec") or {}
     out = spec.get("output")
@@ -388,10 +400,10 @@ def convert_bench_cmd(
 ) -> None:
     """A benchmark's question file and images -> a bench folder with shards, for `eve-platform eval`."""
     _require("convert-bench", "PIL", "webdataset")
+    from eve_contract.storage import StorageError
     from eve_trainer.data.errors import DataError
     from eve_trainer.evaluation.convert import convert_bench
     from eve_trainer.evaluation.questions import BenchDataError
-    from eve_trainer.storage import StorageError
 
     def say(done: int, total: int) -> None:
         if done == total or done % 500 == 0:

@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from eve_trainer.evaluation.questions import (
-    ANNOTATIONS_DIR, QUESTIONS_JSON, QUESTIONS_JSONL, QUESTIONS_TSV, BenchDataError, Question, mmbench_questions,
-    parse_jsonl, science_questions, vqa_questions,
+    ANNOTATIONS_DIR,
+    QUESTIONS_JSON,
+    QUESTIONS_JSONL,
+    QUESTIONS_TSV,
+    BenchDataError,
+    Question,
+    mmbench_questions,
+    parse_jsonl,
+    science_questions,
+    vqa_questions,
 )
 from eve_trainer.evaluation.scorers import gqa, mme, pope, scienceqa, submissions, vqa
 

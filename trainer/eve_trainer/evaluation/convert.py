@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from eve_trainer.evaluation.questions import (
-    ANNOTATIONS_DIR, QUESTIONS_JSON, QUESTIONS_JSONL, QUESTIONS_TSV, BenchDataError, parse_jsonl, science_questions,
+    ANNOTATIONS_DIR,
+    QUESTIONS_JSON,
+    QUESTIONS_JSONL,
+    QUESTIONS_TSV,
+    BenchDataError,
+    parse_jsonl,
+    science_questions,
     vqa_questions,
 )
 
@@ -51,9 +57,9 @@ def convert_bench(question_file: str | Path, output: str, *, images: str | Path 
                   ) -> BenchConvertReport:
     from PIL import Image, UnidentifiedImageError
 
+    from eve_contract.storage import open_store
     from eve_trainer.data.index import DatasetIndex
     from eve_trainer.data.shards import ShardWriter
-    from eve_trainer.storage import open_store
 
     t0 = time.monotonic()
     source = Path(question_file)

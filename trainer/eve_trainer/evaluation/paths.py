@@ -6,7 +6,7 @@
     <output>/<bench>/parts/rank-<r>-of-<w>.jsonl   each rank's share, before the merge
 
 The default output of an export `<output>/<pipeline>/<stage>/export` is its sibling
-`<output>/<pipeline>/<stage>/eval` (eve_trainer.layout.eval_prefix).
+`<output>/<pipeline>/<stage>/eval` (`default_output`).
 """
 
 from __future__ import annotations

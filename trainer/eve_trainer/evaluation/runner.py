@@ -26,10 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eve_contract.storage import open_store
 from eve_trainer.evaluation import paths
-from eve_trainer.evaluation.benches import BenchFiles, bench as get_bench
-from eve_trainer.evaluation.questions import IMAGE_TOKEN, IMAGES_DIR, SHARD_INDEX, BenchDataError, Question, chunk_bounds
-from eve_trainer.storage import StorageAccessError, open_store
+from eve_trainer.evaluation.benches import BenchFiles
+from eve_trainer.evaluation.benches import bench as get_bench
+from eve_trainer.evaluation.questions import (
+    IMAGE_TOKEN,
+    IMAGES_DIR,
+    SHARD_INDEX,
+    BenchDataError,
+    Question,
+    chunk_bounds,
+)
 
 log = logging.getLogger("eve_trainer.evaluation")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eve_trainer import tracking_names as N
+from eve_contract import tracking_names as N
 from eve_trainer.evaluation import paths
 
 PREFIX = "eval"

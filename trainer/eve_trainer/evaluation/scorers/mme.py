@@ -10,7 +10,6 @@ the sum over its 10 subtasks (at most 2000), cognition over its 4 (at most 800).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
               "OCR")
