@@ -156,7 +156,9 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
     """The JobSpec of an evaluation: the pipeline's resources, image, S3 and MLflow wiring, read by
     `submit`'s own parser, and `eve-eval ...` as the rank command."""
     from eve_operator.cli.submit_args import parse_submit
-    from eve_operator.jobspec import LABEL_PIPELINE, LABEL_STAGE, JobSpec
+    from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
+
+    from eve_operator.jobspec import JobSpec
 
     values = dict(w.split("=", 1) for w in eval_words)
     words = ["stage=sft", f"output={output_url}", *(f"{k}={v}" for k, v in job_keys.items() if k != "name")]
@@ -193,7 +195,7 @@ def _job_api(spec: Any) -> Any:
 def _run_kubernetes(model: str, eval_words: list[str], args: Any, job_keys: dict[str, str],
                     namespace: str | None, dry_run: bool) -> int:
     from eve_operator.backends.kubernetes import KubeConfigError, _apis, current_namespace
-    from eve_operator.spec import validate_name
+    from eve_contract.naming import validate_pipeline_name as validate_name
     from eve_trainer.config import ConfigError
 
     if not args.output.startswith("s3://"):
