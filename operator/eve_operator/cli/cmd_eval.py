@@ -155,9 +155,8 @@ def _free_port() -> int:
 def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[str, str], output_url: str) -> Any:
     """The JobSpec of an evaluation: the pipeline's resources, image, S3 and MLflow wiring, read by
     `submit`'s own parser, and `eve-eval ...` as the rank command."""
-    from eve_operator.cli.submit_args import parse_submit
     from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
-
+    from eve_operator.cli.submit_args import parse_submit
     from eve_operator.jobspec import JobSpec
 
     values = dict(w.split("=", 1) for w in eval_words)
@@ -194,8 +193,8 @@ def _job_api(spec: Any) -> Any:
 
 def _run_kubernetes(model: str, eval_words: list[str], args: Any, job_keys: dict[str, str],
                     namespace: str | None, dry_run: bool) -> int:
-    from eve_operator.backends.kubernetes import KubeConfigError, _apis, current_namespace
     from eve_contract.naming import validate_pipeline_name as validate_name
+    from eve_operator.backends.kubernetes import KubeConfigError, _apis, current_namespace
     from eve_trainer.config import ConfigError
 
     if not args.output.startswith("s3://"):
