@@ -52,6 +52,6 @@ def test_mmbench_sheet_columns_as_the_reference() -> None:
     header, values = submissions.mmbench_rows([{"question_id": 0, "text": "B"}], rows)
     # hint, category, source, image, comment, l2-category dropped; prediction inserted as column 7
     assert header == ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
-    assert values == [["0", "Q?", "x", "y", "", "", "B", "A", "dev"]]
+    assert values == [[0, "Q?", "x", "y", None, None, "B", "A", "dev"]]   # typed as pandas.read_table would
     sheet = load_workbook(io.BytesIO(submissions.mmbench_xlsx([{"question_id": 0, "text": "B"}], rows))).active
     assert [c.value for c in sheet[1]] == header and sheet["G2"].value == "B"

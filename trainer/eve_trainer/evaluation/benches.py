@@ -74,6 +74,20 @@ class Bench:
     """The metric a one-line summary shows."""
     server: bool = False
     """Scored by the benchmark's server: the run writes the submission file."""
+    required: tuple[str, ...] = ()
+    """Annotation files that must exist before any question is answered."""
+
+    def check(self, files: BenchFiles, questions: list[Question]) -> None:
+        """Fail before the answering (hours on a real benchmark) when the ground truth is missing."""
+        for name in self.required:
+            if not files.exists(name):
+                raise BenchDataError(f"{self.name}: {files.url}/{name} not found (the scorer's ground truth); "
+                                     "docs/eval.md lists each benchmark's files")
+        if self.name == "pope" and not _pope_label_files(files) and any("label" not in q.record for q in questions):
+            raise BenchDataError(f"pope: {files.url} has neither {ANNOTATIONS_DIR}/coco_pope_<category>.json "
+                                 "nor a `label` on every question")
+        if self.name == "mme":
+            _mme_gold(questions, _mme_truth(files))
 
 
 def _ann(name: str) -> str:
@@ -97,10 +111,14 @@ def _read_mmbench(lang: str) -> Callable[[BenchFiles], list[Question]]:
 # -- finishing: score + files ---------------------------------------------------------------------
 
 
+def _pope_label_files(files: BenchFiles) -> list[str]:
+    return [k for k in files.list(ANNOTATIONS_DIR)
+            if k.rsplit("/", 1)[-1].startswith("coco_pope_") and k.endswith(".json")]
+
+
 def _pope(answers: list[dict[str, Any]], questions: list[Question], files: BenchFiles) -> Result:
     categories = [str(q.record.get("category", "all")) for q in questions]
-    label_files = [k for k in files.list(ANNOTATIONS_DIR)
-                   if k.rsplit("/", 1)[-1].startswith("coco_pope_") and k.endswith(".json")]
+    label_files = _pope_label_files(files)
     labels: dict[str, list[str]] = {}
     if label_files:  # the reference: one coco_pope_<category>.json per category, labels in file order
         for key in label_files:
@@ -146,10 +164,10 @@ def _mme_truth(files: BenchFiles) -> dict[tuple[str, str, str], str]:
     return truth
 
 
-def _mme(answers: list[dict[str, Any]], questions: list[Question], files: BenchFiles) -> Result:
-    truth = _mme_truth(files)
-    rows = []
-    for a, q in zip(answers, questions):
+def _mme_gold(questions: list[Question], truth: dict[tuple[str, str, str], str]) -> list[tuple[str, str, str]]:
+    """(category, image name, ground truth) per question: its `answer`, else the eval_tool's file."""
+    out = []
+    for q in questions:
         category = str(q.record.get("category", ""))
         image = (q.image or "").rsplit("/", 1)[-1]
         gold = q.record.get("answer") or truth.get((category, image, q.text.strip()))
@@ -157,8 +175,13 @@ def _mme(answers: list[dict[str, Any]], questions: list[Question], files: BenchF
             raise BenchDataError(f"mme: no ground truth for question {q.question_id!r} ({category}, {image}): "
                                  f"expected {ANNOTATIONS_DIR}/{category}.txt (eval_tool's Your_Results) or an "
                                  "`answer` in the question file")
-        rows.append((category, image, a["text"], str(gold)))
-    return mme.score(rows), {}
+        out.append((category, image, str(gold)))
+    return out
+
+
+def _mme(answers: list[dict[str, Any]], questions: list[Question], files: BenchFiles) -> Result:
+    gold = _mme_gold(questions, _mme_truth(files))
+    return mme.score([(c, i, a["text"], g) for a, (c, i, g) in zip(answers, gold)]), {}
 
 
 def _vqav2(answers: list[dict[str, Any]], questions: list[Question], files: BenchFiles) -> Result:
@@ -193,9 +216,11 @@ def _mmvet(answers: list[dict[str, Any]], questions: list[Question], files: Benc
 
 BENCHES: dict[str, Bench] = {b.name: b for b in (
     Bench("pope", QUESTIONS_JSONL, _read_vqa, _pope, "f1"),
-    Bench("textvqa", QUESTIONS_JSONL, _read_vqa, _textvqa, "accuracy"),
-    Bench("gqa", QUESTIONS_JSONL, _read_vqa, _gqa, "accuracy"),
-    Bench("scienceqa", QUESTIONS_JSON, _read_science, _science, "img_accuracy"),
+    Bench("textvqa", QUESTIONS_JSONL, _read_vqa, _textvqa, "accuracy",
+          required=(_ann("TextVQA_0.5.1_val.json"),)),
+    Bench("gqa", QUESTIONS_JSONL, _read_vqa, _gqa, "accuracy", required=(_ann("testdev_balanced_questions.json"),)),
+    Bench("scienceqa", QUESTIONS_JSON, _read_science, _science, "img_accuracy",
+          required=(_ann("problems.json"), _ann("pid_splits.json"))),
     Bench("mme", QUESTIONS_JSONL, _read_vqa, _mme, "perception"),
     Bench("vqav2", QUESTIONS_JSONL, _read_vqa, _vqav2, "n", server=True),
     Bench("vizwiz", QUESTIONS_JSONL, _read_vqa, _vizwiz, "n", server=True),

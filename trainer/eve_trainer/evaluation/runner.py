@@ -339,6 +339,7 @@ def evaluate(model: str, benches: dict[str, str], output: str, *, rank: int = 0,
         questions = get_bench(name).read_questions(files)
         if not questions:
             raise BenchDataError(f"{name}: {files.url} has no questions")
+        get_bench(name).check(files, questions)
         plans.append((name, files, questions))
     try:
         _dist(rank, world_size)

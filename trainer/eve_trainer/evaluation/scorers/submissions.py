@@ -50,9 +50,18 @@ def mmbench_rows(answers: list[dict[str, Any]], rows: list[dict[str, Any]]) -> t
     header = columns[:6] + ["prediction"] + columns[6:]
     out = []
     for row in rows:
-        values = [row.get(c) for c in columns]
+        values = [_cell(row.get(c)) for c in columns]
         out.append(values[:6] + [predictions.get(str(row["index"]))] + values[6:])
     return header, out
+
+
+def _cell(value: Any) -> Any:
+    """A TSV value as pandas.read_table types it: integers as numbers, empty or "nan" as empty."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan")):
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def mmbench_xlsx(answers: list[dict[str, Any]], rows: list[dict[str, Any]]) -> bytes:
