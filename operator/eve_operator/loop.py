@@ -31,7 +31,7 @@ from eve_operator.kube import Kube, open_store
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
     EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
-    initial_status, parent_run_params, parent_run_tags,
+    initial_status, parent_run_params, parent_run_tags, pipeline_goodput,
 )
 from eve_operator.spec import PipelineSpec, validate_name
 
@@ -184,10 +184,19 @@ class PipelineLoop:
             for action in emitted:
                 metrics.TRANSITIONS.observe(time.monotonic() - self.woken_at, transition=action.reason)
         await asyncio.to_thread(self.runs.sync, new.mlflow_run_id, parent_run_tags(new))
+        await self.report_goodput(status, new, emitted)
         if new.done:
             await asyncio.to_thread(self.runs.finish, new.mlflow_run_id,
                                     "FINISHED" if new.phase == "Succeeded" else "FAILED")
         return new
+
+    async def report_goodput(self, old: PipelineStatus, new: PipelineStatus, emitted: list[Emit]) -> None:
+        """Prometheus every pass; MLflow `goodput/*` on each transition (parent run) and when a
+        stage completes (its own run)."""
+        now = time.time()
+        metrics.record_goodput(self.namespace, self.name, pipeline_goodput(new, now))
+        if emitted and self.runs is not None:
+            await asyncio.to_thread(self.runs.log_goodput, old, new, now)
 
     async def fail(self, status: PipelineStatus, message: str, reason: str) -> PipelineStatus:
         """Permanent: the spec or config cannot run. Nothing is submitted."""

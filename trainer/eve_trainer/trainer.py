@@ -144,6 +144,7 @@ class Trainer:
                     f"{self.dist.world_size}, grad accumulation {self.grad_accum}, device {self.device}",
                     step=self.step, total_steps=self.total_steps, resumed_from=resumed)
         self.progress.start(self.step)
+        self.heartbeat.loop_started(self.step)  # goodput's timers (eve_contract.goodput) start here
         self.heartbeat.update(step=self.step, total_steps=self.total_steps, phase="train")
         debug = self.cfg.debug
         hang = debug.hang_at_step if debug.hang_rank == self.dist.rank and debug.hang_attempt in (
@@ -152,7 +153,10 @@ class Trainer:
         while self.step < self.total_steps:
             if self.step == hang:
                 hang_forever(self.step, self.dist.rank)
+            t_step = time.perf_counter()
             result = self.train_step(batches)
+            self.heartbeat.add_time("data", result.data_wait_s)
+            self.heartbeat.add_time("step", time.perf_counter() - t_step - result.data_wait_s)
             self.step += 1
             self.tokens_seen += result.tokens
             self.started = True
@@ -166,8 +170,11 @@ class Trainer:
                 self.save_checkpoint()
             if self._debug_step_delay_s:
                 time.sleep(self._debug_step_delay_s)
+                self.heartbeat.add_time("step", self._debug_step_delay_s)  # it stands for a slower step
         if self.cfg.checkpoint.export:
+            t_export = time.perf_counter()
             self.export()
+            self.heartbeat.add_time("checkpoint", time.perf_counter() - t_export)
         self._event("done", f"stage {self.cfg.stage} complete at step {self.step}", step=self.step)
         self.heartbeat.close("done")
         self.logger.close("FINISHED")
@@ -240,6 +247,7 @@ class Trainer:
         self.heartbeat.update(phase="checkpoint")
         manifest = self.checkpointer.save(self.step, self.engine, self._trainer_state(), self.logger.run_id)
         self.heartbeat.update(phase="train")
+        self.heartbeat.add_time("checkpoint", time.perf_counter() - t0)
         if manifest is not None:
             size = sum(f.size for f in manifest.files)
             self.logger.log_text(manifest.to_json().decode(), f"checkpoints/step-{self.step}/manifest.json")
