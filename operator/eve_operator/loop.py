@@ -42,6 +42,7 @@ from eve_operator.pipeline import (
     initial_status,
     parent_run_params,
     parent_run_tags,
+    pipeline_goodput,
 )
 from eve_operator.spec import PipelineSpec
 from eve_trainer.config import ConfigError
@@ -198,10 +199,19 @@ class PipelineLoop:
             for action in emitted:
                 metrics.TRANSITIONS.observe(time.monotonic() - self.woken_at, transition=action.reason)
         await asyncio.to_thread(self.runs.sync, new.mlflow_run_id, parent_run_tags(new))
+        await self.report_goodput(status, new, emitted)
         if new.done:
             await asyncio.to_thread(self.runs.finish, new.mlflow_run_id,
                                     "FINISHED" if new.phase == "Succeeded" else "FAILED")
         return new
+
+    async def report_goodput(self, old: PipelineStatus, new: PipelineStatus, emitted: list[Emit]) -> None:
+        """Prometheus every pass; MLflow `goodput/*` on each transition (parent run) and when a
+        stage completes (its own run)."""
+        now = time.time()
+        metrics.record_goodput(self.namespace, self.name, pipeline_goodput(new, now))
+        if emitted and self.runs is not None:
+            await asyncio.to_thread(self.runs.log_goodput, old, new, now)
 
     async def fail(self, status: PipelineStatus, message: str, reason: str) -> PipelineStatus:
         """Permanent: the spec or config cannot run. Nothing is submitted."""

@@ -74,7 +74,8 @@ def observe(spec: PipelineSpec, status: PipelineStatus, reader: StageReader) -> 
     if current.attempt == 0 or job.state in ("Succeeded", "Failed", "Absent"):
         complete = reader.complete(current.name)
     beats: tuple[Beat, ...] = ()
-    if job.state == "Running" and complete is None:
+    if job.state == "Running" and complete is None or job.state in ("Succeeded", "Failed"):
+        # a finished job's last beats close its goodput segment (timers up to the end)
         beats = current_beats(reader.heartbeats(current.name), current.attempt)
     return Observation(job.state, job.message, job.finished_at, complete, previous,
                        job_exit_code=code, beats=beats)
@@ -88,7 +89,9 @@ def error_line(log_tail: str) -> str:
 
 def current_beats(heartbeats: list[Any], attempt: int) -> tuple[Beat, ...]:
     """The heartbeats written by this attempt (a restarted stage's old beats do not count)."""
-    return tuple(Beat(h.rank, h.step, h.time, h.phase) for h in heartbeats if h.attempt == attempt)
+    return tuple(Beat(h.rank, h.step, h.time, h.phase, getattr(h, "started_at", None), getattr(h, "loop_at", None),
+                      getattr(h, "start_step", None), tuple(sorted((getattr(h, "timers", None) or {}).items())))
+                 for h in heartbeats if h.attempt == attempt)
 
 
 class StoreReads:

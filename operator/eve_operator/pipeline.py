@@ -27,6 +27,8 @@ from pydantic import BaseModel, Field
 
 from eve_contract.exit_codes import FailureClass, failure_class_of_exit
 from eve_contract.naming import job_name
+from eve_contract import goodput
+from eve_contract.goodput import Goodput
 from eve_operator.spec import PipelineSpec
 
 JobState = Literal["Absent", "Pending", "Running", "Succeeded", "Failed", "Suspended"]
@@ -39,6 +41,29 @@ COMPLETE_GRACE_S = 600.0
 #: Before an attempt's first heartbeat (imports, model load, rendezvous), the stall limit is at
 #: least this long, however short stallTimeoutSeconds is.
 STARTUP_GRACE_S = 300.0
+
+
+class SegmentStatus(BaseModel):
+    """One trainer incarnation of a stage: what goodput is counted from (eve_contract.goodput).
+
+    A segment starts when the operator submits an attempt (or when a pod restarted in place
+    brings a new rank-0 process); its other facts come from the attempt's heartbeats."""
+
+    attempt: int
+    submitted_at: float | None = Field(None, alias="submittedAt")
+    started_at: float | None = Field(None, alias="startedAt")
+    """When the last rank's process started (every pod runs)."""
+    loop_at: float | None = Field(None, alias="loopAt")
+    start_step: int | None = Field(None, alias="startStep")
+    step: int | None = None
+    beat_at: float | None = Field(None, alias="beatAt")
+    ended_at: float | None = Field(None, alias="endedAt")
+    step_s: float = Field(0.0, alias="stepSeconds")
+    data_s: float = Field(0.0, alias="dataSeconds")
+    checkpoint_s: float = Field(0.0, alias="checkpointSeconds")
+    eval_s: float = Field(0.0, alias="evalSeconds")
+
+    model_config = {"populate_by_name": True}
 
 
 class StageStatus(BaseModel):
@@ -58,6 +83,8 @@ class StageStatus(BaseModel):
     """startup | train | checkpoint | done, from the current attempt's heartbeats."""
     progress_at: float | None = Field(None, alias="progressAt")
     """When `step` or `trainerPhase` last changed, or the job was first seen running (stall clock)."""
+    segments: list[SegmentStatus] = Field(default_factory=list)
+    """Goodput's timeline: one entry per attempt (and per in-place pod restart); see `goodput`."""
 
     model_config = {"populate_by_name": True}
 
@@ -119,6 +146,11 @@ class Beat:
     step: int
     time: float
     phase: str = "train"
+    # goodput facts (layout.Heartbeat): process start, loop start, first step, timers as pairs
+    started_at: float | None = None
+    loop_at: float | None = None
+    start_step: int | None = None
+    timers: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,6 +253,7 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
         status.phase, status.current_stage = "Succeeded", None
         return d
     status.current_stage = current.name
+    _note_beats(current, obs)
 
     # The current stage's export verifies: the stage is done, whatever the job says.
     if obs.complete is not None:
@@ -245,7 +278,7 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
 
     match obs.job:
         case "Absent":  # lost before or after create (operator restart): creating again is safe
-            d.actions.append(_submit(name, status, current, current.attempt))
+            d.actions.append(_submit(name, status, current, current.attempt, now))
         case "Pending" | "Suspended":
             status.phase = "Suspended" if obs.job == "Suspended" else "Running"
             current.message = obs.job_message
@@ -267,7 +300,7 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
                 reason = (f"job {current.job_name} succeeded but no verified stage-complete "
                           f"manifest appeared within {COMPLETE_GRACE_S:.0f}s")
                 d.actions.append(EndStageRun(current.name, "FAILED", reason))
-                _retry_or_fail(name, spec, status, current, now, d, reason, "transient")
+                _retry_or_fail(name, spec, status, current, now, d, reason, "transient", None, obs.job_finished_at)
             else:
                 current.message = "job succeeded; waiting for the verified stage-complete manifest"
         case "Failed" if failure_class_of_exit(obs.job_exit_code) == "permanent":
@@ -277,8 +310,45 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
         case "Failed":
             reason = f"job {current.job_name} failed: {obs.job_message or 'no reason given'}"
             d.actions.append(EndStageRun(current.name, "FAILED", reason))
-            _retry_or_fail(name, spec, status, current, now, d, reason, "transient", obs.job_exit_code)
+            _retry_or_fail(name, spec, status, current, now, d, reason, "transient", obs.job_exit_code,
+                           obs.job_finished_at)
     return d
+
+
+def stage_goodput(stage: StageStatus, now: float) -> Goodput:
+    """The stage's goodput so far (eve_contract.goodput over its segments)."""
+    return goodput.account(stage.segments, now)
+
+
+def pipeline_goodput(status: PipelineStatus, now: float) -> Goodput:
+    return Goodput.total(stage_goodput(s, now) for s in status.stages)
+
+
+def _note_beats(current: StageStatus, obs: Observation) -> None:
+    """Copy rank 0's goodput facts of the current attempt into its segment; a new rank-0 process
+    within the same attempt (a pod restarted in place) opens a new segment."""
+    first = min(obs.beats, key=lambda b: b.rank, default=None)
+    if first is None or first.started_at is None or not current.segments:
+        return
+    seg = current.segments[-1]
+    if seg.attempt != current.attempt:
+        return
+    if seg.loop_at is not None and first.loop_at != seg.loop_at and first.started_at != seg.started_at \
+            and first.started_at > (seg.beat_at or 0.0):
+        current.segments.append(SegmentStatus(attempt=current.attempt))  # restarted in place
+        seg = current.segments[-1]
+    starts = [b.started_at for b in obs.beats if b.started_at is not None]
+    seg.started_at = max(starts)  # every rank's process runs
+    if first.loop_at is not None:
+        timers = dict(first.timers)
+        seg.loop_at, seg.start_step, seg.step, seg.beat_at = first.loop_at, first.start_step, first.step, first.time
+        seg.step_s, seg.data_s = timers.get("step", 0.0), timers.get("data", 0.0)
+        seg.checkpoint_s, seg.eval_s = timers.get("checkpoint", 0.0), timers.get("eval", 0.0)
+
+
+def _end_segment(stage: StageStatus, at: float) -> None:
+    if stage.segments and stage.segments[-1].ended_at is None:
+        stage.segments[-1].ended_at = at
 
 
 def stall_timeout(spec: PipelineSpec, stage: str) -> int:
@@ -348,13 +418,16 @@ def _start_first(name: str, spec: PipelineSpec, status: PipelineStatus, current:
             d.actions.append(Emit("InitFound", f"{current.name} starts from {current.init_from}"))
     status.phase = "Suspended" if spec.suspend else "Running"
     current.started_at = current.started_at or now
-    submit = _submit(name, status, current, 1)
+    submit = _submit(name, status, current, 1, now)
     d.actions += [submit, Emit("StageSubmitted", f"stage {current.name} submitted as {submit.job_name}"
                                + (f", starting from {current.init_from}" if current.init_from else ""))]
     return d
 
 
-def _submit(name: str, status: PipelineStatus, stage: StageStatus, attempt: int) -> SubmitJob:
+def _submit(name: str, status: PipelineStatus, stage: StageStatus, attempt: int, now: float,
+            ended_at: float | None = None) -> SubmitJob:
+    _end_segment(stage, min(ended_at or now, now))
+    stage.segments.append(SegmentStatus(attempt=attempt, submitted_at=now))
     stage.attempt = attempt
     stage.state = "Submitted"
     stage.step = stage.progress_at = stage.trainer_phase = None  # a new attempt's clock starts when it runs
@@ -369,6 +442,7 @@ def _submit(name: str, status: PipelineStatus, stage: StageStatus, attempt: int)
 def _finish_stage(name: str, spec: PipelineSpec, status: PipelineStatus, current: StageStatus,
                   complete: StageComplete, now: float, d: Decision) -> None:
     current.state, current.finished_at = "Succeeded", now
+    _end_segment(current, now)
     current.checkpoint, current.mlflow_run_id = complete.export_url, complete.mlflow_run_id
     current.message = "stage-complete manifest verified"
     d.actions.append(Emit("StageSucceeded", f"stage {current.name} complete: {complete.export_url}"))
@@ -382,25 +456,27 @@ def _finish_stage(name: str, spec: PipelineSpec, status: PipelineStatus, current
     nxt.init_from, nxt.started_at = complete.export_url, now
     status.current_stage = nxt.name
     status.phase = "Suspended" if spec.suspend else "Running"
-    d.actions.append(_submit(name, status, nxt, 1))
+    d.actions.append(_submit(name, status, nxt, 1, now))
     d.actions.append(Emit("StageSubmitted", f"stage {nxt.name} starts from {complete.export_url}"))
 
 
 def _retry_or_fail(name: str, spec: PipelineSpec, status: PipelineStatus, current: StageStatus,
                    now: float, d: Decision, reason: str, failure_class: FailureClass,
-                   exit_code: int | None = None) -> None:
+                   exit_code: int | None = None, _ended: float | None = None) -> None:
     if current.attempt < spec.max_attempts:
         current.message = reason
         d.actions.append(Emit("StageRetry", f"{reason}; attempt {current.attempt + 1} of "
                               f"{spec.max_attempts} resumes from the last checkpoint", "Warning"))
-        d.actions.append(_submit(name, status, current, current.attempt + 1))
+        d.actions.append(_submit(name, status, current, current.attempt + 1, now, _ended))
         return
+    _end_segment(current, min(_ended or now, now))
     _fail(status, current, now, d, f"{reason} (attempt {current.attempt} of {spec.max_attempts})",
           failure_class, exit_code)
 
 
 def _fail(status: PipelineStatus, current: StageStatus, now: float, d: Decision, reason: str,
           failure_class: FailureClass, exit_code: int | None = None) -> Decision:
+    _end_segment(current, now)
     current.state, current.finished_at, current.message = "Failed", now, reason
     status.failed(failure_class, reason, exit_code)
     d.actions.append(Emit("PipelineFailed", reason, "Warning"))

@@ -153,6 +153,13 @@ class CheckpointSection(_Section):
     """Time allowed after SIGTERM to write a final checkpoint."""
     export: bool = True
     """Export the HF-format model and the stage-complete manifest at the end of the stage."""
+    async_save: bool = True
+    """Asynchronous saves: the step loop blocks only while the state is copied to host memory;
+    serialising, the upload to S3 and the manifest (last) run in a background thread, one save
+    in flight at a time (docs/trainer.md, Checkpoints)."""
+    mtbf_node_hours: float = Field(5000.0, ge=0)
+    """Mean time between failures of one node, in hours, for the checkpoint-interval advice
+    (Young/Daly, from the measured step and save times; 0: no advice)."""
 
 
 #: tracking URI schemes MLflow 3 serves (its store registry, less `file`: MLflow 3 refuses the

@@ -100,6 +100,8 @@ class Trainer:
         #: counters that continue across stages (from init_from's stage-complete manifest)
         self.offsets = {"global_step": 0, "tokens_seen": 0.0, "samples_seen": 0}
         self.tokens_seen = 0.0  # in this stage
+        self._checkpoint_blocked: dict[int, float] = {}  # step -> seconds the loop blocked saving it
+        self._interval_advised = False
         self.device = device or D.init_process_group(dist, collective_timeout_s=cfg.distributed.timeout_s)
         self.cuda = self.device.startswith("cuda")
         self.bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and self.cuda)
@@ -130,7 +132,8 @@ class Trainer:
         self.checkpointer = CheckpointManager(
             self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank, world_size=dist.world_size,
             every_steps=cfg.checkpoint.every_steps, keep_last=cfg.checkpoint.keep_last,
-            config_json=cfg.model_dump_json(indent=2), config_hash=cfg.fingerprint())
+            config_json=cfg.model_dump_json(indent=2), config_hash=cfg.fingerprint(),
+            async_save=cfg.checkpoint.async_save)
         # only rank 0 asks the store; every rank must agree on whether to load init weights
         has_checkpoint = D.broadcast_object(
             bool(layout.list_checkpoint_steps(self.store, cfg.pipeline, cfg.stage)) if dist.is_main else None)
@@ -153,6 +156,7 @@ class Trainer:
                     f"{self.dist.world_size}, grad accumulation {self.grad_accum}, device {self.device}",
                     step=self.step, total_steps=self.total_steps, resumed_from=resumed)
         self.progress.start(self.step)
+        self.heartbeat.loop_started(self.step)  # goodput's timers (eve_contract.goodput) start here
         self.heartbeat.update(step=self.step, total_steps=self.total_steps, phase="train")
         debug = self.cfg.debug
         hang = debug.hang_at_step if debug.hang_rank == self.dist.rank and debug.hang_attempt in (
@@ -161,7 +165,10 @@ class Trainer:
         while self.step < self.total_steps:
             if self.step == hang:
                 hang_forever(self.step, self.dist.rank)
+            t_step = time.perf_counter()
             result = self.train_step(batches)
+            self.heartbeat.add_time("data", result.data_wait_s)
+            self.heartbeat.add_time("step", time.perf_counter() - t_step - result.data_wait_s)
             self.step += 1
             self.tokens_seen += result.tokens
             self.started = True
@@ -173,10 +180,16 @@ class Trainer:
                 return self.stop_with_checkpoint()
             if self.checkpointer.due(self.step, last_step=last):
                 self.save_checkpoint()
+            for manifest in self.checkpointer.poll():  # asynchronous saves committed since
+                self._checkpoint_committed(manifest)
             if self._debug_step_delay_s:
                 time.sleep(self._debug_step_delay_s)
+                self.heartbeat.add_time("step", self._debug_step_delay_s)  # it stands for a slower step
+        self.finish_checkpoints()
         if self.cfg.checkpoint.export:
+            t_export = time.perf_counter()
             self.export()
+            self.heartbeat.add_time("checkpoint", time.perf_counter() - t_export)
         self._event("done", f"stage {self.cfg.stage} complete at step {self.step}", step=self.step)
         self.heartbeat.close("done")
         self.logger.close("FINISHED")
@@ -245,16 +258,60 @@ class Trainer:
             self.progress.step(self.step, metrics)
 
     def save_checkpoint(self) -> None:
+        """Save at this step: synchronous, or (checkpoint.async_save) the copy to host memory
+        here and the upload in the background; either way the time the loop blocked is timed."""
         t0 = time.perf_counter()
         self.heartbeat.update(phase="checkpoint")
         manifest = self.checkpointer.save(self.step, self.engine, self._trainer_state(), self.logger.run_id)
         self.heartbeat.update(phase="train")
+        self.heartbeat.add_time("checkpoint", time.perf_counter() - t0)
+        self._checkpoint_blocked[self.step] = self.checkpointer.last_blocking_s
         if manifest is not None:
-            size = sum(f.size for f in manifest.files)
-            self.logger.log_text(manifest.to_json().decode(), f"checkpoints/step-{self.step}/manifest.json")
-            self._event("checkpoint", f"checkpoint {self.checkpointer.url(self.step)} ({size / 2**20:.1f} MiB, "
-                        f"{time.perf_counter() - t0:.1f} s)", step=self.step, url=self.checkpointer.url(self.step),
-                        bytes=size, seconds=round(time.perf_counter() - t0, 3))
+            self._checkpoint_committed(manifest)
+
+    def finish_checkpoints(self) -> None:
+        """Wait for the asynchronous save in flight to commit (its manifest is written last)."""
+        if not self.checkpointer.pending:
+            return
+        t0 = time.perf_counter()
+        self.heartbeat.update(phase="checkpoint")
+        for manifest in self.checkpointer.wait():
+            self._checkpoint_committed(manifest)
+        self.heartbeat.update(phase="train")
+        self.heartbeat.add_time("checkpoint", time.perf_counter() - t0)
+
+    def _checkpoint_committed(self, manifest: layout.Manifest) -> None:
+        """A checkpoint's manifest is written: it counts from now on (rank 0 logs it)."""
+        size = sum(f.size for f in manifest.files)
+        url, took = self.checkpointer.url(manifest.step), self.checkpointer.last_save_s
+        blocked = self._checkpoint_blocked.pop(manifest.step, took)
+        self.logger.log_text(manifest.to_json().decode(), f"checkpoints/step-{manifest.step}/manifest.json")
+        self._event("checkpoint", f"checkpoint {url} ({size / 2**20:.1f} MiB, {took:.1f} s, the loop blocked "
+                    f"{blocked:.2f} s)", step=manifest.step, url=url, bytes=size, seconds=round(took, 3),
+                    blocked_s=round(blocked, 3))
+        if not self._interval_advised:
+            self._advise_interval(blocked)
+
+    def _advise_interval(self, blocked_s: float) -> None:
+        """Once, after the first committed save: the interval that maximises expected goodput."""
+        from eve_trainer.checkpoint import interval_advice
+
+        ck = self.cfg.checkpoint
+        beat = self.heartbeat
+        advice = interval_advice(every_steps=ck.every_steps, mtbf_node_hours=ck.mtbf_node_hours,
+                                 world_size=self.dist.world_size, steps=self.step - (beat.beat.start_step or 0),
+                                 step_time_s=beat.timer("step") + beat.timer("data"), save_blocking_s=blocked_s)
+        if advice is None:
+            return
+        self._interval_advised = True
+        self._event("checkpoint_advice", advice.message(), optimal_every_steps=advice.optimal_steps,
+                    every_steps=ck.every_steps, save_s=round(advice.save_s, 3), step_s=round(advice.step_s, 4),
+                    mtbf_s=round(advice.mtbf_s), far=advice.far)
+        if advice.far and self.dist.is_main:
+            log.warning("%s", advice.message())
+        self.logger.log_metrics({N.CHECKPOINT_OPTIMAL_EVERY_STEPS: advice.optimal_steps,
+                                 N.CHECKPOINT_SAVE_BLOCKING_S: advice.save_s},
+                                step=self.offsets["global_step"] + self.step)
 
     def stop_with_checkpoint(self) -> int:
         """SIGTERM: checkpoint this step within the grace period, then exit 143 (retryable)."""
@@ -266,7 +323,8 @@ class Trainer:
         watchdog = threading.Timer(grace, lambda: os._exit(EXIT_SIGTERM))
         watchdog.daemon = True
         watchdog.start()
-        self.save_checkpoint()
+        self.save_checkpoint()  # waits for a save in flight first; both finish within the grace period
+        self.finish_checkpoints()
         watchdog.cancel()
         self.logger.close("KILLED", timeout_s=min(10.0, grace / 4))
         return EXIT_SIGTERM

@@ -371,10 +371,12 @@ class LocalRunner:
                     break
                 self._store_down_since = None
                 decision = decide(rec.name, rec.spec, rec.status, observation, time.time())
-                rec.status = decision.status
+                before, rec.status = rec.status, decision.status
                 self.act(decision)
                 rec.save()
                 self.runs.sync(rec.status.mlflow_run_id, parent_run_tags(rec.status))
+                if any(isinstance(a, Emit) for a in decision.actions):  # a transition: goodput/* to MLflow
+                    self.runs.log_goodput(before, rec.status, time.time())
                 if self.on_tick:
                     self.on_tick(rec, self.job)
                 if not rec.status.done:

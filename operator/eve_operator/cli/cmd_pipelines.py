@@ -84,6 +84,8 @@ def status(name: Optional[str] = typer.Argument(None, help="Pipeline; all when o
           + (f" (stage {status_['currentStage']})" if status_.get("currentStage") else ""))
     output.table(output.STAGE_HEADERS, output.stage_rows(obj, live), "no stages yet")
     _print_evals(obj)
+    for line in output.goodput_lines(status_):
+        print(line)
     if status_.get("phase") == "Failed":
         raise typer.Exit(EXIT_FAILED)
 
