@@ -35,7 +35,7 @@ def blackhole(server) -> None:  # noqa: ANN001
     from fixtures.services import free_port
     from fixtures.tcp_proxy import TcpForwarder
 
-    from eve_trainer.storage import READ_TIMEOUT_S, S3Store, open_store, s3_client
+    from eve_contract.storage import READ_TIMEOUT_S, S3Store, open_store, s3_client
 
     os.environ.update(server.env())
     size, cut = 64 << 20, 8 << 20

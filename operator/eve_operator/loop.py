@@ -5,7 +5,7 @@
 The state machine (eve_operator.pipeline.decide) and the observer are pure; this is the
 I/O shell around them. Kubernetes and S3 calls block, so they run in threads.
 
-Idempotence: child names are deterministic (pipeline.job_name), a 409 on create counts
+Idempotence: child names are deterministic (eve_contract.naming.job_name), a 409 on create counts
 as success, and the status written is recomputed from what is observed, so a restart at
 any point resumes without duplicate jobs.
 """
@@ -33,23 +33,15 @@ from eve_operator.pipeline import (
     EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
     initial_status, parent_run_params, parent_run_tags,
 )
-from eve_operator.spec import PipelineSpec, validate_name
+from eve_contract.errors import validation_message
+from eve_contract.naming import validate_pipeline_name
+from eve_operator.spec import PipelineSpec
 
 log = logging.getLogger("eve_operator")
 
 
 class WaitError(Exception):
     """A dependency is missing (Secret, S3): explain in status, warn, submit nothing, retry."""
-
-
-def spec_error(err: ValidationError) -> str:
-    """'invalid spec: spec.<field>: <problem>' for every problem pydantic found."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"spec.{loc}: {msg}" if loc else f"spec: {msg}")
-    return "invalid spec: " + "; ".join(parts)
 
 
 class ClusterReader:
@@ -142,18 +134,18 @@ class PipelineLoop:
     async def reconcile(self) -> PipelineStatus:
         status = self.load_status()
         try:
-            validate_name(self.name)
+            validate_pipeline_name(self.name)
             spec, self.effective = operator_defaults().parse(self.body.get("spec")), \
                 operator_defaults().provenance(self.body.get("spec"))
         except ValidationError as err:
-            return await self.fail(status, spec_error(err), "InvalidSpec")
+            return await self.fail(status, validation_message(err, what="spec", root="spec", values=False), "InvalidSpec")
         except ValueError as err:
             return await self.fail(status, f"invalid name: {err}", "InvalidSpec")
         try:
             self.kube = self.kube.using(job_api_for(spec))  # PyTorchJob or TrainJob (spec.jobApi)
         except ValueError as err:
             return await self.fail(status, f"invalid spec: spec.jobApi: {err}", "InvalidSpec")
-        if status.phase == "Failed" and not status.stages and status.message.startswith("invalid "):
+        if status.phase == "Failed" and not status.stages:  # only an invalid spec or name fails before any stage
             status = PipelineStatus()  # the spec was fixed: start over
         if status.done:
             return status
@@ -193,7 +185,8 @@ class PipelineLoop:
         """Permanent: the spec or config cannot run. Nothing is submitted."""
         if status.phase == "Failed" and status.message == message:
             return status
-        failed = status.model_copy(update={"phase": "Failed", "message": message})
+        failed = status.model_copy(deep=True)
+        failed.failed("permanent", message)
         await self.write_status(failed)
         self.event("Warning", reason, message)
         return failed
@@ -266,4 +259,4 @@ class PipelineLoop:
                                         action.reason)
 
 
-__all__ = ["PipelineLoop", "WaitError", "spec_error", "ClusterReader"]
+__all__ = ["PipelineLoop", "WaitError", "ClusterReader"]

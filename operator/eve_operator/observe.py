@@ -8,7 +8,7 @@ Both shells call it, the kopf loop (eve_operator.loop) and the local runner
     job(name)          the stage job's state, message and finish time (a `JobReport`)
     exit_codes(name)   the trainer's exit codes, asked only for a failed job
     complete(stage)    the stage's verified stage-complete manifest, or None
-    heartbeats(stage)  every rank's newest heartbeat (eve_trainer.layout.Heartbeat)
+    heartbeats(stage)  every rank's newest heartbeat (eve_contract.layout.Heartbeat)
 
 The rules live here once: which lookups a pass needs, Kueue's suspension, the permanent
 exit code, and which heartbeats count (the current attempt's). What they lead to (the
@@ -22,11 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from eve_contract import layout
+from eve_contract.exit_codes import deciding_exit_code, is_permanent
 from eve_operator.pipeline import Beat, JobState, Observation, PipelineStatus, StageComplete
 from eve_operator.spec import PipelineSpec
-
-#: The trainer's exit code for bad input (config, data): retrying cannot help (docs/contracts.md).
-from eve_trainer.exit_codes import EXIT_USER as PERMANENT_EXIT_CODE  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -57,17 +56,16 @@ def observe(spec: PipelineSpec, status: PipelineStatus, reader: StageReader) -> 
     current = next((s for s in status.stages if s.state != "Succeeded"), None)
     if current is None:
         return Observation()
-    job, permanent = JobReport(), False
+    job, code = JobReport(), None
     if current.job_name and current.attempt > 0:
         job = reader.job(current.job_name)
         if job.state == "Suspended" and not spec.suspend and spec.scheduling.gang_scheduler == "kueue":
             job = JobReport("Pending", job.message)  # queued by Kueue, which un-suspends on admission
         if job.state == "Failed":
-            permanent = PERMANENT_EXIT_CODE in reader.exit_codes(current.job_name)
-            if permanent:
+            code = deciding_exit_code(reader.exit_codes(current.job_name))
+            if is_permanent(code):
                 why = reader.error_line(current.job_name) or "bad config or data"
-                job = JobReport("Failed", f"{job.message} (the trainer exited with {PERMANENT_EXIT_CODE}: "
-                                          f"{why})", job.finished_at)
+                job = JobReport("Failed", f"{job.message} (the trainer exited with {code}: {why})", job.finished_at)
     previous = None
     if current.attempt == 0 and not spec.init_from and current.name == status.stages[0].name:
         if (prev := spec.previous_stage(current.name)) is not None:
@@ -79,7 +77,7 @@ def observe(spec: PipelineSpec, status: PipelineStatus, reader: StageReader) -> 
     if job.state == "Running" and complete is None:
         beats = current_beats(reader.heartbeats(current.name), current.attempt)
     return Observation(job.state, job.message, job.finished_at, complete, previous,
-                       job_permanent=permanent, beats=beats)
+                       job_exit_code=code, beats=beats)
 
 
 def error_line(log_tail: str) -> str:
@@ -107,8 +105,6 @@ class StoreReads:
     def complete(self, stage: str) -> StageComplete | None:
         if stage in self.verified:
             return self.verified[stage]
-        from eve_trainer import layout
-
         manifest = layout.stage_complete(self.store(), self.pipeline, stage, deep=self.deep)
         if manifest is None:
             return None
@@ -117,9 +113,7 @@ class StoreReads:
         return self.verified[stage]
 
     def heartbeats(self, stage: str) -> list[Any]:
-        from eve_trainer import layout
-
         return layout.read_heartbeats(self.store(), self.pipeline, stage)
 
 
-__all__ = ["JobReport", "StageReader", "StoreReads", "observe", "current_beats", "PERMANENT_EXIT_CODE"]
+__all__ = ["JobReport", "StageReader", "StoreReads", "observe", "current_beats"]

@@ -20,12 +20,13 @@ as KILLED, and a new attempt resumes from the last checkpoint (counting against 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from eve_contract.exit_codes import FailureClass, failure_class_of_exit
+from eve_contract.naming import job_name
 from eve_operator.spec import PipelineSpec
 
 JobState = Literal["Absent", "Pending", "Running", "Succeeded", "Failed", "Suspended"]
@@ -61,6 +62,19 @@ class StageStatus(BaseModel):
     model_config = {"populate_by_name": True}
 
 
+class Failure(BaseModel):
+    """Why a pipeline failed, as fields: `class` is what a client acts on (never the message)."""
+
+    failure_class: FailureClass = Field(alias="class")
+    """permanent (fix something, do not retry), transient or stalled (the attempts ran out),
+    cancelled (stopped by the user); eve_contract.exit_codes."""
+    exit_code: int | None = Field(None, alias="exitCode")
+    """The trainer's deciding exit code, where a job's exit led to the failure."""
+    message: str = ""
+
+    model_config = {"populate_by_name": True}
+
+
 class PipelineStatus(BaseModel):
     phase: Phase = "Pending"
     current_stage: str | None = Field(None, alias="currentStage")
@@ -68,6 +82,8 @@ class PipelineStatus(BaseModel):
     message: str = ""
     mlflow_run_id: str | None = Field(None, alias="mlflowRunId")
     """The pipeline's parent MLflow run; stage runs nest under it."""
+    failure: Failure | None = None
+    """Set when phase is Failed: the class, exit code and message."""
 
     model_config = {"populate_by_name": True}
 
@@ -80,6 +96,11 @@ class PipelineStatus(BaseModel):
     @property
     def done(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
+
+    def failed(self, failure_class: FailureClass, message: str, exit_code: int | None = None) -> None:
+        """Mark the pipeline Failed, with its failure as fields."""
+        self.phase, self.message = "Failed", message
+        self.failure = Failure(failure_class=failure_class, exit_code=exit_code, message=message)
 
 
 @dataclass(frozen=True)
@@ -109,8 +130,8 @@ class Observation:
     """The current stage's verified stage-complete manifest, if any."""
     previous_export: StageComplete | None = None
     """The previous stage's verified export, looked up when the pipeline starts mid-chain."""
-    job_permanent: bool = False
-    """The job failed for a reason a retry cannot fix (the trainer's exit code 2: bad input)."""
+    job_exit_code: int | None = None
+    """A failed job's deciding exit code (eve_contract.exit_codes.deciding_exit_code), if known."""
     beats: tuple[Beat, ...] = ()
     """The current attempt's heartbeats, one per rank that wrote one (read while the job runs)."""
 
@@ -164,19 +185,6 @@ Action = SubmitJob | SetSuspended | StopJob | EndStageRun | Emit
 class Decision:
     status: PipelineStatus
     actions: list[Action] = field(default_factory=list)
-
-
-def job_name(pipeline: str, stage: str, attempt: int) -> str:
-    """Deterministic child names: <pipeline>-<stage>, then -r<attempt> for retries.
-
-    Kept within 50 characters (PyTorchJob pods and Services append -master-0 etc.).
-    """
-    base = f"{pipeline}-{stage}"
-    suffix = f"-r{attempt}" if attempt > 1 else ""
-    if len(base) + len(suffix) > 50:
-        digest = hashlib.sha256(base.encode()).hexdigest()[:6]
-        base = f"{base[: 50 - len(suffix) - 7].rstrip('-')}-{digest}"
-    return base + suffix
 
 
 def parent_run_params(spec: PipelineSpec) -> dict[str, str]:
@@ -252,24 +260,24 @@ def decide(name: str, spec: PipelineSpec, status: PipelineStatus, obs: Observati
                 d.actions += [StopJob(current.job_name or "", stalled),
                               EndStageRun(current.name, "KILLED", stalled),
                               Emit("StageStalled", stalled, "Warning")]
-                _retry_or_fail(name, spec, status, current, now, d, stalled)
+                _retry_or_fail(name, spec, status, current, now, d, stalled, "stalled")
         case "Succeeded":
             waited = now - (obs.job_finished_at or now)
             if waited > COMPLETE_GRACE_S:
                 reason = (f"job {current.job_name} succeeded but no verified stage-complete "
                           f"manifest appeared within {COMPLETE_GRACE_S:.0f}s")
                 d.actions.append(EndStageRun(current.name, "FAILED", reason))
-                _retry_or_fail(name, spec, status, current, now, d, reason)
+                _retry_or_fail(name, spec, status, current, now, d, reason, "transient")
             else:
                 current.message = "job succeeded; waiting for the verified stage-complete manifest"
-        case "Failed" if obs.job_permanent:
+        case "Failed" if failure_class_of_exit(obs.job_exit_code) == "permanent":
             reason = f"job {current.job_name} failed permanently: {obs.job_message or 'no reason given'}"
             d.actions.append(EndStageRun(current.name, "FAILED", reason))
-            _fail(status, current, now, d, reason)
+            _fail(status, current, now, d, reason, "permanent", obs.job_exit_code)
         case "Failed":
             reason = f"job {current.job_name} failed: {obs.job_message or 'no reason given'}"
             d.actions.append(EndStageRun(current.name, "FAILED", reason))
-            _retry_or_fail(name, spec, status, current, now, d, reason)
+            _retry_or_fail(name, spec, status, current, now, d, reason, "transient", obs.job_exit_code)
     return d
 
 
@@ -335,7 +343,7 @@ def _start_first(name: str, spec: PipelineSpec, status: PipelineStatus, current:
                 return _fail(status, current, now, d,
                              f"stage {current.name} needs an init checkpoint: no complete {prev} "
                              f"export found for pipeline {name}; run `eve-platform submit "
-                             f"stage={prev}` first or pass init_from=<export URL>")
+                             f"stage={prev}` first or pass init_from=<export URL>", "permanent")
             current.init_from = obs.previous_export.export_url
             d.actions.append(Emit("InitFound", f"{current.name} starts from {current.init_from}"))
     status.phase = "Suspended" if spec.suspend else "Running"
@@ -379,18 +387,21 @@ def _finish_stage(name: str, spec: PipelineSpec, status: PipelineStatus, current
 
 
 def _retry_or_fail(name: str, spec: PipelineSpec, status: PipelineStatus, current: StageStatus,
-                   now: float, d: Decision, reason: str) -> None:
+                   now: float, d: Decision, reason: str, failure_class: FailureClass,
+                   exit_code: int | None = None) -> None:
     if current.attempt < spec.max_attempts:
         current.message = reason
         d.actions.append(Emit("StageRetry", f"{reason}; attempt {current.attempt + 1} of "
                               f"{spec.max_attempts} resumes from the last checkpoint", "Warning"))
         d.actions.append(_submit(name, status, current, current.attempt + 1))
         return
-    _fail(status, current, now, d, f"{reason} (attempt {current.attempt} of {spec.max_attempts})")
+    _fail(status, current, now, d, f"{reason} (attempt {current.attempt} of {spec.max_attempts})",
+          failure_class, exit_code)
 
 
-def _fail(status: PipelineStatus, current: StageStatus, now: float, d: Decision, reason: str) -> Decision:
+def _fail(status: PipelineStatus, current: StageStatus, now: float, d: Decision, reason: str,
+          failure_class: FailureClass, exit_code: int | None = None) -> Decision:
     current.state, current.finished_at, current.message = "Failed", now, reason
-    status.phase, status.message = "Failed", reason
+    status.failed(failure_class, reason, exit_code)
     d.actions.append(Emit("PipelineFailed", reason, "Warning"))
     return d

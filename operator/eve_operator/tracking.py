@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from eve_trainer.tracking_names import experiment_create_fields, get_or_create_experiment
+from eve_contract.tracking_names import experiment_create_fields, get_or_create_experiment
 
 TIMEOUT_S = 5.0
 END_REASON_TAG = "eve.end_reason"

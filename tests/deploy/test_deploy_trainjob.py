@@ -17,7 +17,8 @@ from fixtures.schema_check import load_crd_schema, validate  # noqa: E402
 from trainjob_emulator import node_pods  # noqa: E402
 
 from eve_operator.jobspec import build_job_spec  # noqa: E402
-from eve_operator.pipeline import SubmitJob, job_name  # noqa: E402
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob  # noqa: E402
 from eve_operator.spec import PipelineSpec  # noqa: E402
 from eve_operator.trainjob import build_trainjob  # noqa: E402
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 pytestmark = pytest.mark.slow
 STAGES = ["prealign", "pretrain", "sft"]
@@ -96,8 +96,8 @@ def test_three_stages_chain_through_verified_exports(env, datasets, bucket, s3_e
 def test_later_stage_without_previous_export_says_what_to_run(env, bucket, s3_env) -> None:  # noqa: ANN001
     result = cli("submit", "stage=pretrain", "name=orphan", f"output=s3://{bucket}/runs",
                  f"endpoint_url={s3_env.endpoint_url}", env=env, timeout=120)
-    assert result.returncode == 1
-    assert "submit stage=prealign" in result.stderr + result.stdout
+    assert result.returncode == 2  # refused at submit: the local backend reads the store
+    assert "and there is none: run `eve-platform submit stage=prealign name=orphan" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
 

@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -55,6 +54,8 @@ from typing import Any
 
 import kubernetes
 from kube_emulator import Emulator, PodLog
+
+from eve_contract.topology import free_port
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 # pkg/apis/kubeflow.org/v1/common_types.go and pytorch_types.go
@@ -623,12 +624,6 @@ class WaitingError(Exception):
     """The container cannot start yet (state.waiting): (reason, message)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def image_env() -> dict[str, str]:
     """What the "image" brings: this test's virtualenv and code, nothing of its credentials."""
     env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "OMP_NUM_THREADS",
@@ -874,7 +869,7 @@ class Kubelet:
         for var in ("MASTER_PORT", "PET_MASTER_PORT"):
             if var in env:
                 if owner not in self.ports:
-                    self.ports[owner] = _free_port()
+                    self.ports[owner] = free_port()
                 env[var] = str(self.ports[owner])
         return env
 

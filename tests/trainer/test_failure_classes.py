@@ -19,8 +19,8 @@ from eve_trainer_harness import REPO, launch
 from fixtures.services import S3Server, free_port, stop, weed_binary
 from fixtures.tcp_proxy import TcpForwarder
 
-from eve_trainer import layout
-from eve_trainer.storage import S3Store, open_store, s3_client
+from eve_contract import layout
+from eve_contract.storage import S3Store, open_store, s3_client
 
 pytestmark = pytest.mark.slow
 
@@ -207,7 +207,7 @@ def test_the_cli_refuses_a_file_tracking_uri_up_front(tmp_path):
 def test_heartbeats_never_block_or_fail_the_run(tmp_path):
     """A beat is written at once and on phase changes; a store that cannot be written only logs."""
     from eve_trainer.heartbeat import HeartbeatWriter
-    from eve_trainer.storage import LocalStore
+    from eve_contract.storage import LocalStore
 
     store = LocalStore(tmp_path / "store")
     beat = HeartbeatWriter(store, pipeline="p", stage="sft", rank=3, every_s=60, attempt=2)

@@ -91,9 +91,9 @@ def test_validation_changes_nothing_in_training_and_reaches_mlflow(
         tmp_path_factory, s3_server, mlflow_server, e2e_bucket, dataset_url):
     from mlflow.tracking import MlflowClient
 
-    from eve_trainer import layout
+    from eve_contract import layout
     from eve_trainer.data import write_synthetic_dataset
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
     from eve_trainer_harness import launch
 
     val_url = f"s3://{e2e_bucket}/data/held-out"

@@ -1,6 +1,6 @@
 """Checkpoints in object storage: save, verify, resume, prune.
 
-Layout (eve_trainer.layout is the one definition of the paths):
+Layout (eve_contract.layout is the one definition of the paths):
 
     <output>/<pipeline>/<stage>/checkpoints/step-<n>/
         ds/...                        DeepSpeed model, optimizer and LR scheduler state (all ranks)
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eve_trainer import distributed as D
-from eve_trainer import layout
-from eve_trainer.layout import FileEntry, Manifest
-from eve_trainer.storage import ObjectStore, join
+from eve_contract import layout
+from eve_contract.layout import FileEntry, Manifest
+from eve_contract.storage import ObjectStore, join
 
 log = logging.getLogger("eve_trainer.checkpoint")
 

@@ -26,9 +26,9 @@ import threading
 import time
 from typing import Any
 
-from eve_trainer import layout
-from eve_trainer.layout import Heartbeat
-from eve_trainer.storage import ObjectStore
+from eve_contract import layout
+from eve_contract.layout import Heartbeat
+from eve_contract.storage import ObjectStore
 
 log = logging.getLogger("eve_trainer.heartbeat")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eve_trainer.config import ConfigError, TrainConfig
-from eve_trainer.storage import StorageAccessError, open_store
+from eve_contract.storage import StorageAccessError, open_store
 
 if TYPE_CHECKING:
     import torch

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from eve_trainer import distributed as D
-from eve_trainer import flops, layout, optim
-from eve_trainer import tracking_names as N
+from eve_contract import layout
+from eve_trainer import flops, optim
+from eve_contract import tracking_names as N
 from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
@@ -32,12 +33,11 @@ from eve_trainer.metrics import BaseLogger, build_logger, dataset_refs
 from eve_trainer.registry import ExportVersion
 from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
-from eve_trainer.storage import open_store
+from eve_contract.exit_codes import EXIT_OK, EXIT_SIGTERM
+from eve_contract.storage import open_store
 from eve_trainer.validation import Validator
 
 log = logging.getLogger("eve_trainer")
-
-from eve_trainer.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_SIGTERM, EXIT_USER  # noqa: E402, F401
 
 
 class StopFlag:

@@ -38,7 +38,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from eve_trainer import tracking_names as N
+from eve_contract import tracking_names as N
 
 log = logging.getLogger("eve_trainer.validation")
 
@@ -104,7 +104,7 @@ class Validator:
         from eve_trainer.data.index import DatasetIndex
         from eve_trainer.data.samples import SampleBuilder
         from eve_trainer.data.shards import iter_tar
-        from eve_trainer.storage import open_store
+        from eve_contract.storage import open_store
 
         v, data = self.cfg.validation, self.cfg.data
         builder = SampleBuilder(self.tokenizer, self.processor, data.template, data.max_length, pack=False)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eve_trainer.launch import exit_code
-from eve_trainer.storage import StorageAccessError, StorageUnavailable, open_store
+from eve_contract.exit_codes import FailureClass, exit_code
+from eve_contract.storage import StorageAccessError, StorageUnavailable, open_store
+from eve_contract.topology import single_node
+from eve_contract.tracking_names import LOGS_ARTIFACT_DIR, TAG_PARENT_RUN, TAG_STAGE
 
 from eve_operator.jobspec import JobSpec, build_job_spec
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
@@ -137,12 +138,6 @@ def _alive(pid: int) -> bool:
 # -- a stage job as local processes ----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalJob:
     """One stage attempt: world_size processes of `python -m eve_trainer` on this machine."""
 
@@ -157,12 +152,10 @@ class LocalJob:
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
-        world = self.job.world_size
-        for rank in range(world):
-            env = dict(os.environ, **self.job.env, RANK=str(rank), WORLD_SIZE=str(world),
-                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(port), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        topo = single_node(self.job.world_size)  # one machine: the launcher's rank env, one rendezvous
+        for rank in range(topo.world_size):
+            env = dict(os.environ, **self.job.env, **topo.rank_env(rank),
+                       OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
             if self.job.resources.gpus_per_node == 0:
                 env["CUDA_VISIBLE_DEVICES"] = ""
             cmd = [sys.executable, "-m", "eve_trainer", *self.job.command[1:]]
@@ -254,13 +247,33 @@ def last_line(path: Path, marker: str) -> str:
     return next((line for line in reversed(_log_end(path)) if marker in line), "")
 
 
+def upload_rank_logs(tracking_uri: str, experiment: str, parent_run_id: str, stage: str, log_dir: str,
+                     attempt: int) -> str | None:
+    """Attach a failed attempt's rank logs to its stage run as logs/attempt-<k>/rank-<r>.log.
+
+    For whoever holds the logs (the local backend's runner): the stage run is the newest run
+    with this parent and stage. Returns its id, or None when the stage never reached MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{TAG_PARENT_RUN}` = '{parent_run_id}' and tags.`{TAG_STAGE}` = '{stage}'")
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    client.log_artifacts(run_id, log_dir, f"{LOGS_ARTIFACT_DIR}/attempt-{attempt}")
+    return run_id
+
+
 def _upload_rank_logs(spec: PipelineSpec, parent_run_id: str | None, job: LocalJob) -> None:
     """A failed attempt's rank logs go to its stage run in MLflow (logs/attempt-<k>/)."""
     if not spec.mlflow.tracking_uri or not parent_run_id:
         return
     try:
-        from eve_trainer.metrics import upload_rank_logs
-
         upload_rank_logs(spec.mlflow.tracking_uri, spec.mlflow.experiment, parent_run_id, job.job.stage,
                          str(job.logs), job.job.attempt)
     except Exception as err:  # noqa: BLE001 - tracking never stops the pipeline
@@ -345,7 +358,7 @@ class LocalRunner:
         try:
             while not rec.status.done:
                 if self._cancelled:
-                    self._stop("cancelled by the user")
+                    self._stop("cancelled by the user", "cancelled")
                     break
                 try:
                     observation = self.observe()
@@ -354,7 +367,7 @@ class LocalRunner:
                     time.sleep(POLL_S)
                     continue
                 except StorageAccessError as err:  # the user's: no bucket, access denied, no credentials
-                    self._stop(f"invalid output={rec.spec.output}: {err}")
+                    self._stop(f"invalid output={rec.spec.output}: {err}", "permanent")
                     break
                 self._store_down_since = None
                 decision = decide(rec.name, rec.spec, rec.status, observation, time.time())
@@ -367,7 +380,7 @@ class LocalRunner:
                 if not rec.status.done:
                     time.sleep(POLL_S)
         except BaseException:
-            self._stop("runner interrupted")
+            self._stop("runner interrupted", "cancelled")
             raise
         finally:
             rec.runner_pid = None
@@ -386,12 +399,12 @@ class LocalRunner:
             print(f"waiting for the object store of {self.record.spec.output} "
                   f"({now - self._store_down_since:.0f} s so far): {err}", file=sys.stderr, flush=True)
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str, failure_class: FailureClass) -> None:
         if self.job is not None:
             self.job.terminate()
         rec = self.record
         if not rec.status.done:
-            rec.status.phase, rec.status.message = "Failed", why
+            rec.status.failed(failure_class, why)
             ended = []
             for s in rec.status.stages:
                 if s.state in ("Submitted", "Running"):

@@ -348,7 +348,7 @@ def write_synthetic_dataset(url: str, num_samples: int = 300, kind: str = "capti
     """Write `num_samples` synthetic samples as shards + index.json under `url`."""
     from eve_trainer.data.errors import DataError
     from eve_trainer.data.shards import ShardWriter
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     if kind not in ("caption", "conversation"):
         raise DataError(f"kind={kind!r}: choose caption or conversation")

@@ -135,13 +135,11 @@ def get_or_create_experiment(client: Any, name: str, tracking_uri: str | None) -
     operator's REST path sets the same tag). A new one gets the training kind tag and, on a
     local SQLite store, an artifact location beside the database. An existing experiment
     without a kind gets the tag (an experiment somebody tagged otherwise keeps theirs)."""
-    from mlflow.exceptions import MlflowException
-
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
             return client.create_experiment(name, **experiment_create_fields(tracking_uri))
-        except MlflowException:  # created meanwhile by the operator or another stage
+        except Exception:  # the client's own error (mlflow's, or the REST shim's): created meanwhile?
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise

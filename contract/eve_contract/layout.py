@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eve_trainer.storage import ObjectStore, join
+from eve_contract.storage import ObjectStore, join
 
 MANIFEST = "manifest.json"
 STAGE_COMPLETE = "stage-complete.json"
