@@ -89,12 +89,12 @@ STEPS = 4
 @pytest.mark.slow
 def test_validation_changes_nothing_in_training_and_reaches_mlflow(
         tmp_path_factory, s3_server, mlflow_server, e2e_bucket, dataset_url):
+    from eve_trainer_harness import launch
     from mlflow.tracking import MlflowClient
 
     from eve_contract import layout
-    from eve_trainer.data import write_synthetic_dataset
     from eve_contract.storage import open_store
-    from eve_trainer_harness import launch
+    from eve_trainer.data import write_synthetic_dataset
 
     val_url = f"s3://{e2e_bucket}/data/held-out"
     with pytest.MonkeyPatch.context() as env:

@@ -99,12 +99,12 @@ class Validator:
 
     def _load(self) -> dict[int, list[Any]]:
         """Read the held-out samples once; keep this rank's batches as tokens + image bytes."""
+        from eve_contract.storage import open_store
         from eve_trainer.data.errors import DataError
-        from eve_trainer.data.templates import SampleError
         from eve_trainer.data.index import DatasetIndex
         from eve_trainer.data.samples import SampleBuilder
         from eve_trainer.data.shards import iter_tar
-        from eve_contract.storage import open_store
+        from eve_trainer.data.templates import SampleError
 
         v, data = self.cfg.validation, self.cfg.data
         builder = SampleBuilder(self.tokenizer, self.processor, data.template, data.max_length, pack=False)

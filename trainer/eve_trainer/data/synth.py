@@ -59,7 +59,7 @@ def corpus() -> list[str]:
     lines = [SYSTEM, "USER: ASSISTANT: </s> <image>\n", *QUESTIONS,
              " ".join(COLORS), " ".join(SHAPES), " ".join(OBJECTS), " ".join(ADJECTIVES),
              " ".join(PLACES), " ".join(VERBS), "0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ' \" ( ) - \n"]
-    for i in range(600):  # the shapes profile's sentences (a fixed stream of their own)
+    for _ in range(600):  # the shapes profile's sentences (a fixed stream of their own)
         objs = shape_objects(rng)
         lines.append(shapes_caption(objs))
         c, k = rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS)
