@@ -12,12 +12,15 @@ from typing import Optional
 
 import typer
 
-from eve_operator.cli import output
-from eve_operator.cli import cmd_submit  # noqa: F401, I001 - registers submit first (the --help order)
-from eve_operator.cli import cmd_pipelines  # noqa: F401 - list, status, describe, logs, cancel
+from eve_operator.cli import (
+    cmd_eval,  # noqa: F401 - eval, data convert-bench
+    cmd_pipelines,  # noqa: F401 - list, status, describe, logs, cancel
+    cmd_submit,  # noqa: F401, I001 - registers submit first (the --help order)
+    output,
+)
+from eve_operator.cli.cmd_submit import pipeline_exit_code, submit
 from eve_operator.cli.common import BackendOpt, LocalOpt, app, config_app, fail, info, pick_backend
 from eve_operator.cli.output import Format
-from eve_operator.cli.cmd_submit import pipeline_exit_code, submit
 
 try:  # the data verbs (convert, synth) live beside the data pipeline
     from eve_operator.cli.cmd_data import data_app
@@ -33,9 +36,8 @@ except ImportError:  # pragma: no cover - only while the data module is absent
 @config_app.command("keys")
 def config_keys_cmd() -> None:
     """Every key `submit` accepts: pipeline keys, then trainer keys."""
-    from eve_trainer.config import config_keys
-
     from eve_operator.cli.submit_args import PIPELINE_KEYS
+    from eve_trainer.config import config_keys
 
     print("# pipeline keys")
     for key, path in sorted(PIPELINE_KEYS.items()):
@@ -56,15 +58,13 @@ def config_show(words: Optional[list[str]] = typer.Argument(None, metavar="stage
                 output_fmt: Format = typer.Option(Format.yaml, "--output", "-o")) -> None:
     """The resolved trainer config of one stage, exactly as `submit` with the same words hands it to
     the stage's ranks (recipe + overrides + the pipeline's keys; stage-prefixed keys included)."""
-    from eve_trainer.config import ConfigError
-
+    from eve_contract import resolved_config
+    from eve_contract.naming import default_pipeline_name
     from eve_operator.cli.cmd_submit import _local_defaults
     from eve_operator.cli.submit_args import load_pipeline_file, parse_submit
-    from eve_contract.naming import default_pipeline_name
-    from eve_contract import resolved_config
-
     from eve_operator.jobspec import build_job_spec
     from eve_operator.pipeline import SubmitJob
+    from eve_trainer.config import ConfigError
 
     try:
         file_name, _, base = load_pipeline_file(file) if file is not None else (None, None, None)
