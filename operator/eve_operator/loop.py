@@ -26,7 +26,7 @@ from eve_contract.naming import validate_pipeline_name
 from eve_operator import admission, metrics, tracking
 from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import job_api_for
-from eve_operator.jobspec import build_job_spec
+from eve_operator.jobspec import build_eval_job_spec, build_job_spec
 from eve_operator.kube import Kube, open_store
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
@@ -37,6 +37,7 @@ from eve_operator.pipeline import (
     SetSuspended,
     StageComplete,
     StopJob,
+    SubmitEval,
     SubmitJob,
     decide,
     initial_status,
@@ -81,6 +82,9 @@ class ClusterReader:
 
     def heartbeats(self, stage: str) -> list[Any]:
         return self._s3(self.store.heartbeats, stage)
+
+    def eval_scores(self, stage: str, benches: list[str]) -> dict[str, dict[str, float]] | None:
+        return self._s3(lambda s: self.store.eval_scores(s, benches), stage)
 
     def _s3(self, fn: Any, stage: str) -> Any:
         try:
@@ -268,7 +272,8 @@ class PipelineLoop:
         return data
 
     async def observe(self, spec: PipelineSpec, status: PipelineStatus) -> Observation:
-        if all(s.state == "Succeeded" for s in status.stages):
+        if all(s.state == "Succeeded" for s in status.stages) and not any(
+                e.state in ("Submitted", "Running") for e in status.evals):
             return Observation()
 
         def run() -> Observation:
@@ -287,13 +292,14 @@ class PipelineLoop:
         """
         bodies = {}
         for action in actions:
-            if isinstance(action, SubmitJob):
-                job = build_job_spec(self.name, spec, action, parent_run_id=status.mlflow_run_id)
+            if isinstance(action, SubmitJob | SubmitEval):
+                job = build_job_spec(self.name, spec, action, parent_run_id=status.mlflow_run_id) \
+                    if isinstance(action, SubmitJob) else build_eval_job_spec(self.name, spec, action)
                 bodies[action.job_name] = self.kube.jobs.body(job, self.namespace,
                                                               {"name": self.name, "uid": self.uid})
                 admission.check_job(operator_defaults(), bodies[action.job_name], self.namespace, spec)
         for action in actions:
-            if isinstance(action, SubmitJob):
+            if isinstance(action, SubmitJob | SubmitEval):
                 await asyncio.to_thread(self.kube.create_job, self.namespace, bodies[action.job_name])
             elif isinstance(action, SetSuspended) and action.job_name:
                 await asyncio.to_thread(self.kube.suspend_job, self.namespace, action.job_name, action.suspended)

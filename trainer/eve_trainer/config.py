@@ -234,6 +234,20 @@ class DebugSection(_Section):
     """Hang only in this attempt of the stage (EVE_ATTEMPT), so a restart can complete; 0: every attempt."""
 
 
+class ValidationSection(_Section):
+    """Loss on a fixed held-out set while training (eve_trainer.validation). Named `validation`,
+    not `eval`: `eval.*` are the pipeline's benchmark keys (spec.eval)."""
+
+    data: list[str] = Field(default_factory=list)
+    """Held-out dataset roots (shards + index.json, like data.urls); empty: no validation."""
+    every_steps: int = Field(0, ge=0)
+    """Validate every this many optimizer steps; 0: only at the end of the stage (always run there)."""
+    max_samples: int = Field(256, ge=1)
+    """The first this many samples of the held-out data (index order): the same set every time."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Samples per forward pass; None: the training micro_batch_size."""
+
+
 class TrainConfig(_Section):
     stage: Stage
     pipeline: str = "default"
@@ -258,6 +272,7 @@ class TrainConfig(_Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
     debug: DebugSection = Field(default_factory=DebugSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
     progress: Literal["auto", "bar", "json", "none"] = "auto"
 
     @field_validator("output")

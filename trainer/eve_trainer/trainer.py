@@ -35,6 +35,7 @@ from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
 from eve_contract.exit_codes import EXIT_OK, EXIT_SIGTERM
 from eve_contract.storage import open_store
+from eve_trainer.validation import Validator
 
 log = logging.getLogger("eve_trainer")
 #: the stage run's artifact with the "what will be trained" block (as `eve-platform submit` prints it)
@@ -129,6 +130,12 @@ class Trainer:
         self.processor = EveImageProcessor.from_config(self.model_config)
         self.loader = self._build_loader(self.processor)
         self.total_steps = self._total_steps()
+        #: validation loss on the held-out set (validation.data); its time is evaluation time
+        self.validator = Validator(cfg, rank=dist.rank, world_size=dist.world_size, tokenizer=self.tokenizer,
+                                   processor=self.processor)
+        self.eval_time_s = 0.0  # wall time spent in validation passes this process (not training time)
+        if self.validator.enabled:
+            self.validator.prepare()  # a bad validation.data URL fails here, before the first step
         self.checkpointer = CheckpointManager(
             self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank, world_size=dist.world_size,
             every_steps=cfg.checkpoint.every_steps, keep_last=cfg.checkpoint.keep_last,
@@ -178,6 +185,8 @@ class Trainer:
                 self.log_step(result)
             if result.stop:
                 return self.stop_with_checkpoint()
+            if self.validator.due(self.step, last_step=last):
+                self.validate()
             if self.checkpointer.due(self.step, last_step=last):
                 self.save_checkpoint()
             for manifest in self.checkpointer.poll():  # asynchronous saves committed since
@@ -256,6 +265,17 @@ class Trainer:
         self.logger.log_metrics(tracked, step=global_step)
         if self.progress is not None:
             self.progress.step(self.step, metrics)
+
+    def validate(self) -> None:
+        """Loss on the held-out set (every rank takes part); logged as val/*. Changes nothing in training."""
+        self.heartbeat.update(phase="validation")
+        result = self.validator.run(self.engine, all_reduce=self._all_reduce, to_device=self._to_device,
+                                    device=self.device)
+        self.heartbeat.update(phase="train")
+        self.eval_time_s += result.seconds
+        self.logger.log_metrics(result.metrics(), step=self.offsets["global_step"] + self.step)
+        if self.progress is not None:
+            self.progress.validation(self.step, result.short())
 
     def save_checkpoint(self) -> None:
         """Save at this step: synchronous, or (checkpoint.async_save) the copy to host memory
