@@ -45,7 +45,7 @@ def main() -> None:
     from fixtures.services import start_seaweedfs, stop
 
     from eve_trainer.checkpoint import CheckpointManager
-    from eve_trainer.storage import S3Store
+    from eve_contract.storage import S3Store
 
     with tempfile.TemporaryDirectory() as tmp:
         server = start_seaweedfs(Path(tmp) / "seaweedfs")

@@ -7,7 +7,7 @@
 A stage's time is a **timeline of segments**, one per trainer incarnation: an attempt the
 operator submits is one segment; a pod restarted in place inside the same job starts another
 (`submitted_at` None). Each segment holds what the operator saw (when it submitted the job, when
-the attempt ended) and what rank 0's heartbeat said last (`eve_trainer.layout.Heartbeat`: when
+the attempt ended) and what rank 0's heartbeat said last (`eve_contract.layout.Heartbeat`: when
 every rank's process had started, when the step loop began, at which step, and the trainer's
 cumulative timers). The parts tile the wall clock, from the first submission to the end (or now):
 

@@ -9,9 +9,9 @@ import threading
 import pytest
 import torch
 
-from eve_trainer import layout
+from eve_contract import layout
+from eve_contract.storage import LocalStore
 from eve_trainer.checkpoint import CheckpointManager, _to_host, state_file
-from eve_trainer.storage import LocalStore
 
 
 class TorchEngine:
