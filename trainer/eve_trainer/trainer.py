@@ -472,6 +472,14 @@ class Trainer:
     def _build_engine(self) -> tuple[Any, Any, Any]:
         import deepspeed
 
+        if not self.cuda:
+            # On CPU, DeepSpeed would JIT-compile its shared-memory all-reduce at start-up: a C++
+            # build of a minute under a file lock in ~/.cache/torch_extensions, which a rank killed
+            # mid-build (a lost node, a cancel) leaves behind, so every later start hangs on it.
+            # The CPU runs (tests, the demo) use gloo's collectives instead.
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         optimizer = optim.build_optimizer(self.model, self.cfg.optim,
                                           fused=self.cuda and not self.cfg.deepspeed.offload_optimizer)
         scheduler = optim.build_scheduler(optimizer, self.cfg.optim, self.total_steps)
