@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eve_trainer.config import ConfigError, TrainConfig
+from eve_contract.storage import StorageAccessError, open_store
 from eve_trainer.stage_summary import missing_teacher_message
-from eve_trainer.storage import StorageAccessError, open_store
 
 if TYPE_CHECKING:
     import torch

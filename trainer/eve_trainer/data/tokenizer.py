@@ -70,7 +70,7 @@ def _tiny() -> Any:
 def _from_url(spec: str, endpoint_url: str | None) -> Any:
     from transformers import AutoTokenizer
 
-    from eve_trainer.storage import StorageError, StorageUnavailable, open_store
+    from eve_contract.storage import StorageError, StorageUnavailable, open_store
 
     if spec.startswith("s3://"):
         store = open_store(spec, endpoint_url=endpoint_url)
