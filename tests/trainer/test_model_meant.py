@@ -150,7 +150,7 @@ def test_the_rebuilt_vicuna_tokenizer_gives_the_packages_ids(vicuna_tokenizer: P
 # -- at trainer start ----------------------------------------------------------------------------
 
 
-def _run_trainer(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def _run_trainer(*args: str, timeout: float = 540) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "eve_trainer", *args], capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
@@ -176,7 +176,7 @@ def test_trainer_start_refuses_a_missing_teacher_and_a_tokenizer_too_big(tmp_pat
     expect = {"tokenizer": "has 32,000 tokens but model.preset=tiny has 1,024 embedding rows",
               "teacher": "model.teacher_path="}
     for name, proc in procs.items():
-        _, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=540)
         assert proc.returncode == 2, (name, err[-2000:])
         assert expect[name] in err and "Traceback" not in err, (name, err[-2000:])
 

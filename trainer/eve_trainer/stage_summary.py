@@ -216,7 +216,7 @@ def teacher_source(cfg: TrainConfig, *, chained: bool = False) -> Source:
 def missing_teacher_message(stage: str, preset: str) -> str:
     return (f"stage {stage} trains the patch-aligning loss (the reference's --requires_cliploss in every stage), "
             f"but no CLIP teacher is set, so the teacher would keep random weights (allowed only for the tiny "
-            f"preset; model.preset={preset}). Fix it one of three ways: set model.teacher_path=<a CLIPVisionModel "
+            f"preset and a random-init small; model.preset={preset}). Fix it one of three ways: set model.teacher_path=<a CLIPVisionModel "
             f"folder or s3:// URL, e.g. s3://<bucket>/models/{CLIP_TEACHER_NAME}>; or install the chart with "
             "trainer.teacherPath=<that URL>, the operator's default for EvePipelines that set no teacher "
             "(kubectl apply; the CLI cannot see it, so pass model.teacher_path here); or turn the loss off "
