@@ -123,7 +123,7 @@ def _pipeline_value(key: str, path: str, raw: str) -> Any:
         value = typed_value(annotation_of(PipelineSpec, path), raw)
     except ValueError as err:
         raise ConfigError(f"{key}={raw!r}: {err}") from None
-    if value is None and raw.strip() == "" and key not in EMPTY_IS_A_VALUE:
+    if raw.strip() == "" and key not in EMPTY_IS_A_VALUE:
         raise ConfigError(f"{key}= is empty; give a value, or leave the key out for the default")
     if key in EMPTY_IS_A_VALUE and value is None:
         value = ""  # `gpu_product=`: any GPU, not "unset" (which takes the operator's default)
