@@ -137,6 +137,7 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
     tree: dict[str, Any] = deep_merge(dict(defaults or {}), base or {})
     name = None
     given: list[tuple[str, str]] = []
+    per_stage: dict[str, str] = {}  # stage -> the first key typed for it
     for word in words:
         key, raw = split_pair(word, "stage=prealign")
         if key == "name":
@@ -152,6 +153,7 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
         elif (stage := key.split(".", 1)[0]) in STAGES and "." in key:
             sub = key.split(".", 1)[1]
             given.append((f"stages.{stage}.{sub}", word))
+            per_stage.setdefault(stage, key)
             stage_tree = tree.setdefault("stages", {}).setdefault(stage, {})
             if sub == "data":
                 stage_tree["data"] = _pipeline_value(key, "data", raw)
@@ -171,9 +173,17 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
         raise ConfigError(f"missing stage=<name>; choose one of {', '.join(STAGES)} "
                           "(e.g. `eve-platform submit stage=prealign`)")
     try:
-        return name, PipelineSpec.model_validate(tree)
+        spec = PipelineSpec.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err).replace("invalid config", "invalid pipeline")) from None
+    runs = spec.chain()
+    for stage, key in per_stage.items():
+        if stage not in runs:
+            span = f"stage={spec.start}" + (f" until={spec.until}" if spec.until else "")
+            raise ConfigError(f"{key}: stage {stage} does not run in this pipeline ({span} runs "
+                              f"{' -> '.join(runs)}), so this key would never be used; drop it or widen "
+                              "stage..until")
+    return name, spec
 
 
 def _check_trainer_key(key: str) -> None:
