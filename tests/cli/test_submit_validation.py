@@ -97,6 +97,7 @@ REFUSED = [
     (["data=s3://bkt/x\ny"], "control character"),
     # messages that name the key and say what is allowed
     (["name="], "name= is empty; a pipeline name is a DNS-1035 label"),
+    (["output=", "experiment=x"], "output= is empty"),
     (["micro_batch_size=1024"], "set micro_batch_size=8 (global_batch_size / world_size)"),
 ]
 

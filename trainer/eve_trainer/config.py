@@ -526,6 +526,9 @@ def format_validation_error(err: ValidationError) -> str:
             lines.append(msg)
             continue
         key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "missing":
+            lines.append(f"{key} is required")
+            continue
         value = e.get("input")
         shown = value if not isinstance(value, dict) else "{...}"
         lines.append(f"{key}={shown!r}: {msg}")

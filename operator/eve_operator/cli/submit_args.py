@@ -172,6 +172,9 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
     if "start" not in tree:
         raise ConfigError(f"missing stage=<name>; choose one of {', '.join(STAGES)} "
                           "(e.g. `eve-platform submit stage=prealign`)")
+    if "output" not in tree:
+        raise ConfigError("missing output=<URL>: where the checkpoints go, e.g. output=s3://bucket/eve "
+                          "(a cluster's pods need an object store)")
     try:
         spec = PipelineSpec.model_validate(tree)
     except ValidationError as err:
