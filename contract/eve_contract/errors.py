@@ -22,7 +22,9 @@ def validation_message(err: ValidationError, *, what: str, root: str = "", value
             lines.append(f"{root}: {msg}" if root else msg)
             continue
         key = ".".join(str(p) for p in (*([root] if root else []), *e["loc"]))
-        if values:
+        if e["type"] == "missing":
+            lines.append(f"{key} is required")
+        elif values:
             value = e.get("input")
             shown = value if not isinstance(value, dict) else "{...}"
             lines.append(f"{key}={shown!r}: {msg}")

@@ -70,4 +70,4 @@ def from_env(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
     return None if text is None or text == "" else loads(text)
 
 
-__all__ = ["ENV_VAR", "SCHEMA", "ResolvedConfigError", "dumps", "loads", "from_env"]
+__all__ = ["ENV_VAR", "SCHEMA", "ResolvedConfigError", "dumps", "from_env", "loads"]

@@ -97,7 +97,7 @@ def location_problem(value: str, *, need_key: bool = False, s3_only: bool = Fals
     if not sep:
         if value.startswith(("/", "~")) and not s3_only:
             return None
-        if value.startswith("s3:") or value.startswith("file:"):
+        if value.startswith(("s3:", "file:")):
             return "is not a URL (expected s3://bucket/prefix or file:///path)"
         return ("is neither a URL nor an absolute path (expected s3://bucket/prefix, file:///path or /path)"
                 if not s3_only else "is not an s3:// URL (expected s3://bucket/prefix)")
@@ -123,5 +123,13 @@ def http_url_problem(value: str) -> str | None:
     return None
 
 
-__all__ = ["dns_label_problem", "dns_subdomain_problem", "label_value_problem", "image_problem",
-           "quantity_problem", "bucket_problem", "location_problem", "http_url_problem"]
+__all__ = [
+    "bucket_problem",
+    "dns_label_problem",
+    "dns_subdomain_problem",
+    "http_url_problem",
+    "image_problem",
+    "label_value_problem",
+    "location_problem",
+    "quantity_problem",
+]

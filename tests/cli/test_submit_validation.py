@@ -63,7 +63,9 @@ REFUSED = [
     (["optim.lr=1e-4", "optim.lr=2e-4"], "given twice"),
     (["sft.optim.lr=1", "sft.optim.lr=2"], "given twice"),
     # a per-stage key for a stage that does not run
-    (["hd=true", "until=pretrain", "sft-hd.optim.lr=1"], "stages.sft-hd: this pipeline runs prealign -> pretrain"),
+    (["hd=true", "until=pretrain", "sft-hd.optim.lr=1"], "sft-hd.optim.lr: stage sft-hd does not run in this pipeline"),
+    (["stage=sft", "prealign.data=s3://bkt/d"], "prealign.data: stage prealign does not run"),
+    (["sft-hd.optim.lr=1"], "stages.sft-hd is not in the chain prealign -> pretrain -> sft (set hd: true"),
     # values that cannot work
     (["output=not-a-url"], "output='not-a-url'"),
     (["output=s3://"], "no bucket"),
@@ -95,6 +97,7 @@ REFUSED = [
     (["data=s3://bkt/x\ny"], "control character"),
     # messages that name the key and say what is allowed
     (["name="], "name= is empty; a pipeline name is a DNS-1035 label"),
+    (["output=", "experiment=x"], "output= is empty"),
     (["micro_batch_size=1024"], "set micro_batch_size=8 (global_batch_size / world_size)"),
 ]
 

@@ -54,7 +54,7 @@ def test_submit_list_status_describe_cancel(cluster: Cluster, operator, output: 
     assert status["stages"][0]["jobName"] == "clu-prealign"
     described = cli("describe", "clu")
     assert "clu-prealign" in described.output and "Events" in described.output
-    again = cli("submit", "stage=prealign", "name=clu", f"output={output}")
+    again = cli("submit", "stage=prealign", "name=clu", f"output={output}", "gpus_per_node=0")
     assert again.exit_code == 2
     assert "already exists" in again.output
     cancelled = cli("cancel", "clu")

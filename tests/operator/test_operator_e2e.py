@@ -135,8 +135,8 @@ def test_a_hand_written_pipeline_gets_the_clis_refusals(cluster: Cluster, operat
     bad = {
         "owned": (base_spec(output, stages={"sft": {"overrides": {"output": "s3://other/x"}}}),
                   "stages.sft.overrides.output is set by the pipeline from spec.output"),
-        "unused": (base_spec(output, until="pretrain", stages={"sft": {"overrides": {"optim.lr": 1.0}}}),
-                   "stages.sft: this pipeline runs prealign -> pretrain"),
+        "not-hd": (base_spec(output, stages={"sft-hd": {"overrides": {"optim.lr": 1.0}}}),
+                   "stages.sft-hd is not in the chain prealign -> pretrain -> sft"),
         "image": (base_spec(output, image="Bad Image:!!"), "spec.image: is not a valid image reference"),
     }
     for name, (spec, _) in bad.items():

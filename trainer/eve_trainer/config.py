@@ -409,7 +409,7 @@ def annotation_of(model: type[BaseModel], key: str) -> Any:
     """The type annotation of a dotted field of `model` (python field names), e.g. 'optim.lr' -> float."""
     *parents, leaf = key.split(".")
     for part in parents:
-        model = model.model_fields[part].annotation
+        model = model.model_fields[part].annotation  # type: ignore[assignment]  # a section: a model
     return model.model_fields[leaf].annotation
 
 

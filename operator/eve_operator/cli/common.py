@@ -80,17 +80,18 @@ def _backend_call(fn, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN001
         fail(f"{type(err).__name__}: {err}", EXIT_BACKEND)
 
 
-LocalOpt = typer.Option(False, "--local", help="Run on this machine (same as --backend local).")
-BackendOpt = typer.Option("", "--backend", help="auto | local | kubernetes (auto: kubernetes when a kube context exists).")
 def _namespace_option(value: str | None) -> str | None:
     return None if value is None else check_namespace(value)
 
 
+LocalOpt = typer.Option(False, "--local", help="Run on this machine (same as --backend local).")
+BackendOpt = typer.Option("", "--backend", help="auto | local | kubernetes (auto: kubernetes when a kube context exists).")
 NamespaceOpt = typer.Option(None, "--namespace", "-n", callback=_namespace_option,
                             help="Kubernetes namespace; default the context's.")
 OutputOpt = typer.Option(Format.table, "--output", "-o", help="table | json | yaml.")
 
 
-__all__ = ["app", "config_app", "BACKENDS", "fail", "info", "pick_backend", "backend_is_auto", "check_namespace", "LocalOpt", "BackendOpt", "NamespaceOpt",
+__all__ = ["app", "config_app", "BACKENDS", "fail", "info", "pick_backend", "backend_is_auto", "check_namespace",
+           "LocalOpt", "BackendOpt", "NamespaceOpt",
            "OutputOpt", "output", "Format", "EXIT_BACKEND", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NOT_FOUND",
            "EXIT_USER"]

@@ -111,7 +111,7 @@ def demo(name: str = typer.Option("", help="Pipeline name; default demo-<date>-<
         index = write_synthetic_dataset(url, num_samples=samples, kind=kind, seed=0)
         info(f"synthetic {kind} dataset: {url} ({getattr(index, 'num_samples', samples)} samples)")
     submit(["stage=prealign", f"name={name}", f"data={captions}", f"sft.data={convs}",
-            f"nproc_per_node={nproc}"], local=True, backend="", namespace=None, dry_run=False,
+            f"nproc_per_node={nproc}"], file=None, local=True, backend="", namespace=None, dry_run=False,
            detach=False, wait=False, output_fmt=Format.table)
 
 

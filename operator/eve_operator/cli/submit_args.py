@@ -121,7 +121,7 @@ def _pipeline_value(key: str, path: str, raw: str) -> Any:
         value = typed_value(annotation_of(PipelineSpec, path), raw)
     except ValueError as err:
         raise ConfigError(f"{key}={raw!r}: {err}") from None
-    if value is None and raw.strip() == "" and key not in EMPTY_IS_A_VALUE:
+    if raw.strip() == "" and key not in EMPTY_IS_A_VALUE:
         raise ConfigError(f"{key}= is empty; give a value, or leave the key out for the default")
     if key in EMPTY_IS_A_VALUE and value is None:
         value = ""  # `gpu_product=`: any GPU, not "unset" (which takes the operator's default)
@@ -135,6 +135,7 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
     tree: dict[str, Any] = deep_merge(dict(defaults or {}), base or {})
     name = None
     given: list[tuple[str, str]] = []
+    per_stage: dict[str, str] = {}  # stage -> the first key typed for it
     for word in words:
         key, raw = split_pair(word, "stage=prealign")
         if key == "name":
@@ -153,6 +154,7 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
         elif (stage := key.split(".", 1)[0]) in STAGES and "." in key:
             sub = key.split(".", 1)[1]
             given.append((f"stages.{stage}.{sub}", word))
+            per_stage.setdefault(stage, key)
             stage_tree = tree.setdefault("stages", {}).setdefault(stage, {})
             if sub == "data":
                 stage_tree["data"] = _pipeline_value(key, "data", raw)
@@ -174,10 +176,21 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
     if "start" not in tree:
         raise ConfigError(f"missing stage=<name>; choose one of {', '.join(STAGES)} "
                           "(e.g. `eve-platform submit stage=prealign`)")
+    if "output" not in tree:
+        raise ConfigError("missing output=<URL>: where the checkpoints go, e.g. output=s3://bucket/eve "
+                          "(a cluster's pods need an object store)")
     try:
-        return name, PipelineSpec.model_validate(tree)
+        spec = PipelineSpec.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(validation_message(err, what="pipeline")) from None
+    runs = spec.chain()
+    for stage, key in per_stage.items():
+        if stage not in runs:
+            span = f"stage={spec.start}" + (f" until={spec.until}" if spec.until else "")
+            raise ConfigError(f"{key}: stage {stage} does not run in this pipeline ({span} runs "
+                              f"{' -> '.join(runs)}), so this key would never be used; drop it or widen "
+                              "stage..until")
+    return name, spec
 
 
 #: spec.eval's keys on the command line (besides eval.data.<bench>); the spec validates the values
