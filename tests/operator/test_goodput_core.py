@@ -63,3 +63,23 @@ def test_a_pod_restarted_in_place_opens_a_new_segment_in_the_same_attempt() -> N
     assert [(s.attempt, s.submitted_at is not None, s.start_step) for s in segs] == [(1, True, 0), (1, False, 4)]
     g = stage_goodput(status.stages[0], T0 + 121)
     assert g.restarts == 1 and g.restart == pytest.approx(20) and g.unaccounted == pytest.approx(0)
+
+
+def test_goodput_is_exported_to_prometheus_and_shown_in_one_line() -> None:
+    from eve_operator import metrics
+    from eve_operator.cli.output import goodput_lines
+
+    sp = spec()
+    status = decide("demo", sp, PipelineStatus(), Observation(), T0).status
+    beats = (beat(0, 10, T0 + 100, started=T0 + 10, loop=T0 + 20, start_step=0, step_s=60, ckpt_s=5),)
+    status = decide("demo", sp, status, Observation("Running", beats=beats), T0 + 100).status
+    metrics.record_goodput("ml", "demo", pipeline_goodput(status, T0 + 100))
+    assert metrics.GOODPUT.value(namespace="ml", pipeline="demo") == pytest.approx(0.6)
+    assert metrics.GOODPUT_SECONDS.value(namespace="ml", pipeline="demo", part="checkpoint") == 5
+    assert 'eve_operator_goodput_seconds{namespace="ml",part="queued",pipeline="demo"} 10.0' in metrics.render()
+    raw = status.model_dump(by_alias=True, mode="json")
+    (pipeline, stage) = goodput_lines(raw, stages=True, now=T0 + 100)
+    assert pipeline == "Goodput:     goodput 60% of 1m40s: queued 10s, starting 10s, productive 1m00s, " \
+                       "checkpoint 5s, other 15s"
+    assert stage.strip().startswith("prealign: goodput 60%")
+    assert goodput_lines({"phase": "Pending", "stages": []}) == []

@@ -155,7 +155,7 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_143(baseline, tmp_path, s3_
     args = train_args(dataset_url, e2e_bucket, "sigterm", "max_steps=40", "checkpoint.every_steps=100",
                       f"init_from={export}", stage="sft")
     ranks = launch(args, world=2, log_dir=tmp_path, env={**s3_server.env(), "EVE_DEBUG_STEP_DELAY_S": "0.3"})
-    ranks.wait_for(lambda e: e.get("event") == "step" and e["step"] >= 2)
+    ranks.wait_for(lambda e: e.get("event") == "step" and e["step"] >= 2, timeout=900)
     ranks.signal(1, signal.SIGTERM)
     assert ranks.wait(120) == [143, 143], ranks.tail()
     stopped = next(e for e in ranks.events() if e.get("event") == "stopping")
