@@ -361,7 +361,8 @@ def pipeline_eval_rows(obj: dict[str, Any]) -> list[list[Any]]:
     try:
         store = open_store(out, endpoint_url=(spec.get("s3") or {}).get("endpointUrl"))
         name = obj["metadata"]["name"]
-        for stage in (obj.get("status") or {}).get("stages") or []:
+        # only a finished stage has an export to evaluate; one listing per such stage
+        for stage in [s for s in (obj.get("status") or {}).get("stages") or [] if s.get("state") == "Succeeded"]:
             prefix = paths.default_output(layout.export_prefix(name, stage["name"]))
             for key in store.list(prefix):
                 if not key.endswith("/" + paths.SCORES):
