@@ -1,13 +1,14 @@
 """`eve-platform eval <export URL | models:/name@alias> bench=pope,textvqa pope.data=<url> ...`.
 
 Scores a stage export on EVE's benchmarks (docs/eval.md). On this machine (default without a kube
-context, or --local) it runs in this process (nproc_per_node=1) or as N local ranks started by
-the node launcher; with --backend kubernetes it runs as a PyTorchJob (or TrainJob, job_api=) built
+context, or --local) it runs one `eve-eval` process (nproc_per_node=1) or N local ranks started
+by the node launcher; with --backend kubernetes it runs as a PyTorchJob (or TrainJob, job_api=) built
 by the same job machinery as a stage: a JobSpec whose command is `eve-eval ...`, each pod running
 `eve-launch -- eve-eval ...`. Either way it ends with each bench's scores (read back from
 `<output>/<bench>/scores.json`).
 
-torch-free: the evaluation code is imported inside the command, and only for a local run.
+torch-free: the CLI reads words, bench names and scores with the torch-free evaluation modules
+(args, benches, paths); the ranks are processes of their own.
 """
 
 from __future__ import annotations
