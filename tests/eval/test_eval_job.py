@@ -51,19 +51,3 @@ def test_what_a_pod_would_refuse_the_command_refuses(change: tuple[str, str], me
     result = CliRunner().invoke(app, words)
     assert result.exit_code == 2, result.output
     assert message in result.output
-
-
-def test_a_pipeline_builds_its_eval_job_from_its_own_spec() -> None:
-    from eve_operator.evaljob import LABEL_EVAL, build_eval_job_spec
-    from eve_operator.pytorchjob import build_pytorchjob
-    from eve_operator.spec import PipelineSpec
-
-    spec = PipelineSpec.model_validate({"output": "s3://bkt/eve", "resources": {"gpusPerNode": 0, "nodes": 1},
-                                        "s3": {"credentialsSecret": "s3c"}, "mlflow": {"trackingUri": "http://ml"}})
-    args = ["s3://bkt/eve/run/sft/export", "bench=pope", "pope.data=s3://bkt/bench/pope"]
-    job = build_eval_job_spec("run-sft-eval", spec, args, pipeline="run", stage="sft")
-    assert job.command == ["eve-eval", *args] and job.pod_command[:3] == ["eve-launch", "--", "eve-eval"]
-    assert job.labels[LABEL_EVAL] == "run-sft-eval" and job.env["MLFLOW_TRACKING_URI"] == "http://ml"
-    body = build_pytorchjob(job, namespace="ml")
-    assert body["metadata"]["labels"]["eve-platform.io/pipeline"] == "run" and "Worker" not in \
-        body["spec"]["pytorchReplicaSpecs"]

@@ -45,6 +45,7 @@ EVAL_KEYS = ("bench", "output", "max_new_tokens", "batch_size", "dtype", "mlflow
 #: Keys that shape the job (PipelineSpec fields, as `submit` reads them).
 JOB_KEYS = ("name", "image", "credentials_secret", "nodes", "gpus_per_node", "nproc_per_node", "gpu_product",
             "gang_scheduler", "queue", "priority_class", "job_api", "jobApi")
+LABEL_EVAL = "eve-platform.io/eval"
 WAIT_POLL_S = float(os.environ.get("EVE_PLATFORM_WAIT_POLL_S", "2"))
 
 
@@ -153,10 +154,11 @@ def _free_port() -> int:
 
 
 def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[str, str], output_url: str) -> Any:
-    """(PipelineSpec, JobSpec) of an evaluation: the job keys read by `submit`'s own parser (so
-    they mean and validate the same), then eve_operator.evaljob's builder."""
+    """The JobSpec of an evaluation: the pipeline's resources, image, S3 and MLflow wiring, read by
+    `submit`'s own parser, and `eve-eval ...` as the rank command."""
+    from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
     from eve_operator.cli.submit_args import parse_submit
-    from eve_operator.evaljob import build_eval_job_spec
+    from eve_operator.jobspec import JobSpec
 
     values = dict(w.split("=", 1) for w in eval_words)
     words = ["stage=sft", f"output={output_url}", *(f"{k}={v}" for k, v in job_keys.items() if k != "name")]
@@ -164,7 +166,23 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
         if key in values:
             words.append(f"{key}={values[key]}")
     _, spec = parse_submit(words)
-    return spec, build_eval_job_spec(name, spec, [model, *eval_words])
+    env = {"PYTHONUNBUFFERED": "1", "EVE_EVAL": name}
+    if spec.s3.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = spec.s3.endpoint_url
+    if spec.s3.region:
+        env["AWS_REGION"] = spec.s3.region
+    if spec.mlflow.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = spec.mlflow.tracking_uri
+    secret_env = {}
+    if spec.s3.credentials_secret:
+        secret_env = {k: (spec.s3.credentials_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    resources = spec.resources
+    return spec, JobSpec(
+        name=name, pipeline=name, stage="eval", attempt=1, image=spec.image,
+        command=["eve-eval", model, *eval_words], env=env, secret_env=secret_env,
+        nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
+        scheduling=spec.scheduling, backoff_limit=spec.backoff_limit, active_deadline_s=spec.active_deadline_s,
+        labels={LABEL_PIPELINE: name, LABEL_STAGE: "eval", LABEL_EVAL: name}, pod_template=spec.pod_template)
 
 
 def _job_api(spec: Any) -> Any:
