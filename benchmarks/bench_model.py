@@ -8,6 +8,14 @@
 
 3. With ``--device cuda``: the same in bf16 on the GPU, plus the ``small`` preset (1.1B-class LLM,
    real PEL/PAL/CLIP-L teacher at 672 px) with gradient checkpointing.
+4. Issue 23's levers, what a CPU can show honestly, each against its baseline in the same run:
+   - LM loss at a 32000 vocabulary: peak memory (RSS growth of a forked child) and time of
+     fwd + bwd for full [N, V] logits vs the chunked loss with recompute vs the fused linear +
+     cross-entropy (eve_model/fused_loss.py), on N positions of which half have a label;
+   - attention on packed rows (EVE SFT-like and caption-like sample lengths) at small dims: the
+     decoder fwd + bwd with today's masked SDPA (dense document mask) vs the varlen path (its
+     per-segment SDPA fallback on CPU), and the forward alone for FlexAttention too (torch has
+     no FlexAttention backward on CPU).
 
 Usage:  .venv/bin/python benchmarks/bench_model.py [--batch 16] [--repeats 2] [--skip-models]
                                                    [--device cuda --dtype bfloat16]
@@ -135,6 +143,145 @@ def bench_model(name: str, config, batch: int, text_len: int, repeats: int, chec
     print(f"  {t:7.3f} s  {n_img / t:7.2f} images/s  {tokens / t:9.0f} tokens/s")
 
 
+def _peak_rss_growth(fn) -> tuple[float, float]:
+    """(peak RSS growth in MiB, seconds) of fn() run in a forked child (a fresh peak per variant)."""
+    import multiprocessing as mp
+    import resource
+
+    def child(conn):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        conn.send(((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, dt))
+
+    ctx = mp.get_context("fork")
+    parent, sent = ctx.Pipe()
+    proc = ctx.Process(target=child, args=(sent,))
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    return result
+
+
+def bench_lm_loss(positions: int, hidden: int, vocab: int, chunk: int) -> None:
+    """Full logits vs chunked-with-recompute vs fused linear + CE: the model's own code paths."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    h = torch.randn(positions, hidden)
+    head = torch.nn.Linear(hidden, vocab, bias=False)
+    labels = torch.randint(0, vocab, (positions,))
+    labels[::2] = IGNORE_INDEX  # half the positions have a target (image tokens and prompts have none)
+
+    def full():
+        x = h.clone().requires_grad_()
+        loss = F.cross_entropy(head(x).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss.backward()
+        return loss
+
+    def chunked(fused: bool):
+        owner = SimpleNamespace(lm_head=head, loss_chunk_tokens=chunk, loss_fused=fused)
+
+        def run():
+            x = h.clone().requires_grad_()
+            loss = EveForCausalLM._chunked_lm_loss(owner, x, labels)
+            loss.backward()
+            return loss
+        return run
+
+    ref = full().item()
+    for name, fn in (("recompute", chunked(False)), ("fused", chunked(True))):
+        head.zero_grad()
+        got = fn().item()
+        assert abs(got - ref) <= 1e-4 * abs(ref), (name, got, ref)
+    print(f"LM loss fwd+bwd, {positions} positions ({positions // 2} with a label), hidden {hidden}, vocab {vocab}, "
+          f"chunk {chunk}, cpu fp32 (losses agree first)")
+    rows = [("full logits [N, V] (baseline)", full), ("labelled only, chunks recomputed", chunked(False)),
+            ("labelled only, fused linear + CE", chunked(True))]
+    base = None
+    for label, fn in rows:
+        mem, t = min((_peak_rss_growth(fn) for _ in range(2)), key=lambda r: r[1])
+        base = base or (mem, t)
+        print(f"  {label:34} peak +{mem:7.0f} MiB ({mem / base[0]:.2f}x)  {t:6.3f} s ({base[1] / t:.2f}x speed)")
+
+
+def _packed_lengths(profile: str, width: int, rows: int, seed: int = 0) -> list[list[int]]:
+    """Sample lengths packed into `rows` rows of `width`: sft ~ log-normal (median ~200) text
+    conversations, caption ~ 130-650 positions (an image of 126-601 tokens + a short caption)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(rows):
+        row, used = [], 0
+        while True:
+            n = min(width, max(16, round(rng.lognormvariate(5.3, 0.8)))) if profile == "sft" else rng.randint(130, 650)
+            if used + n > width:
+                break
+            row.append(n)
+            used += n
+        out.append(row)
+    return out
+
+
+def bench_attention(width: int, rows: int, repeats: int) -> None:
+    """The decoder on packed rows: masked SDPA vs varlen (fwd + bwd), and the forward of all three."""
+    from eve_model import attention as attn
+
+    config = get_preset("tiny", hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=4, max_position_embeddings=width)
+    torch.manual_seed(0)
+    model = EveForCausalLM(config).train()
+    attn.register()
+    for profile in ("sft", "caption"):
+        layout = _packed_lengths(profile, width, rows)
+        seg = attn.segments_of(layout, width, "cpu")
+        # positions restart at 0 for every sample and for the row's trailing padding
+        pos = torch.stack([torch.cat([torch.arange(n) for n in row + [width - sum(row)] if n > 0]) for row in layout])
+        real = torch.stack([torch.arange(width) < sum(row) for row in layout])
+        x = torch.randn(rows, width, config.hidden_size)
+
+        def run(kind: str, backward: bool):
+            model.config._attn_implementation = "sdpa" if kind == "sdpa" else attn.EVE_ATTN_IMPL
+
+            def step():
+                with torch.set_grad_enabled(backward):
+                    if kind == "sdpa":  # today's packed path: transformers builds the dense document mask
+                        h = model.model(inputs_embeds=x, attention_mask=None, position_ids=pos,
+                                        use_cache=False).last_hidden_state
+                    elif kind == "varlen":
+                        h = model.model.decode(x, pos, None, eve_segments=seg)[0]
+                    else:
+                        h = model.model.decode(x, pos, attn.document_block_mask(seg.doc))[0]
+                    if backward:
+                        model.zero_grad(set_to_none=True)
+                        h.square().mean().backward()
+                    return h
+            return step
+
+        with torch.no_grad():
+            ref = run("sdpa", False)()
+            for kind in ("varlen", "flex"):
+                err = (run(kind, False)() - ref)[real].abs().max().item()
+                assert err < 1e-4, (kind, err)
+        n_docs = sum(len(r) for r in layout)
+        tokens = sum(sum(r) for r in layout)
+        print(f"attention, {profile} profile: {rows} rows x {width} positions, {n_docs} samples ({tokens} tokens), "
+              f"hidden 256, 4 heads, 2 layers, cpu fp32 (outputs agree first)")
+        t_base = timed(run("sdpa", True), repeats)
+        t_var = timed(run("varlen", True), repeats)
+        print(f"  fwd+bwd  masked SDPA {t_base:6.3f} s   varlen (per-segment) {t_var:6.3f} s   "
+              f"speed-up {t_base / t_var:.2f}x")
+        f_base = timed(run("sdpa", False), repeats)
+        f_var = timed(run("varlen", False), repeats)
+        f_flex = timed(run("flex", False), repeats)
+        print(f"  forward  masked SDPA {f_base:6.3f} s   varlen {f_var:6.3f} s ({f_base / f_var:.2f}x)   "
+              f"flex (eager) {f_flex:6.3f} s ({f_base / f_flex:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
@@ -142,10 +289,19 @@ def main() -> None:
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--levers-only", action="store_true", help="only the issue-23 lever benchmarks (CPU)")
+    parser.add_argument("--skip-levers", action="store_true")
+    parser.add_argument("--loss-positions", type=int, default=4096, help="LM-loss benchmark: positions")
+    parser.add_argument("--attn-width", type=int, default=2048, help="attention benchmark: packed row width")
     args = parser.parse_args()
     global DEVICE, DTYPE
     DEVICE, DTYPE = torch.device(args.device), getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if DEVICE.type == "cpu" and not args.skip_levers:
+        bench_lm_loss(args.loss_positions, 512, 32000, 1024)
+        bench_attention(args.attn_width, 2, args.repeats)
+        if args.levers_only:
+            return
     bench_patch_embedding(args.batch, args.repeats)
     if args.skip_models:
         return

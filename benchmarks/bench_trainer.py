@@ -276,11 +276,13 @@ def synthetic_batches(trainer, micro: int, seq: int, dist: str = "full", *, pack
 def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkpointing: bool = False,
               compile_: bool = False, *,
               preset: str = "small", layers: int = 0, width: str = "", zero: int = 2, dist: str = "full",
-              pack: bool = False, group: bool = True, loss_chunk: int = 0, attn: str = "sdpa",
-              bare: bool = True) -> dict:
+              pack: bool = False, group: bool = True, loss_chunk: int | None = None, attn: str | None = None,
+              fused: bool = True, bare: bool = True, overrides: tuple[str, ...] = (), n_batches: int = 0) -> dict:
     """One configuration: build, one warm-up step per distinct batch, `steps` timed steps (alternating with the bare
     loop when `bare`). MFU = the trainer's step FLOPs (flops.py: real tokens, frozen parts priced as
-    such) / step time / peak."""
+    such) / step time / peak. `attn` (auto|sdpa|flex|varlen; flex_attention = flex) and `loss_chunk`
+    override the config's model.attention / model.loss_chunk_tokens; `fused=False` recomputes each
+    loss chunk instead (the pre-fused path); `overrides` are more `key=value` config overrides."""
     import eve_model
     import torch
 
@@ -297,15 +299,17 @@ def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkp
         trainer = build_trainer(tmp, ["max_steps=1000", f"micro_batch_size={micro}", f"global_batch_size={micro}",
                                       f"data.max_length={seq}", f"deepspeed.zero_stage={zero}",
                                       f"model.gradient_checkpointing={str(checkpointing).lower()}",
-                                      f"model.compile={str(compile_).lower()}"], preset=preset)
+                                      f"model.compile={str(compile_).lower()}", *overrides], preset=preset)
     finally:
         eve_model.get_preset = original
     module = trainer.engine.module
-    module.loss_chunk_tokens = loss_chunk
-    if attn != "sdpa":
-        module.set_attn_implementation(attn)
+    if loss_chunk is not None:
+        module.loss_chunk_tokens = loss_chunk
+    if attn is not None:
+        module.attention = {"flex_attention": "flex"}.get(attn, attn)
+    module.loss_fused = fused
     build_s = time.perf_counter() - t0
-    n_batches = max(2, min(8, 256 // micro))
+    n_batches = n_batches or max(2, min(8, 256 // micro))  # distinct batches (each warmed up once)
     batches = synthetic_batches(trainer, micro, seq, dist, pack=pack, group=group, n_batches=n_batches)
     t0 = time.perf_counter()
     for _ in range(n_batches):  # every distinct batch shape once: compilation stays out of the timing
@@ -329,7 +333,9 @@ def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkp
            "layers": trainer.model_config.num_hidden_layers, "hidden": trainer.model_config.hidden_size,
            "params": sum(p.numel() or getattr(p, "ds_numel", 0) for p in trainer.model.parameters()),
            "zero": zero, "compile": compile_, "gradient_checkpointing": checkpointing, "dist": dist, "pack": pack,
-           "group": group, "loss_chunk": loss_chunk, "attn": attn, "micro_batch": micro, "seq": seq,
+           "group": group, "loss_chunk": module.loss_chunk_tokens, "fused": fused, "attn": module.attention,
+           "attention_path": sorted({c.kind for c in module._attention_resolved.values()}), "overrides": list(overrides),
+           "micro_batch": micro, "seq": seq,
            "build_s": round(build_s, 1), "warmup_s": round(warmup_s, 1), "trainer_step_s": step_s,
            "tokens_per_s": tokens / total_s, "positions_per_s": positions / total_s,
            "padding_fraction": 1 - tokens / positions, "samples_per_s": micro * steps / total_s,
@@ -344,7 +350,8 @@ def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkp
 
 
 def run_suite(path: Path, tmp: Path, out_path: Path | None, budget_s: float) -> None:
-    """Each line of `path` is one configuration: `name key=value ...` (bench_gpu's keywords).
+    """Each line of `path` is one configuration: `name key=value ...` (bench_gpu's keywords, and
+    dotted trainer config keys such as model.attention=varlen passed on as overrides).
     Runs them in order in this process, each guarded (an OOM or error is recorded, the next one
     runs), until `budget_s` is spent; appends one JSON line per configuration to `out_path`."""
     import gc
@@ -357,12 +364,13 @@ def run_suite(path: Path, tmp: Path, out_path: Path | None, budget_s: float) -> 
         if not line:
             continue
         name, *pairs = line.split()
-        kw = {k: _parse(v) for k, v in (p.split("=", 1) for p in pairs)}
+        kw = {k: (v if "." in k else _parse(v)) for k, v in (p.split("=", 1) for p in pairs)}
         if time.perf_counter() - t_start > budget_s:
             row = {"name": name, "skipped": "time budget spent", **kw}
         else:
             try:
-                args = {("compile_" if k == "compile" else k): v for k, v in kw.items()}
+                args = {("compile_" if k == "compile" else k): v for k, v in kw.items() if "." not in k}
+                args["overrides"] = tuple(f"{k}={v}" for k, v in kw.items() if "." in k)  # config keys
                 row = {"name": name, **bench_gpu(tmp, **args)}
             except Exception as err:  # noqa: BLE001 - record and go on (OOM, compile failure, ...)
                 row = {"name": name, "error": f"{type(err).__name__}: {str(err)[:400]}", **kw}
@@ -414,7 +422,8 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as d:
+    # ignore_cleanup_errors: a trainer's heartbeat thread may still write there when the suite ends
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-", ignore_cleanup_errors=True) as d:
         tmp = Path(d)
         if args.gpu and args.suite:
             run_suite(args.suite, tmp, args.out, args.budget_s)

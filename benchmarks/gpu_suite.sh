@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One device run: trainer efficiency at EVE-7B width (4 layers) and on the `small` preset.
+# One device run: issue 23's efficiency levers at EVE-7B width, each beside today's path.
 #
 #   bash benchmarks/gpu_suite.sh                # on the GPU machine, from the repository root
-#   EVE_SUITE_CPU=1 bash benchmarks/gpu_suite.sh  # every code path on CPU with tiny sizes
+#   EVE_SUITE_CPU=1 bash benchmarks/gpu_suite.sh  # smoke: the suite's code paths on CPU, tiny sizes (~30 s)
+#
+# The H200 runs of 2026-11-27 used the previous set (4 layers, `small`); git history has it.
 #
 # Installs nothing from the network. Python packages the GPU image lacks (DeepSpeed, pydantic,
 # hjson) are taken from ./.whl (cp312 wheels) and ./.site (a copied site-packages tree) when
@@ -12,11 +14,11 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-OUT=${OUT:-$ROOT/gpu-suite-out}
+OUT=${OUT:-$ROOT/benchmarks/results/gpu-$(date -u +%F)-levers}
 mkdir -p "$OUT"
 rm -f "$OUT/results.jsonl" "$OUT/log.txt"
 T0=$(date +%s)
-TOTAL_S=${EVE_SUITE_TOTAL_S:-450}
+TOTAL_S=${EVE_SUITE_TOTAL_S:-540}
 PY=${PYTHON:-python3}
 
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -34,64 +36,60 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 } | tee "$OUT/env.txt"
 
 SUITE=$(mktemp -d)
-if [ -n "${EVE_SUITE_CPU:-}" ]; then   # tiny sizes: test each code path on a CPU
+# Issue 23's levers, each alone and all together, beside today's path in the same run. Today's
+# path ("base"): masked SDPA (attn=sdpa), the loss chunked with per-chunk recompute
+# (loss_chunk=4096 fused=false), compiled layers. The levers: attn=varlen (FlashAttention varlen)
+# or attn=flex (FlexAttention BlockMask), fused=true (fused linear + CE), compile,
+# selective activation checkpointing (model.checkpoint_every / model.checkpoint_part), and
+# "all" = attn=auto (varlen on bf16 CUDA) + fused + compile. Profiles: EVE caption lengths
+# packed, EVE SFT lengths padded vs packed; 8 layers of EVE-7B width; 32 layers with ZeRO-3 and
+# the optimizer offloaded to the CPU. Groups run in priority order, each in its own process.
+A8="width=7b layers=8 seq=2048 steps=6 bare=false"
+A32="width=7b layers=32 seq=2048 steps=4 bare=false zero=3 deepspeed.offload_optimizer=true checkpointing=true"
+BASE="attn=sdpa loss_chunk=4096 fused=false compile=true"
+ALL="attn=auto loss_chunk=4096 fused=true compile=true"
+# group 1: the issue's two "done when" comparisons (caption >= 45 % MFU; SFT packed faster than padded)
+cat >"$SUITE/1.txt" <<LIST
+cap-base       $A8 micro=24 dist=caption pack=true $BASE
+cap-all        $A8 micro=24 dist=caption pack=true $ALL
+sft-pad-base   $A8 micro=8  dist=sft $BASE
+sft-pack-base  $A8 micro=8  dist=sft pack=true $BASE
+sft-pack-all   $A8 micro=8  dist=sft pack=true $ALL
+sft-pad-all    $A8 micro=8  dist=sft $ALL
+LIST
+# group 2: each lever alone on packed caption batches (base with one thing changed)
+cat >"$SUITE/2.txt" <<LIST
+cap-varlen     $A8 micro=24 dist=caption pack=true attn=varlen loss_chunk=4096 fused=false compile=true
+cap-flex       $A8 micro=24 dist=caption pack=true attn=flex loss_chunk=4096 fused=false compile=true
+cap-fused      $A8 micro=24 dist=caption pack=true attn=sdpa loss_chunk=4096 fused=true compile=true
+cap-eager      $A8 micro=24 dist=caption pack=true attn=sdpa loss_chunk=4096 fused=false compile=false
+cap-all-m48-ckpt     $A8 micro=48 dist=caption pack=true $ALL checkpointing=true
+cap-all-m48-sac2     $A8 micro=48 dist=caption pack=true $ALL checkpointing=true model.checkpoint_every=2
+cap-all-m48-sacmlp   $A8 micro=48 dist=caption pack=true $ALL checkpointing=true model.checkpoint_part=mlp
+LIST
+# group 3: 32 layers, ZeRO-3, optimizer on the CPU (one device: does it fit, and at what MFU)
+cat >"$SUITE/3.txt" <<LIST
+z3-32-cap-base $A32 micro=16 dist=caption pack=true $BASE
+z3-32-cap-all  $A32 micro=16 dist=caption pack=true $ALL model.checkpoint_every=2
+LIST
+BUDGETS=(200 170 0)
+if [ -n "${EVE_SUITE_CPU:-}" ]; then   # smoke: the same configurations' code paths on a CPU, tiny sizes
   export DS_ACCELERATOR=cpu
-  M="preset=tiny seq=256 steps=2 bare=false"
-  cat >"$SUITE/1.txt" <<LIST
-a-pad $M micro=4 dist=caption
-a-pack-chunk $M micro=8 dist=caption pack=true loss_chunk=128
-a-nogroup $M micro=4 dist=caption group=false
-a-sft-pack $M micro=4 dist=sft pack=true
-LIST
-  cat >"$SUITE/2.txt" <<LIST
-a-z3-ckpt $M micro=4 dist=caption pack=true zero=3 checkpointing=true loss_chunk=128 compile=true
-s-full $M micro=2 dist=full bare=true
-LIST
-  BUDGETS=(200 200)
-else
-  A="width=7b layers=4 seq=2048 steps=8 bare=false"
-  S="preset=small seq=2048 steps=8 bare=false"
-  # group 1, eager: padding vs packing, micro batch, chunked loss, SFT lengths, ZeRO-3, checkpointing
-  cat >"$SUITE/1.txt" <<LIST
-a-cap-pad-m8        $A micro=8  dist=caption
-a-cap-pack-m8       $A micro=8  dist=caption pack=true
-a-cap-pack-m24      $A micro=24 dist=caption pack=true
-a-cap-pack-m24-ce   $A micro=24 dist=caption pack=true loss_chunk=4096
-a-cap-nogroup-m8    $A micro=8  dist=caption group=false
-a-sft-pad-m4        $A micro=4  dist=sft
-a-sft-pack-m4       $A micro=4  dist=sft pack=true loss_chunk=4096
-a-cap-pack-m24-z3   $A micro=24 dist=caption pack=true loss_chunk=4096 zero=3
-a-cap-pack-m64-ckpt $A micro=64 dist=caption pack=true loss_chunk=4096 checkpointing=true
-LIST
-  # group 2, compiled decoder layers and FlexAttention; the earlier `small` 40% configuration
-  cat >"$SUITE/2.txt" <<LIST
-a-cap-pack-m24-ce-c $A micro=24 dist=caption pack=true loss_chunk=4096 compile=true
-a-full-m8-c         $A micro=8  dist=full loss_chunk=4096 compile=true
-s-full-m14-c        $S micro=14 dist=full compile=true
-a-cap-pack-m24-flex $A micro=24 dist=caption pack=true loss_chunk=4096 attn=flex_attention
-s-cap-pack-m48-ce-c $S micro=48 dist=caption pack=true loss_chunk=4096 compile=true
-LIST
-  BUDGETS=(190 0)
-  if [ "${EVE_SUITE_SET:-1}" = 2 ]; then  # the second device run: what the first had no time for
-    cat >"$SUITE/1.txt" <<LIST
-a-cap-pack-m24-ce-z3  $A micro=24 dist=caption pack=true loss_chunk=4096 zero=3
-a-sft-pad-m8          $A micro=8  dist=sft
-a-sft-pack-m8         $A micro=8  dist=sft pack=true
-a-cap-pack-m64-ce-ckpt $A micro=64 dist=caption pack=true loss_chunk=4096 checkpointing=true
-LIST
-    cat >"$SUITE/2.txt" <<LIST
-a-cap-pack-m24-ce-c   $A micro=24 dist=caption pack=true loss_chunk=4096 compile=true
-a8-cap-pack-m24-ce-c  width=7b layers=8 seq=2048 steps=8 bare=false micro=24 dist=caption pack=true loss_chunk=4096 compile=true
-a8-full-m8-c          width=7b layers=8 seq=2048 steps=8 bare=false micro=8 dist=full loss_chunk=4096 compile=true
-a-cap-pack-m24-flex   $A micro=24 dist=caption pack=true loss_chunk=4096 attn=flex_attention
-LIST
-    BUDGETS=(115 0)
-  fi
+  # one line per code path, in one process: base, all levers (compile off: inductor on CPU is the
+  # slow part; compiled layers are tested in tests/model), varlen, flex, SAC, SFT padded,
+  # ZeRO-3 + optimizer offload + checkpointing
+  T="preset=tiny seq=256 steps=1 bare=false micro=4 n_batches=2"
+  grep -hE '^(cap-base|cap-all|cap-varlen|cap-flex|sft-pad-base|cap-all-m48-sacmlp|z3-32-cap-all) ' "$SUITE"/[123].txt \
+    | sed -E 's/(width|layers|seq|steps|micro|bare)=[^ ]+//g; s/compile=true/compile=false/; s/loss_chunk=4096/loss_chunk=64/' \
+    | awk -v t="$T" '{name=$1; $1=""; print name, t, $0}' >"$SUITE/cpu.txt"
+  mv "$SUITE/cpu.txt" "$SUITE/1.txt"; : >"$SUITE/2.txt"; : >"$SUITE/3.txt"
+  TOTAL_S=${EVE_SUITE_TOTAL_S:-1800}  # no time budget to speak of: every line must run (a busy CPU is slow)
+  BUDGETS=(1700 0 0)
 fi
-
-for i in 1 2; do
+for i in 1 2 3; do
   LEFT=$(( TOTAL_S - ($(date +%s) - T0) ))
   BUDGET=${BUDGETS[$((i-1))]}
+  [ -s "$SUITE/$i.txt" ] || continue
   [ "$BUDGET" -eq 0 ] || [ "$BUDGET" -gt "$LEFT" ] && BUDGET=$(( LEFT - 60 ))
   [ "$LEFT" -lt 60 ] && { echo "group $i: no time left" | tee -a "$OUT/log.txt"; continue; }
   echo "== group $i: budget ${BUDGET}s, ${LEFT}s left" | tee -a "$OUT/log.txt"
@@ -101,15 +99,21 @@ for i in 1 2; do
 done
 
 $PY - "$OUT/results.jsonl" <<'PYEOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exists(sys.argv[1]) else []
-print(f"{'name':24} {'tok/s':>9} {'pad':>5} {'MFU':>6} {'TF/s':>6} {'step s':>7} {'GiB':>6}  note")
+import json, os, sys
+rows = [json.loads(l) for l in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
+by_name = {r["name"]: r for r in rows if "mfu" in r}
+def base_of(name):  # each configuration against today's path, same profile, same run
+    return "sft-pad-base" if name.startswith("sft") else "z3-32-cap-base" if name.startswith("z3") else "cap-base"
+print(f"{'name':20} {'attention':9} {'tok/s':>9} {'vs base':>7} {'pad':>5} {'MFU':>6} {'TF/s':>6} {'step s':>7} {'GiB':>6}  note")
 for r in rows:
     if "mfu" in r:
-        print(f"{r['name']:24} {r['tokens_per_s']:9.0f} {r['padding_fraction']:5.1%} {r['mfu']:6.1%} "
+        base = by_name.get(base_of(r["name"]))
+        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:6.2f}x" if base else "      -"
+        path = ",".join(r.get("attention_path") or [str(r.get("attn"))])
+        print(f"{r['name']:20} {path:9} {r['tokens_per_s']:9.0f} {ratio:>7} {r['padding_fraction']:5.1%} {r['mfu']:6.1%} "
               f"{r['model_tflops_per_s']:6.1f} {r['trainer_step_s']:7.3f} {r['max_memory_gib'] or 0:6.1f}  "
               f"build {r['build_s']}s warm {r['warmup_s']}s")
     else:
-        print(f"{r['name']:24} {r.get('error') or r.get('skipped')}"[:160])
+        print(f"{r['name']:20} {r.get('error') or r.get('skipped')}"[:160])
 PYEOF
 echo "total $(( $(date +%s) - T0 ))s"

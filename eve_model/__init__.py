@@ -3,6 +3,7 @@
 See docs/model.md for the mapping to the paper and the published checkpoints.
 """
 
+from .checkpointing import set_activation_checkpointing
 from .config import EveConfig
 from .constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .loading import LoadReport, from_llama_pretrained, load_clip_teacher, load_eve_checkpoint
@@ -26,5 +27,6 @@ __all__ = [
     "EveImageProcessor",
     "EveModel",
     "get_preset",
+    "set_activation_checkpointing",
     "set_trainable",
 ]

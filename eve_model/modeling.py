@@ -22,10 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput
 
+from . import attention as attn
 from .config import EveConfig
 from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from .fused_loss import fused_linear_cross_entropy
 from .patch_aligner import ClipTeacher, PatchAligner
 from .patch_embedding import VisionTokenizer
 
@@ -58,6 +61,7 @@ class MultimodalInputs:
     position_ids: torch.Tensor | None = None  # [B, T'] per-sample positions (packed batches only)
     sample_lengths: list[int] = field(default_factory=list)  # spliced length of each sample
     image_grids: list[tuple[int, int]] = field(default_factory=list)  # (h, w) of each image
+    row_lengths: list[list[int]] = field(default_factory=list)  # spliced sample lengths laid out in each row
 
 
 class _EveInitMixin:
@@ -105,6 +109,21 @@ class EveModel(_EveInitMixin, LlamaModel):
     def has_aligner(self) -> bool:
         return hasattr(self, "vision_tower_compressor")
 
+    def decode(self, inputs_embeds: torch.Tensor, position_ids: torch.LongTensor, mask,
+               output_hidden_states: bool = False, **attn_kwargs) -> tuple[torch.Tensor, tuple | None]:
+        """The decoder stack on a prepared mask (a FlexAttention BlockMask, or None with
+        ``eve_segments`` for varlen): no mask is built here. Returns (last hidden state after the
+        final norm, hidden states as transformers gives them: embeddings, each layer, normed last)."""
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids=position_ids)
+        hidden, states = inputs_embeds, [inputs_embeds]
+        for layer in self.layers[: self.config.num_hidden_layers]:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
+                           position_ids=position_ids, **attn_kwargs)
+            states.append(hidden)
+        hidden = self.norm(hidden)
+        states[-1] = hidden
+        return hidden, (tuple(states) if output_hidden_states else None)
+
 
 class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
     config_class = EveConfig
@@ -119,7 +138,26 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         #: positions that have a target, N at a time, each chunk's logits recomputed in the
         #: backward (no [B, T', V] float32 tensor is kept); ``logits`` is then None. Same loss.
         self.loss_chunk_tokens = 0
+        #: With loss_chunk_tokens > 0: True = fused linear + CE (gradients in the forward, no
+        #: recompute); False = per-chunk activation checkpointing (recomputes each chunk's logits).
+        self.loss_fused = True
+        #: Attention of the training forward (runtime, not saved): auto | sdpa | flex | varlen
+        #: (eve_model/attention.py). Resolved per device and dtype at the first forward, logged once.
+        self.attention = "auto"
+        self._attention_resolved: dict[tuple, attn.AttentionChoice] = {}
         self.post_init()
+
+    def attention_kind(self, device: torch.device, dtype: torch.dtype, packed: bool = True) -> str:
+        """The path ``self.attention`` resolves to here: "sdpa", "flex" or "varlen"."""
+        key = (self.attention, str(device), dtype)
+        if key not in self._attention_resolved:
+            choice = attn.resolve_attention(self.attention, device, dtype)
+            if choice.kind != "sdpa" and self.config._attn_implementation != attn.EVE_ATTN_IMPL:
+                attn.register()
+                self.set_attn_implementation(attn.EVE_ATTN_IMPL)
+            self._attention_resolved[key] = choice
+        choice = self._attention_resolved[key]
+        return "sdpa" if choice.packed_only and not packed else choice.kind
 
     # ------------------------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor, name: str, size: int, batch: int) -> None:
@@ -238,9 +276,11 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         lengths = [e.shape[0] for e in new_embeds]
         # place the samples in their rows: (row, offset) of each sample
         offsets, row_len = [0] * n, [0] * b
+        row_lengths: list[list[int]] = [[] for _ in range(b)]
         for k in (layout if sample_index is not None else range(n)):
             offsets[k] = row_len[sample_row[k]]
             row_len[sample_row[k]] += lengths[k]
+            row_lengths[sample_row[k]].append(lengths[k])
         tmax = max(row_len) if row_len else 0
         out_embeds = embeds.new_zeros(b, tmax, embeds.shape[-1])
         out_mask = attention_mask.new_zeros(b, tmax)
@@ -266,7 +306,7 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
             ar = torch.arange(tmax).expand(b, tmax)
             position_ids = (ar - torch.cummax(torch.where(start_of, ar, 0), dim=1).values).to(input_ids.device)
         return MultimodalInputs(out_embeds, out_mask, out_labels, spans, rows, dummy, position_ids=position_ids,
-                                sample_lengths=lengths, image_grids=grids)
+                                sample_lengths=lengths, image_grids=grids, row_lengths=row_lengths)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -300,12 +340,7 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
             n = input_ids.shape[0] if sample_index is None else images_clip.shape[0]
             self._check_images(images_clip, "images_clip", self.config.image_size_clip, n)
         mm = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, images, sample_index=sample_index)
-        if mm.position_ids is None:
-            out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask,
-                             use_cache=False, output_hidden_states=align)
-        else:  # packed: no 2-D mask, so transformers derives the per-sample block mask from the positions
-            out = self.model(inputs_embeds=mm.inputs_embeds, attention_mask=None, position_ids=mm.position_ids,
-                             use_cache=False, output_hidden_states=align)
+        out = self._decode(mm, align)
         hidden = out.last_hidden_state
         chunked = self.loss_chunk_tokens > 0 and mm.labels is not None
         logits = None if chunked else self.lm_head(hidden)  # [B, T', V]
@@ -348,14 +383,45 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
                                  image_grids=torch.tensor(mm.image_grids, dtype=torch.long).reshape(-1, 2).to(
                                      dev, non_blocking=True))
 
+    def _decode(self, mm: MultimodalInputs, output_hidden_states: bool):
+        """The decoder on the spliced batch, through the attention path ``self.attention`` picks."""
+        embeds = mm.inputs_embeds
+        kind = self.attention_kind(embeds.device, embeds.dtype, packed=mm.position_ids is not None)
+        if kind == "flex" and embeds.device.type == "cpu" and torch.is_grad_enabled() and (
+                embeds.requires_grad or any(p.requires_grad for p in self.model.layers.parameters())):
+            kind = "sdpa"  # FlexAttention has no CPU backward (torch 2.13): masked SDPA instead
+        if kind == "sdpa":
+            if mm.position_ids is None:
+                return self.model(inputs_embeds=embeds, attention_mask=mm.attention_mask, use_cache=False,
+                                  output_hidden_states=output_hidden_states)
+            # packed: no 2-D mask, so transformers derives the per-sample block mask from the positions
+            return self.model(inputs_embeds=embeds, attention_mask=None, position_ids=mm.position_ids,
+                              use_cache=False, output_hidden_states=output_hidden_states)
+        b, t = embeds.shape[:2]
+        seg = attn.segments_of(mm.row_lengths, t, embeds.device)
+        position_ids = mm.position_ids if mm.position_ids is not None else \
+            torch.arange(t, device=embeds.device).expand(b, t)
+        if kind == "varlen":
+            hidden, states = self.model.decode(embeds, position_ids, None, output_hidden_states, eve_segments=seg)
+        else:
+            hidden, states = self.model.decode(embeds, position_ids, attn.document_block_mask(seg.doc),
+                                               output_hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, hidden_states=states)
+
     def _chunked_lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy over the positions with a target, ``loss_chunk_tokens`` at a time."""
+        """Summed cross-entropy over the positions with a target, ``loss_chunk_tokens`` at a time:
+        fused (gradients computed chunk by chunk in the forward, eve_model/fused_loss.py), or, with
+        ``loss_fused=False`` or a ZeRO-3-partitioned head, each chunk's logits recomputed in the
+        backward."""
         from torch.utils.checkpoint import checkpoint
 
         rows = (labels != IGNORE_INDEX).nonzero().flatten()
         if rows.numel() == 0:  # no target: a zero that still runs the head (ZeRO-3 / DDP see it used)
             return self.lm_head(hidden[:1]).float().sum() * 0.0
         h, y = hidden.index_select(0, rows), labels.index_select(0, rows)
+        weight = self.lm_head.weight
+        if self.loss_fused and not hasattr(weight, "ds_id"):  # ZeRO-3 gathers the head only in its own forward
+            return fused_linear_cross_entropy(h, weight, y, self.loss_chunk_tokens)
         total = hidden.new_zeros((), dtype=torch.float32)
 
         def chunk_loss(h_c: torch.Tensor, y_c: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,8 @@ TRAINJOB = JobApi(
     group=trainjob.GROUP, version=trainjob.VERSION, plural=trainjob.PLURAL,
     container=trainjob.CONTAINER, pod_label=trainjob.JOBSET_NAME_LABEL,
     build=lambda job, *, namespace, owner: trainjob.build_trainjob(
-        job, namespace=namespace, owner=owner, runtime=trainjob.runtime_of(os.environ)),
+        job, namespace=namespace, owner=owner, runtime=trainjob.runtime_of(os.environ),
+        runtime_gang=trainjob.runtime_gang_of(os.environ)),
     status=trainjob.job_state,
     suspend_patch=lambda suspended: {"spec": {"suspend": suspended}},
     pod_order=lambda labels: (0, int(labels.get(COMPLETION_INDEX_LABEL) or 0)),

@@ -14,9 +14,10 @@ from typing import Any
 
 from eve_contract import resolved_config
 from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
+from eve_trainer.stage_summary import check_model_meant
 
 from eve_contract.naming import job_labels
-from eve_operator.pipeline import SubmitJob
+from eve_operator.pipeline import SubmitEval, SubmitJob
 from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
 
 #: The node launcher (eve_trainer.launch): nodes x procs_per_node ranks, exit codes preserved.
@@ -96,8 +97,13 @@ def resolve_stage_config(name: str, spec: PipelineSpec, submit: SubmitJob, *,
 
 
 def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
-                   parent_run_id: str | None = None) -> JobSpec:
+                   parent_run_id: str | None = None, check_model: bool = True) -> JobSpec:
+    """The job of one stage attempt. `check_model=False` (`config show` only) renders a stage that
+    submit would refuse for its tokenizer or teacher, so that the refusal can be shown beside it."""
     cfg = resolve_stage_config(name, spec, submit, parent_run_id=parent_run_id)  # validate before submit
+    # no tokenizer, one that cannot fit, a 7B stage without a teacher: refused before any pod starts
+    if check_model:
+        check_model_meant(cfg, chained=submit.stage != spec.chain()[0])
     resources = spec.resources_for(submit.stage)
     world = resources.nodes * resources.procs_per_node
     try:  # the job's real world size: every rank would exit 2 on a batch that does not split
@@ -127,5 +133,51 @@ def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
         scheduling=spec.scheduling, backoff_limit=spec.backoff_limit,
         active_deadline_s=spec.active_deadline_s, suspend=spec.suspend,
         labels=job_labels(name, submit.stage, submit.attempt),
+        pod_template=spec.pod_template_for(submit.stage),
+    )
+
+
+#: The evaluation entry point every rank of an eval job runs (eve_trainer.evaluation, docs/eval.md).
+EVALUATOR = "eve-eval"
+
+
+def eval_args(spec: PipelineSpec, submit: SubmitEval) -> list[str]:
+    """eve-eval's words for one export: its benchmarks and their data, the generation settings, S3.
+    The output is eve-eval's default, beside the export (<stage>/eval/<bench>/scores.json), which is
+    where the pipeline reads the scores (observe.StoreReads.eval_scores)."""
+    assert spec.eval is not None
+    words = [submit.model, f"bench={','.join(spec.eval.data)}",
+             *(f"{bench}.data={url}" for bench, url in spec.eval.data.items()),
+             f"max_new_tokens={spec.eval.max_new_tokens}", f"batch_size={spec.eval.batch_size}"]
+    if spec.s3.endpoint_url:
+        words.append(f"endpoint_url={spec.s3.endpoint_url}")
+    if spec.s3.region:
+        words.append(f"region={spec.s3.region}")
+    return words
+
+
+def build_eval_job_spec(name: str, spec: PipelineSpec, submit: SubmitEval) -> JobSpec:
+    """The job that scores a stage's export: the same machinery as a stage (pod template, S3 and MLflow
+    wiring, gang scheduling), with eve-eval as the command and spec.eval.resources (else the stage's)."""
+    if spec.eval is None:
+        raise ConfigError("an evaluation job needs spec.eval")
+    resources = spec.eval.resources or spec.resources_for(submit.stage)
+    env = {"EVE_PIPELINE": name, "EVE_STAGE": submit.stage, "EVE_ATTEMPT": str(submit.attempt),
+           "PYTHONUNBUFFERED": "1"}
+    if spec.s3.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = spec.s3.endpoint_url
+    if spec.s3.region:
+        env["AWS_REGION"] = spec.s3.region
+    if spec.mlflow.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = spec.mlflow.tracking_uri
+    secret_env = {}
+    if spec.s3.credentials_secret:
+        secret_env = {k: (spec.s3.credentials_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    return JobSpec(
+        name=submit.job_name, pipeline=name, stage=submit.stage, attempt=submit.attempt, image=spec.image,
+        command=[EVALUATOR, *eval_args(spec, submit)], env=env, secret_env=secret_env,
+        nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
+        scheduling=spec.scheduling, backoff_limit=spec.backoff_limit, active_deadline_s=spec.active_deadline_s,
+        labels=job_labels(name, f"eval-{submit.stage}", submit.attempt),
         pod_template=spec.pod_template_for(submit.stage),
     )

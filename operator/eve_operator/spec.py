@@ -6,6 +6,8 @@ OpenAPI schema is generated from it (eve_operator.crd). Validation happens once,
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -155,6 +157,10 @@ class PodTemplateSpec(_Model):
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
     service_account_name: str | None = Field(None, alias="serviceAccountName",
                                              description="ServiceAccount of the pods (IRSA, workload identity).")
+    automount_service_account_token: bool | None = Field(
+        None, alias="automountServiceAccountToken",
+        description="Mount the ServiceAccount's API token into the pods; default false (the trainer never "
+                    "calls the Kubernetes API). PyTorchJob only.")
     image_pull_secrets: list[dict[str, Any]] = Field(default_factory=list, alias="imagePullSecrets",
                                                      description="Image pull secrets, e.g. [{name: regcred}].")
     env: list[dict[str, Any]] = Field(default_factory=list, description="Extra env of the trainer (EnvVar list).")
@@ -283,6 +289,84 @@ class StageSpec(_Model):
                                                  description="Pod customisation, merged over spec.podTemplate.")
 
 
+# -- evaluation in the pipeline (spec.eval) -------------------------------------------------------
+
+EvalMode = Literal["before", "beside"]
+#: `pope.f1 >= 0.80`: a benchmark, one of its scores (as eve-eval names them), a comparison, a number
+_GATE = re.compile(r"^\s*([a-z][a-z0-9_]*)\.([A-Za-z0-9_/.-]+)\s*(>=|<=|>|<)\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
+_BENCH_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate of spec.eval.gate: the export passes when `scores[bench][metric] <op> threshold`."""
+
+    bench: str
+    metric: str
+    op: str
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.bench}.{self.metric} {self.op} {self.threshold:g}"
+
+    def passes(self, value: float) -> bool:
+        return {">=": value >= self.threshold, ">": value > self.threshold, "<=": value <= self.threshold,
+                "<": value < self.threshold}[self.op]
+
+
+def parse_gate(text: str) -> Gate:
+    """'pope.f1 >= 0.80' -> Gate; ValueError naming the expected form."""
+    m = _GATE.match(text)
+    if not m:
+        raise ValueError(f"gate {text!r} is not of the form '<bench>.<score> <op> <number>' with op one of "
+                         ">=, >, <=, < (e.g. 'pope.f1 >= 0.80')")
+    return Gate(m.group(1), m.group(2), m.group(3), float(m.group(4)))
+
+
+def _one_or_list(value: Any) -> Any:
+    """`after: sft` or `after=sft,pretrain` (the CLI) as a list; a list stays a list."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class EvalSpec(_Model):
+    """Benchmark evaluation of stage exports (eve-eval, docs/eval.md) as jobs of the pipeline."""
+
+    data: dict[str, Location] = Field(
+        ..., description="Benchmark -> its bench folder URL (docs/eval.md), e.g. {pope: s3://bucket/bench/pope}.")
+    after: Annotated[list[Stage], BeforeValidator(_one_or_list)] = Field(
+        default_factory=list, description="Stages whose export is evaluated; default the last stage of the chain.")
+    mode: EvalMode = Field("before", description=(
+        "before: the next stage starts once the evaluation is done (and its gate passed); beside: the next "
+        "stage starts at once and the evaluation runs beside it."))
+    gate: Annotated[list[str], BeforeValidator(_one_or_list)] = Field(
+        default_factory=list, description="Conditions every evaluated export must meet, e.g. ['pope.f1 >= 0.80']; "
+                                          "one that fails stops the pipeline.")
+    max_new_tokens: int = Field(128, alias="maxNewTokens", ge=1, description="Generation limit per answer.")
+    batch_size: int = Field(8, alias="batchSize", ge=1, description="Questions generated together per rank.")
+    resources: ResourcesSpec | None = Field(None, description="Resources of an evaluation job; default the "
+                                                              "evaluated stage's.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvalSpec:
+        if not self.data:
+            raise ValueError("eval.data names no benchmark; e.g. eval.data.pope=s3://bucket/bench/pope")
+        for name in self.data:
+            if not _BENCH_NAME.match(name):
+                raise ValueError(f"eval.data.{name}: a benchmark name is lower-case letters, digits and _ "
+                                 "(e.g. pope, textvqa)")
+        for text in self.gate:
+            g = parse_gate(text)
+            if g.bench not in self.data:
+                raise ValueError(f"eval.gate {text!r}: {g.bench} is not evaluated (eval.data has "
+                                 f"{', '.join(sorted(self.data))})")
+        return self
+
+    def gates(self) -> list[Gate]:
+        return [parse_gate(text) for text in self.gate]
+
+
 class PipelineSpec(_Model):
     preset: str = Field("tiny", description="Model preset: tiny | small | eve-7b | eve-7b-hd.")
     start: Stage = Field("prealign", description="First stage to run.")
@@ -313,6 +397,8 @@ class PipelineSpec(_Model):
     suspend: bool = Field(False, description="Suspend the current stage's job.")
     stall_timeout_s: int = Field(900, alias="stallTimeoutSeconds", ge=0, description=(
         "Restart a stage (as a new attempt) when no rank's step advanced for this long; 0: never."))
+    eval: EvalSpec | None = Field(None, description=(
+        "Benchmarks to run on stage exports, as jobs of the pipeline (docs/eval.md), with optional gates."))
     job_api: JobApi | None = Field(
         None, alias="jobApi",
         description="Job API of the stage jobs: PyTorchJob (Training Operator v1) or TrainJob (Kubeflow "
@@ -332,6 +418,11 @@ class PipelineSpec(_Model):
             if chain.index(self.until) < chain.index(self.start):
                 raise ValueError(f"until={self.until!r} comes before start={self.start!r}")
         runs = self.chain()
+        if self.eval is not None:
+            for name in self.eval.after:
+                if name not in runs:
+                    raise ValueError(f"eval.after={name}: this pipeline runs {' -> '.join(runs)}; evaluate "
+                                     "one of those stages")
         for name in self.stages:
             if name not in chain:
                 raise ValueError(f"stages.{name} is not in the chain {' -> '.join(chain)}")
@@ -348,6 +439,13 @@ class PipelineSpec(_Model):
             raise ValueError("scheduling.queue is required with scheduling.gangScheduler=kueue "
                              "(the Kueue LocalQueue the stage jobs are submitted to)")
         return self
+
+    def eval_after(self) -> list[str]:
+        """The stages whose export is evaluated (in chain order); [] without spec.eval."""
+        if self.eval is None:
+            return []
+        wanted: list[str] = list(self.eval.after) or [self.chain()[-1]]
+        return [s for s in self.chain() if s in wanted]
 
     def full_chain(self) -> tuple[str, ...]:
         return HD_CHAIN if (self.hd or self.start == "sft-hd") else DEFAULT_CHAIN
@@ -388,4 +486,5 @@ class PipelineSpec(_Model):
 
 
 __all__ = ["OPERATOR_OWNED", "owned_key_error", "PipelineSpec", "StageSpec", "PodTemplateSpec", "PodResources",
-           "ResourcesSpec", "SchedulingSpec", "S3Spec", "MlflowSpec", "GangScheduler", "JobApi", "STAGES"]
+           "ResourcesSpec", "SchedulingSpec", "S3Spec", "MlflowSpec", "GangScheduler", "JobApi", "STAGES",
+           "EvalSpec", "EvalMode", "Gate", "parse_gate"]

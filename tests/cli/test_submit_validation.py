@@ -154,14 +154,16 @@ def test_new_resource_keys_reach_the_pod() -> None:
 
 def test_a_multi_node_dry_run_renders_the_cluster_objects_without_a_kube_context() -> None:
     result = run("submit", "stage=prealign", "preset=eve-7b", "nodes=4", "output=s3://bkt/eve",
-                 "init_from=s3://bkt/models/vicuna-7b-v1.5", "data=s3://bkt/eve-cap", "--dry-run", "-o", "json")
+                 "init_from=s3://bkt/models/vicuna-7b-v1.5", "model.teacher_path=s3://bkt/models/clip-vit-l-336",
+                 "data=s3://bkt/eve-cap", "--dry-run", "-o", "json")
     pipeline, jobs = rendered(result)
     assert "nodes=4 needs a cluster and there is no kube context" in result.output
     assert pipeline["metadata"] == {"name": "eve-7b", "namespace": "default"}  # not eve-eve-7b
     assert [j["metadata"]["name"] for j in jobs] == ["eve-7b-prealign", "eve-7b-pretrain", "eve-7b-sft"]
     assert jobs[0]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
     # submitting for real still needs the cluster: no local fallback that cannot run it
-    result = run("submit", "stage=prealign", "preset=eve-7b", "nodes=4", "output=s3://bkt/eve")
+    result = run("submit", "stage=prealign", "preset=eve-7b", "nodes=4", "output=s3://bkt/eve",
+                 "init_from=s3://bkt/models/vicuna-7b-v1.5", "model.teacher_path=s3://bkt/models/clip-vit-l-336")
     assert result.exit_code == 2 and "nodes=4 needs a cluster" in result.output
 
 

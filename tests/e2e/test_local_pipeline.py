@@ -83,6 +83,18 @@ def test_three_stages_chain_through_verified_exports(env, datasets, bucket, s3_e
     assert "e2e" in listing and "Succeeded" in listing and "3/3" in listing
     described = cli("describe", "e2e", env=env).stdout
     assert "StageSucceeded" in described and "PipelineSucceeded" in described
+
+    # goodput: one segment per stage with the trainer's timers, shown and tracked
+    from eve_contract.goodput import PARTS
+
+    for s in status["stages"]:
+        assert [seg["attempt"] for seg in s["segments"]] == [1], s["segments"]
+        assert s["segments"][0]["stepSeconds"] > 0 and s["segments"][0]["loopAt"] >= s["segments"][0]["startedAt"]
+    assert "Goodput:     goodput " in described and "productive " in described, described
+    assert "Goodput:     goodput " in cli("status", "e2e", env=env).stdout
+    tracked = client.get_run(parent.info.run_id).data.metrics
+    assert 0 < tracked["goodput/fraction"] < 1 and {f"goodput/{p}_s" for p in PARTS} <= set(tracked)
+    assert all(client.get_run(runs[s].info.run_id).data.metrics["goodput/productive_s"] > 0 for s in STAGES)
     logs = cli("logs", "e2e", "--stage", "sft", env=env)
     assert logs.returncode == 0 and logs.stdout.strip()
 

@@ -54,6 +54,7 @@ from typing import Any
 
 import kubernetes
 from kube_emulator import Emulator, PodLog
+from pod_security import restricted_violations
 
 from eve_contract.topology import free_port
 
@@ -700,6 +701,7 @@ class Kubelet:
         self.containers: dict[str, Container] = {}
         self.ports: dict[str, int] = {}
         self.loop = _Loop("kubelet", self.tick, interval_s)
+        self.refused: set[str] = set()  # pods Pod Security admission turned away
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -733,6 +735,17 @@ class Kubelet:
 
     def _admit(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
+        # the pipelines' namespace enforces Pod Security `restricted` (docs/install.md): every pod of a
+        # job the operator rendered (label eve-platform.io/pipeline) is checked, and one that breaks
+        # it fails the test (the loop's errors); the emulator's own unit tests' pods are left alone
+        pipeline_pod = "eve-platform.io/pipeline" in (meta.get("labels") or {})
+        if pipeline_pod and meta["uid"] not in self.refused and (
+                violations := restricted_violations(spec, meta.get("annotations"))):
+            self.refused.add(meta["uid"])
+            raise PermissionError(f"pod {meta['namespace']}/{meta['name']} violates PodSecurity restricted: "
+                                  + "; ".join(violations))
+        if meta["uid"] in self.refused:
+            return
         containers = spec.get("containers") or []
         if len(containers) != 1:
             raise NotImplementedError(f"pod {meta['name']}: the emulated kubelet runs one container per pod")

@@ -85,12 +85,12 @@ def test_a_finished_job_looks_for_the_manifest_and_a_failed_one_for_exit_codes()
     status = submitted(sp)
     reader = Reader(jobs={"demo-prealign": JobReport("Succeeded", "", 3.0)})
     obs = observe(sp, status, reader)
-    assert reader.asked == ["job demo-prealign", "complete prealign"]
+    assert reader.asked == ["job demo-prealign", "complete prealign", "heartbeats prealign"]
     assert (obs.job, obs.job_finished_at, obs.job_exit_code) == ("Succeeded", 3.0, None)
 
     reader = Reader(jobs={"demo-prealign": JobReport("Failed", "pod master-0 failed")}, codes=[143, 1])
     obs = observe(sp, status, reader)
-    assert reader.asked == ["job demo-prealign", "codes demo-prealign", "complete prealign"]
+    assert reader.asked == ["job demo-prealign", "codes demo-prealign", "complete prealign", "heartbeats prealign"]
     assert obs.job == "Failed" and obs.job_exit_code != 2 and obs.job_message == "pod master-0 failed"
 
 

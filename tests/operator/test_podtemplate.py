@@ -163,7 +163,8 @@ def test_stage_template_merges_over_the_pipeline_by_name() -> None:
 def test_relaxing_a_security_field_must_be_explicit() -> None:
     tpl = template({"podTemplate": {"securityContext": {"runAsNonRoot": False, "runAsUser": 0},
                                     "containerSecurityContext": {"runAsNonRoot": False}}})
-    assert restricted_violations(tpl["spec"]) == ["pod runAsUser=0", "container pytorch: runAsNonRoot is not true"]
+    assert restricted_violations(tpl["spec"]) == ["pod runAsUser=0", "pod runAsNonRoot=false",
+                                                  "container pytorch: runAsNonRoot is not true"]
     sc = tpl["spec"]["containers"][0]["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
 

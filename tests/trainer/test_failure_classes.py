@@ -212,11 +212,17 @@ def test_heartbeats_never_block_or_fail_the_run(tmp_path):
     store = LocalStore(tmp_path / "store")
     beat = HeartbeatWriter(store, pipeline="p", stage="sft", rank=3, every_s=60, attempt=2)
     beat.start()
+    beat.loop_started(0)
     beat.update(step=0, total_steps=10, phase="train")
     beat.update(step=4, loss=1.5, tokens_per_s=100.0)
+    for part, seconds in (("step", 0.5), ("data", 0.25), ("step", 0.5), ("checkpoint", 2.0)):
+        beat.add_time(part, seconds)
     beat.close("done")
     (got,) = layout.read_heartbeats(store, "p", "sft")
     assert (got.rank, got.step, got.total_steps, got.attempt, got.phase, got.loss) == (3, 4, 10, 2, "done", 1.5)
+    # goodput's facts: the process start, the loop start and the cumulative timers
+    assert got.started_at is not None and got.started_at <= got.loop_at <= got.time and got.start_step == 0
+    assert got.timers == {"step": 1.0, "data": 0.25, "checkpoint": 2.0}
     assert got.eta_s is not None and beat.writes >= 2
 
     class Stuck(LocalStore):  # a store whose writes hang (a black-holed S3)

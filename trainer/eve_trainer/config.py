@@ -41,10 +41,31 @@ class ModelSection(_Section):
     """Recompute decoder activations in backward (the reference turns it on for 7B)."""
     compile: bool = False
     """torch.compile each decoder layer (fuses norms/activations on GPU; first steps compile)."""
+    attention: Literal["auto", "sdpa", "flex", "varlen"] = "auto"
+    """Attention of training forwards, no dense mask for packed or padded rows: varlen
+    (FlashAttention varlen on CUDA bf16; per-sample SDPA elsewhere), flex (FlexAttention with a
+    document BlockMask), sdpa (masked SDPA). auto: varlen on CUDA bf16, flex on other CUDA, sdpa
+    on CPU; the choice is logged once (docs/model.md)."""
+    loss_chunk_tokens: int = Field(0, ge=0)
+    """> 0: LM head + cross-entropy only on positions with a label, this many rows at a time,
+    gradients computed in the forward (fused; no [B, T, V] logits). 0: full logits."""
+    checkpoint_every: int = Field(1, ge=1)
+    """With gradient_checkpointing: checkpoint decoder layers 0, k, 2k, ... (1 = every layer)."""
+    checkpoint_part: Literal["layer", "mlp"] = "layer"
+    """With gradient_checkpointing: recompute whole layers, or only their MLP (selective)."""
+    checkpoint_offload: bool = False
+    """With gradient_checkpointing and checkpoint_part=layer: keep the saved layer inputs in pinned
+    host memory (CUDA only; for 32 layers at 7B width on one device)."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """auto = bf16 on CUDA, fp32 on CPU."""
     teacher_path: str | None = None
-    """Local path or URL of the frozen CLIP teacher; None = random teacher (tests only)."""
+    """Folder or s3:// URL of the frozen CLIP teacher of the patch-aligning loss (a CLIPVisionModel,
+    e.g. clip-vit-large-patch14-336). None: the init export's teacher (stages after prealign), the
+    operator's default (chart trainer.teacherPath), random weights for the tiny preset; otherwise
+    refused (eve_trainer.stage_summary)."""
+    align_loss: bool = True
+    """Train the patch-aligning loss against the CLIP teacher (the reference's --requires_cliploss, on in
+    every stage). false: no PAL and no teacher are built, and the loss is off (not the reference recipe)."""
 
     @model_validator(mode="after")
     def _known_preset(self) -> ModelSection:
@@ -60,8 +81,10 @@ BUILTIN_TOKENIZERS: tuple[str, ...] = ("builtin:tiny",)
 class DataSection(_Section):
     urls: list[str] = Field(default_factory=list)
     """Dataset URLs (s3://bucket/prefix, file:///dir or a plain dir) holding shards + index.json."""
-    tokenizer: str = "builtin:tiny"
-    """Tokenizer folder (local or s3://), or builtin:tiny for the offline test tokenizer."""
+    tokenizer: str | None = None
+    """Tokenizer folder (local or s3://), or builtin:tiny (the offline test tokenizer). None: the LLM's
+    own, from init_from (a Vicuna folder, or the previous stage's export, which carries its tokenizer);
+    builtin:tiny for the tiny preset and a random-init small."""
     template: Literal["plain", "vicuna_v1"] = "plain"
     max_length: int = Field(2048, ge=16)
     num_workers: int = Field(2, ge=0, le=64)
@@ -130,6 +153,13 @@ class CheckpointSection(_Section):
     """Time allowed after SIGTERM to write a final checkpoint."""
     export: bool = True
     """Export the HF-format model and the stage-complete manifest at the end of the stage."""
+    async_save: bool = True
+    """Asynchronous saves: the step loop blocks only while the state is copied to host memory;
+    serialising, the upload to S3 and the manifest (last) run in a background thread, one save
+    in flight at a time (docs/trainer.md, Checkpoints)."""
+    mtbf_node_hours: float = Field(5000.0, ge=0)
+    """Mean time between failures of one node, in hours, for the checkpoint-interval advice
+    (Young/Daly, from the measured step and save times; 0: no advice)."""
 
 
 #: tracking URI schemes MLflow 3 serves (its store registry, less `file`: MLflow 3 refuses the
@@ -204,6 +234,20 @@ class DebugSection(_Section):
     """Hang only in this attempt of the stage (EVE_ATTEMPT), so a restart can complete; 0: every attempt."""
 
 
+class ValidationSection(_Section):
+    """Loss on a fixed held-out set while training (eve_trainer.validation). Named `validation`,
+    not `eval`: `eval.*` are the pipeline's benchmark keys (spec.eval)."""
+
+    data: list[str] = Field(default_factory=list)
+    """Held-out dataset roots (shards + index.json, like data.urls); empty: no validation."""
+    every_steps: int = Field(0, ge=0)
+    """Validate every this many optimizer steps; 0: only at the end of the stage (always run there)."""
+    max_samples: int = Field(256, ge=1)
+    """The first this many samples of the held-out data (index order): the same set every time."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Samples per forward pass; None: the training micro_batch_size."""
+
+
 class TrainConfig(_Section):
     stage: Stage
     pipeline: str = "default"
@@ -228,6 +272,7 @@ class TrainConfig(_Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
     debug: DebugSection = Field(default_factory=DebugSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
     progress: Literal["auto", "bar", "json", "none"] = "auto"
 
     @field_validator("output")

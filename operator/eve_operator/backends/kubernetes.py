@@ -101,6 +101,69 @@ def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[di
     return [api.body(job, ns, None) for job in jobs]
 
 
+#: Where the chart publishes its install-time rules (<namespace>/<ConfigMap>; chart: <release>-policy).
+ENV_POLICY_CONFIGMAP = "EVE_PLATFORM_POLICY_CONFIGMAP"
+DEFAULT_POLICY_CONFIGMAP = "eve-system/eve-platform-policy"
+
+
+def install_rules() -> tuple[Any, str]:
+    """(OperatorDefaults, where they came from): the chart's rules ConfigMap when the kube context can
+    read it (what the operator runs with: pod policy, S3 identity, required gang scheduler), else
+    None and a sentence saying the built-in `restricted` pod policy is used."""
+    from eve_operator.defaults import OperatorDefaults
+
+    where = os.environ.get(ENV_POLICY_CONFIGMAP) or DEFAULT_POLICY_CONFIGMAP
+    ns, _, cm = where.partition("/")
+    try:
+        _, core = _apis()
+        data = {**(core.read_namespaced_config_map(cm, ns).data or {}), "EVE_OPERATOR_NAMESPACE": ns}
+    except KubeConfigError:
+        return None, "the built-in restricted pod policy (no kube context to read the cluster's)"
+    except Exception as err:  # noqa: BLE001 - 404, 403, unreachable: say so and check the default
+        reason = getattr(err, "reason", None) or type(err).__name__
+        return None, (f"the built-in restricted pod policy (ConfigMap {ns}/{cm} not readable: {reason}; "
+                      f"set {ENV_POLICY_CONFIGMAP}=<namespace>/<name> for another release)")
+    return OperatorDefaults.from_env(data), f"the cluster's rules (ConfigMap {ns}/{cm})"
+
+
+def check_admission(name: str, namespace: str | None, spec: PipelineSpec) -> str:
+    """What the operator would refuse, refused here (ValueError naming the field); returns which
+    rules were checked. With the cluster's ConfigMap: its pod policy, S3 and scheduling rules; without
+    it: the built-in `restricted` pod policy only."""
+    from pydantic import ValidationError
+
+    from eve_operator import admission, pod_policy
+    from eve_operator.defaults import OperatorDefaults
+
+    defaults, source = install_rules()
+    ns = current_namespace(namespace)
+    if defaults is not None:
+        try:  # what the operator will run: the pipeline's fields, else the install's (gang scheduler, queue)
+            spec = defaults.parse(spec.model_dump(by_alias=True, exclude_unset=True, mode="json"))
+        except ValidationError as err:
+            problems = "; ".join(f"spec.{'.'.join(str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                                 for e in err.errors())
+            raise ValueError(f"invalid spec: {problems} (with the defaults of {source})") from None
+        refused = admission.refuse(defaults, spec, ns)
+    else:  # PSS restricted only: which ServiceAccounts and Secrets are allowed is the cluster's to say
+        import dataclasses
+
+        defaults = OperatorDefaults(pod_policy=dataclasses.replace(
+            OperatorDefaults().pod_policy, service_accounts=("*",), secrets=("*",)))
+        source += "; ServiceAccounts and Secrets not checked"
+        violations = pod_policy.check_pipeline(spec, defaults.pod_policy, namespace=ns)
+        refused = violations and admission.Refusal(
+            "PodPolicyViolation", "invalid spec: " + pod_policy.refusal(violations, defaults.pod_policy))
+    if refused:
+        raise ValueError(f"{refused.message} (checked against {source})")
+    for job in render_jobs(name, namespace, spec):
+        try:
+            admission.check_job(defaults, job, ns, spec)
+        except admission.PolicyError as err:
+            raise ValueError(f"{err} (checked against {source})") from None
+    return source
+
+
 # -- the API --------------------------------------------------------------------------------
 
 

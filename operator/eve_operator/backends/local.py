@@ -31,11 +31,11 @@ from eve_contract.storage import StorageAccessError, StorageUnavailable, open_st
 from eve_contract.topology import single_node
 from eve_contract.tracking_names import LOGS_ARTIFACT_DIR, TAG_PARENT_RUN, TAG_STAGE
 
-from eve_operator.jobspec import JobSpec, build_job_spec
+from eve_operator.jobspec import JobSpec, build_eval_job_spec, build_job_spec
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
-    Decision, EndStageRun, Emit, JobState, Observation, PipelineStatus, SetSuspended, StopJob, SubmitJob, decide,
-    initial_status, parent_run_params, parent_run_tags,
+    Decision, EndStageRun, Emit, JobState, Observation, PipelineStatus, SetSuspended, StopJob, SubmitEval, SubmitJob,
+    decide, initial_status, parent_run_params, parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec
 from eve_operator.tracking import RunRecords
@@ -138,6 +138,10 @@ def _alive(pid: int) -> bool:
 # -- a stage job as local processes ----------------------------------------------------------
 
 
+#: The console scripts a job runs -> the module this machine runs them as (this interpreter).
+MODULES = {"eve-train": "eve_trainer", "eve-eval": "eve_trainer.evaluation"}
+
+
 class LocalJob:
     """One stage attempt: world_size processes of `python -m eve_trainer` on this machine."""
 
@@ -158,7 +162,7 @@ class LocalJob:
                        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
             if self.job.resources.gpus_per_node == 0:
                 env["CUDA_VISIBLE_DEVICES"] = ""
-            cmd = [sys.executable, "-m", "eve_trainer", *self.job.command[1:]]
+            cmd = [sys.executable, "-m", MODULES[self.job.command[0]], *self.job.command[1:]]
             log = open(self.logs / f"rank-{rank}.log", "ab")  # noqa: SIM115 - owned by the child
             self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                start_new_session=True))
@@ -291,6 +295,7 @@ class LocalRunner:
         self.record, self.on_event, self.on_tick = record, on_event, on_tick
         self.store = open_store(record.spec.output, endpoint_url=record.spec.s3.endpoint_url)
         self.job: LocalJob | None = None
+        self.eval_jobs: dict[str, LocalJob] = {}  # evaluation jobs (spec.eval) by name; they may run beside a stage
         self.reads = StoreReads(record.name, record.spec.output, lambda: self.store)
         self.runs = RunRecords(record.spec.mlflow.tracking_uri, record.spec.mlflow.experiment, record.name,
                                warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
@@ -303,19 +308,27 @@ class LocalRunner:
 
     # the observer's StageReader: this runner's processes, and the store
 
+    def _named(self, name: str) -> LocalJob | None:
+        if self.job is not None and self.job.job.name == name:
+            return self.job
+        return self.eval_jobs.get(name)
+
     def job_report(self, name: str) -> JobReport:
-        if self.job is None or self.job.job.name != name:
+        job = self._named(name)
+        if job is None:
             return JobReport()  # lost (runner restarted): the core submits it again
-        state = self.job.state()
-        return JobReport(state, self.job.message, self.job.finished_at)
+        state = job.state()
+        return JobReport(state, job.message, job.finished_at)
 
     def exit_codes(self, name: str) -> list[int]:
-        return list(self.job.exit_codes) if self.job is not None and self.job.job.name == name else []
+        job = self._named(name)
+        return list(job.exit_codes) if job is not None else []
 
     def error_line(self, name: str) -> str:
-        if self.job is None or self.job.job.name != name:
+        job = self._named(name)
+        if job is None:
             return ""
-        return error_line("\n".join("\n".join(_log_end(p)) for p in sorted(self.job.logs.glob("rank-*.log"))))
+        return error_line("\n".join("\n".join(_log_end(p)) for p in sorted(job.logs.glob("rank-*.log"))))
 
     def observe(self) -> Observation:
         observation = observe(self.record.spec, self.record.status, _Reader(self))
@@ -332,6 +345,13 @@ class LocalRunner:
                                      parent_run_id=self.record.status.mlflow_run_id)
                 self.job = LocalJob(job, log_dir(self.record.name, action.stage, action.attempt))
                 self.job.start()
+            elif isinstance(action, SubmitEval):
+                job = build_eval_job_spec(self.record.name, self.record.spec, action)
+                self.eval_jobs[action.job_name] = LocalJob(job, log_dir(self.record.name, f"eval-{action.stage}",
+                                                                        action.attempt))
+                self.eval_jobs[action.job_name].start()
+            elif isinstance(action, StopJob) and action.job_name in self.eval_jobs:
+                self.eval_jobs[action.job_name].terminate()
             elif isinstance(action, SetSuspended) and self.job is not None:
                 self.job.set_suspended(action.suspended)
             elif isinstance(action, StopJob) and self.job is not None and self.job.job.name == action.job_name:
@@ -371,10 +391,12 @@ class LocalRunner:
                     break
                 self._store_down_since = None
                 decision = decide(rec.name, rec.spec, rec.status, observation, time.time())
-                rec.status = decision.status
+                before, rec.status = rec.status, decision.status
                 self.act(decision)
                 rec.save()
                 self.runs.sync(rec.status.mlflow_run_id, parent_run_tags(rec.status))
+                if any(isinstance(a, Emit) for a in decision.actions):  # a transition: goodput/* to MLflow
+                    self.runs.log_goodput(before, rec.status, time.time())
                 if self.on_tick:
                     self.on_tick(rec, self.job)
                 if not rec.status.done:
@@ -402,6 +424,8 @@ class LocalRunner:
     def _stop(self, why: str, failure_class: FailureClass) -> None:
         if self.job is not None:
             self.job.terminate()
+        for job in self.eval_jobs.values():
+            job.terminate()
         rec = self.record
         if not rec.status.done:
             rec.status.failed(failure_class, why)
@@ -418,6 +442,7 @@ class _Reader:
     def __init__(self, runner: LocalRunner):
         self.job, self.exit_codes, self.error_line = runner.job_report, runner.exit_codes, runner.error_line
         self.complete, self.heartbeats = runner.reads.complete, runner.reads.heartbeats
+        self.eval_scores = runner.reads.eval_scores
 
 
 def run_detached(name: str) -> int:

@@ -31,6 +31,7 @@ class Out(str, Enum):
 class Profile(str, Enum):
     demo = "demo"
     eve = "eve"
+    shapes = "shapes"
 
 
 class Kind(str, Enum):
@@ -139,7 +140,8 @@ def synth_cmd(
     endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT"),
     out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
     profile: Profile = typer.Option(Profile.demo, "--profile",
-                                    help="demo (compact) or eve (EVE-like aspect ratios and text lengths)."),
+                                    help="demo (compact), eve (EVE-like aspect ratios and text lengths) or shapes "
+                                         "(learnable: coloured shapes, captions and questions about them)."),
 ) -> None:
     """Write a small synthetic dataset (random images + captions or conversations) for demos and tests."""
     import time

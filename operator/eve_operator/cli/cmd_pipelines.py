@@ -84,6 +84,8 @@ def status(name: Optional[str] = typer.Argument(None, help="Pipeline; all when o
           + (f" (stage {status_['currentStage']})" if status_.get("currentStage") else ""))
     output.table(output.STAGE_HEADERS, output.stage_rows(obj, live), "no stages yet")
     _print_evals(obj)
+    for line in output.goodput_lines(status_):
+        print(line)
     if status_.get("phase") == "Failed":
         raise typer.Exit(EXIT_FAILED)
 
@@ -98,6 +100,9 @@ def describe(name: str, local: bool = LocalOpt, backend: str = BackendOpt,
         output.emit({**obj, "status": _with_live(obj.get("status") or {}, live)}, output_fmt)
         return
     output.describe(obj, live)
+    from eve_operator.cli.training_block import show_for_describe
+
+    show_for_describe(obj)
     _print_evals(obj, title=True)
 
 

@@ -80,6 +80,10 @@ def submit(
         info(f"dry run: {why[0]} needs a cluster and there is no kube context here, so this renders the "
              "Kubernetes objects (as --backend kubernetes does); submitting them needs a kube context")
         where = "kubernetes"
+    from eve_operator.cli.training_block import show_for_submit
+
+    # what each stage will train (-o table); exit 2 for a missing teacher or a tokenizer that does not fit
+    show_for_submit(name, spec, quiet=output_fmt is not Format.table)
     if where == "kubernetes":
         _submit_kubernetes(name, namespace, spec, dry_run, output_fmt, wait)
     else:
@@ -144,6 +148,7 @@ def _submit_kubernetes(name: str, namespace: str | None, spec: Any, dry_run: boo
     if dry_run:
         info("dry run: every stage's job, each starting from the previous stage's export; fields the "
              "pipeline omits (image, tracking, scheduler, ...) take the operator's defaults on the cluster")
+        info(f"checked against {_backend_call(kube.check_admission, name, namespace, spec)}")
         docs = [_backend_call(kube.render_pipeline, name, namespace, spec), *jobs]
         if fmt is Format.json:
             output.emit(docs, fmt)

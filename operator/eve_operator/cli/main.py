@@ -75,12 +75,19 @@ def config_show(words: Optional[list[str]] = typer.Argument(None, metavar="stage
         if which not in spec.chain():
             fail(f"--stage {which}: this pipeline runs {' -> '.join(spec.chain())}")
         # the stage job's own document (what its ranks read), checked as submit checks it
+        # (a tokenizer or teacher that submit would refuse is shown as a note beside the config)
         job = build_job_spec(name, spec, SubmitJob(which, 1, f"{name}-{which}",
-                                                   spec.planned_init_from(name, which), None))
+                                                   spec.planned_init_from(name, which), None), check_model=False)
     except (ConfigError, ValueError) as err:
         fail(str(err))
     cfg = resolved_config.loads(job.env[resolved_config.ENV_VAR])[1]
     output.emit(cfg, output_fmt if output_fmt is not Format.table else Format.yaml)
+    if output_fmt is not Format.json:  # what it trains, as YAML comments (stderr)
+        from eve_trainer.config import TrainConfig
+
+        from eve_operator.cli.training_block import comment_for_config
+
+        info(comment_for_config(TrainConfig.model_validate(cfg)))
 
 
 # -- demo ----------------------------------------------------------------------------------

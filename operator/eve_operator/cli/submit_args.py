@@ -143,6 +143,9 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
                 raise ConfigError("name= is empty; a pipeline name is a DNS-1035 label of at most 40 characters "
                                   "(lower-case letters, digits and '-', starting with a letter), e.g. name=eve-7b")
             name = validate_pipeline_name(raw)
+        elif key.startswith("eval."):  # spec.eval: eval.data.<bench>=<url>, eval.after, eval.mode, eval.gate
+            given.append((key, word))
+            set_dotted(tree, key, _eval_value(key, raw))
         elif key in PIPELINE_KEYS:
             path = PIPELINE_KEYS[key]
             given.append((path, word))
@@ -165,6 +168,9 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
             given.append((f"overrides.{key}", word))
             tree.setdefault("overrides", {})[key] = parse_value(key, raw)
     check_unique(given)
+    if isinstance(tree.get("eval"), dict) and not tree["eval"].get("data"):
+        raise ConfigError("eval.* keys need the benchmarks' data: eval.data.<bench>=<bench folder URL> "
+                          "(e.g. eval.data.pope=s3://bucket/bench/pope; docs/eval.md)")
     if "start" not in tree:
         raise ConfigError(f"missing stage=<name>; choose one of {', '.join(STAGES)} "
                           "(e.g. `eve-platform submit stage=prealign`)")
@@ -172,6 +178,25 @@ def parse_submit(words: list[str], defaults: dict[str, Any] | None = None,
         return name, PipelineSpec.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(validation_message(err, what="pipeline")) from None
+
+
+#: spec.eval's keys on the command line (besides eval.data.<bench>); the spec validates the values
+EVAL_KEYS = ("after", "mode", "gate", "max_new_tokens", "batch_size")
+
+
+def _eval_value(key: str, raw: str) -> Any:
+    sub = key.split(".", 1)[1]
+    if sub.startswith("data.") and len(sub) > len("data."):
+        return raw.strip()
+    if sub not in EVAL_KEYS:
+        raise ConfigError(f"unknown key {key!r}; the eval keys are eval.data.<bench>, "
+                          + ", ".join(f"eval.{k}" for k in EVAL_KEYS))
+    if sub in ("max_new_tokens", "batch_size"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r}: expected a whole number") from None
+    return raw.strip()
 
 
 def _check_trainer_key(key: str) -> None:
