@@ -158,7 +158,7 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
     `submit`'s own parser, and `eve-eval ...` as the rank command."""
     from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
     from eve_operator.cli.submit_args import parse_submit
-    from eve_operator.jobspec import JobSpec
+    from eve_operator.jobspec import EVALUATOR, JobSpec
 
     values = dict(w.split("=", 1) for w in eval_words)
     words = ["stage=sft", f"output={output_url}", *(f"{k}={v}" for k, v in job_keys.items() if k != "name")]
@@ -179,7 +179,7 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
     resources = spec.resources
     return spec, JobSpec(
         name=name, pipeline=name, stage="eval", attempt=1, image=spec.image,
-        command=["eve-eval", model, *eval_words], env=env, secret_env=secret_env,
+        command=[EVALUATOR, model, *eval_words], env=env, secret_env=secret_env,
         nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
         scheduling=spec.scheduling, backoff_limit=spec.backoff_limit, active_deadline_s=spec.active_deadline_s,
         labels={LABEL_PIPELINE: name, LABEL_STAGE: "eval", LABEL_EVAL: name}, pod_template=spec.pod_template)
