@@ -21,6 +21,8 @@ def test_describe_and_status_show_the_scores_beside_the_exports(tmp_path: Path,
     store = tmp_path / "store"
     spec = PipelineSpec(output=f"file://{store}")
     record = lb.Record("run1", spec, initial_status(spec))
+    sft = next(s for s in record.status.stages if s.name == "sft")
+    sft.state = "Succeeded"  # the scores of a finished stage's export are shown
     record.save()
     scores = {"bench": "pope", "scores": {"accuracy": 0.75, "f1": 0.8, "yes_ratio": 0.5, "random/f1": 0.9, "n": 60}}
     path = store / "run1" / "sft" / "eval" / "pope" / "scores.json"

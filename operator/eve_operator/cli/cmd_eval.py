@@ -1,13 +1,14 @@
 """`eve-platform eval <export URL | models:/name@alias> bench=pope,textvqa pope.data=<url> ...`.
 
 Scores a stage export on EVE's benchmarks (docs/eval.md). On this machine (default without a kube
-context, or --local) it runs in this process (nproc_per_node=1) or as N local ranks started by
-the node launcher; with --backend kubernetes it runs as a PyTorchJob (or TrainJob, job_api=) built
+context, or --local) it runs one `eve-eval` process (nproc_per_node=1) or N local ranks started
+by the node launcher; with --backend kubernetes it runs as a PyTorchJob (or TrainJob, job_api=) built
 by the same job machinery as a stage: a JobSpec whose command is `eve-eval ...`, each pod running
 `eve-launch -- eve-eval ...`. Either way it ends with each bench's scores (read back from
 `<output>/<bench>/scores.json`).
 
-torch-free: the evaluation code is imported inside the command, and only for a local run.
+torch-free: the CLI reads words, bench names and scores with the torch-free evaluation modules
+(args, benches, paths); the ranks are processes of their own.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
     `submit`'s own parser, and `eve-eval ...` as the rank command."""
     from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
     from eve_operator.cli.submit_args import parse_submit
-    from eve_operator.jobspec import JobSpec
+    from eve_operator.jobspec import EVALUATOR, JobSpec
 
     values = dict(w.split("=", 1) for w in eval_words)
     words = ["stage=sft", f"output={output_url}", *(f"{k}={v}" for k, v in job_keys.items() if k != "name")]
@@ -178,7 +179,7 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
     resources = spec.resources
     return spec, JobSpec(
         name=name, pipeline=name, stage="eval", attempt=1, image=spec.image,
-        command=["eve-eval", model, *eval_words], env=env, secret_env=secret_env,
+        command=[EVALUATOR, model, *eval_words], env=env, secret_env=secret_env,
         nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
         scheduling=spec.scheduling, backoff_limit=spec.backoff_limit, active_deadline_s=spec.active_deadline_s,
         labels={LABEL_PIPELINE: name, LABEL_STAGE: "eval", LABEL_EVAL: name}, pod_template=spec.pod_template)
@@ -361,7 +362,8 @@ def pipeline_eval_rows(obj: dict[str, Any]) -> list[list[Any]]:
     try:
         store = open_store(out, endpoint_url=(spec.get("s3") or {}).get("endpointUrl"))
         name = obj["metadata"]["name"]
-        for stage in (obj.get("status") or {}).get("stages") or []:
+        # only a finished stage has an export to evaluate; one listing per such stage
+        for stage in [s for s in (obj.get("status") or {}).get("stages") or [] if s.get("state") == "Succeeded"]:
             prefix = paths.default_output(layout.export_prefix(name, stage["name"]))
             for key in store.list(prefix):
                 if not key.endswith("/" + paths.SCORES):

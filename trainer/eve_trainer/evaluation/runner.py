@@ -370,14 +370,21 @@ def evaluate(model: str, benches: dict[str, str], output: str, *, rank: int = 0,
                 f"{time.monotonic() - t0:.1f} s")
             _barrier()  # every part written
             outcome: Any = None
+            failure: BaseException | None = None
             if rank == 0:
                 try:
                     outcome = {"scores": merge_and_score(out_store, name, files, questions, world_size, ref)}
-                except (BenchDataError, KeyError, ValueError) as err:
+                except (BenchDataError, KeyError, ValueError) as err:  # the bench's files: the user's
                     outcome = {"error": f"{name}: {err}"}
+                except Exception as err:  # noqa: BLE001 - an outage: the other ranks must not wait for scores
+                    outcome, failure = {"retryable": f"{name}: rank 0 could not merge and score: {err}"}, err
             outcome = _broadcast(outcome)
+            if failure is not None:
+                raise failure
             if "error" in outcome:
                 raise BenchDataError(outcome["error"])
+            if "retryable" in outcome:
+                raise RuntimeError(outcome["retryable"])
             results[name] = outcome["scores"]
             if rank == 0:
                 say(f"[eve-eval] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in outcome["scores"].items()
