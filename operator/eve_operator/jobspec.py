@@ -153,6 +153,8 @@ def eval_args(spec: PipelineSpec, submit: SubmitEval) -> list[str]:
         words.append(f"endpoint_url={spec.s3.endpoint_url}")
     if spec.s3.region:
         words.append(f"region={spec.s3.region}")
+    if not spec.mlflow.tracking_uri:
+        words.append("mlflow=false")  # a pipeline without tracking: no scores to a run either
     return words
 
 

@@ -8,8 +8,16 @@ from typing import Any
 import pytest
 
 from eve_operator.pipeline import (
-    COMPLETE_GRACE_S, EndStageRun, EvalObservation, Observation, PipelineStatus, StageComplete, StopJob, SubmitEval,
-    SubmitJob, decide,
+    COMPLETE_GRACE_S,
+    EndStageRun,
+    EvalObservation,
+    Observation,
+    PipelineStatus,
+    StageComplete,
+    StopJob,
+    SubmitEval,
+    SubmitJob,
+    decide,
 )
 from eve_operator.spec import PipelineSpec, parse_gate
 
@@ -102,7 +110,7 @@ def test_the_eval_job_runs_eve_eval_on_the_export_like_a_stage() -> None:
               s3={"endpointUrl": "http://s3:8333", "credentialsSecret": "creds"})
     job = build_eval_job_spec("demo", sp, SubmitEval("sft", 1, "demo-eval-sft", EXPORT.format("sft")))
     assert job.command == ["eve-eval", EXPORT.format("sft"), "bench=pope", "pope.data=s3://bench/pope",
-                           "max_new_tokens=16", "batch_size=4", "endpoint_url=http://s3:8333"]
+                           "max_new_tokens=16", "batch_size=4", "endpoint_url=http://s3:8333", "mlflow=false"]
     assert job.pod_command[:2] == ["eve-launch", "--"] and job.world_size == 16
     assert job.secret_env["AWS_ACCESS_KEY_ID"] == ("creds", "AWS_ACCESS_KEY_ID")
 

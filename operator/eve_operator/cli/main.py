@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 the pipeline failed (when waiting), 2 bad input, 3 not found
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -95,24 +94,13 @@ def config_show(words: Optional[list[str]] = typer.Argument(None, metavar="stage
 
 @app.command()
 def demo(name: str = typer.Option("", help="Pipeline name; default demo-<date>-<time>, a fresh run each time."),
-         samples: int = typer.Option(96, help="Synthetic samples per dataset."),
+         samples: int = typer.Option(1500, help="Synthetic training samples per dataset."),
          nproc: int = typer.Option(2, help="Processes (ranks) per stage.")) -> None:
-    """Synthetic data + the tiny EVE pipeline (prealign -> pretrain -> sft) on this machine."""
-    from eve_operator.backends import local as lb
+    """The tiny EVE chain learns something you can see: learnable synthetic data, prealign -> pretrain
+    -> sft on this machine, and the initial and trained models scored on held-out yes/no questions."""
+    from eve_operator.cli.demo import run_demo
 
-    name = name or time.strftime("demo-%Y%m%d-%H%M%S")
-    store = lb.default_output()
-    captions, convs = f"{store}/datasets/synth-captions", f"{store}/datasets/synth-conversations"
-    try:
-        from eve_trainer.data import write_synthetic_dataset
-    except ImportError as err:
-        fail(f"the data pipeline is not installed ({err}); run `make demo`, which installs it")
-    for url, kind in ((captions, "caption"), (convs, "conversation")):
-        index = write_synthetic_dataset(url, num_samples=samples, kind=kind, seed=0)
-        info(f"synthetic {kind} dataset: {url} ({getattr(index, 'num_samples', samples)} samples)")
-    submit(["stage=prealign", f"name={name}", f"data={captions}", f"sft.data={convs}",
-            f"nproc_per_node={nproc}"], file=None, local=True, backend="", namespace=None, dry_run=False,
-           detach=False, wait=False, output_fmt=Format.table)
+    run_demo(name, samples, nproc)
 
 
 def main() -> None:  # pragma: no cover - console entry
