@@ -47,7 +47,6 @@ from itertools import cycle
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # fixtures.services (SeaweedFS)
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if "--gpu" not in sys.argv else "cuda")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -149,7 +148,7 @@ def build_engine(hidden: int, layers: int):
 
 
 def bench_checkpoint(tmp: Path, hidden: int, layers: int, reps: int) -> dict:
-    from fixtures.services import start_seaweedfs, stop
+    from support.services import start_seaweedfs, stop
 
     from eve_trainer.checkpoint import DS_TAG, CheckpointManager
     from eve_contract.storage import S3Store

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from data_helpers import data_cfg  # type: ignore[import-not-found]
+from support.data_helpers import data_cfg  # type: ignore[import-not-found]
 from test_resume import _check_resume, _take  # type: ignore[import-not-found]
 
 from eve_trainer.data import DataError, DatasetIndex, build_loader

@@ -42,7 +42,7 @@ def _llava(root: Path) -> Path:
 
 
 def test_convert_llava_to_s3_and_load(s3_env, bucket, tmp_path, tok, proc) -> None:  # noqa: ANN001
-    from data_helpers import data_cfg  # type: ignore[import-not-found]
+    from support.data_helpers import data_cfg  # type: ignore[import-not-found]
 
     from eve_trainer.data import build_loader
 

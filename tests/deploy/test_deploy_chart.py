@@ -11,7 +11,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import (CHART, CI_VALUES, K8S_VERSION, NAMESPACE, RELEASE, RENDER_CASES, ROOT, Helm,
+from support.deploy_support import (CHART, CI_VALUES, K8S_VERSION, NAMESPACE, RELEASE, RENDER_CASES, ROOT, Helm,
                             find, pod_specs, values_args)
 
 from eve_operator import run
@@ -400,7 +400,7 @@ def test_operator_args_are_accepted_by_eve_operator(chart: Helm, values: Path | 
 
 def test_crd_template_renders_the_generated_file_unchanged(chart: Helm) -> None:
     """fromYaml/toYaml must not alter the generated schema (numbers, nulls, ordering aside)."""
-    from deploy_support import crd_file
+    from support.deploy_support import crd_file
 
     (crd,) = find(chart.template(), "CustomResourceDefinition")
     source = crd_file()

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from deploy_support import ROOT
+from support.deploy_support import ROOT
 
 DOCKERFILES = {"operator": ROOT / "operator" / "Dockerfile", "trainer": ROOT / "trainer" / "Dockerfile"}
 

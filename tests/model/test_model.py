@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from eve_model_testutils import (  # noqa: F401 (fixtures are used by name)
+from support.eve_model_testutils import (  # noqa: F401 (fixtures are used by name)
     make_batch, make_image, tiny_batch, tiny_config, tiny_model, tiny_proc)
 
 from eve_contract.names import STAGES

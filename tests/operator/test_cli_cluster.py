@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from operator_harness import NS, Cluster, wait_for
+from support.operator_harness import NS, Cluster, wait_for
 from typer.testing import CliRunner
 
 from eve_operator.cli.main import app

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from operator_harness import NS, Cluster, Operator, wait_for, write_export
+from support.operator_harness import NS, Cluster, Operator, wait_for, write_export
 from typer.testing import CliRunner
 
 from eve_operator import tracking

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from operator_harness import NS, Cluster
-from fixtures.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
+from support.operator_harness import NS, Cluster
+from support.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
 
 from eve_operator import crd
 from eve_operator import pytorchjob

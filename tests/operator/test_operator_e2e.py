@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
+from support.operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
 
 from eve_operator import metrics
 

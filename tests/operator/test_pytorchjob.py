@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.schema_check import VENDORED_PYTORCHJOB, load_crd_schema, strip_descriptions, validate
+from support.schema_check import VENDORED_PYTORCHJOB, load_crd_schema, strip_descriptions, validate
 
 from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
 from eve_operator.jobspec import build_job_spec

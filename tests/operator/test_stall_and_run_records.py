@@ -11,7 +11,7 @@ import sys
 import time
 
 from mlflow.tracking import MlflowClient
-from operator_harness import Cluster, Operator, base_spec, wait_for
+from support.operator_harness import Cluster, Operator, base_spec, wait_for
 
 from eve_operator.tracking import END_REASON_TAG
 from eve_contract import layout

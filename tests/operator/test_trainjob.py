@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fixtures.schema_check import load_crd_schema, strip_descriptions, validate
+from support.schema_check import load_crd_schema, strip_descriptions, validate
 from typer.testing import CliRunner
 
 from eve_trainer.config import ConfigError

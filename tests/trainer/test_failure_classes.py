@@ -15,9 +15,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from eve_trainer_harness import REPO, launch
-from fixtures.services import S3Server, free_port, stop, weed_binary
-from fixtures.tcp_proxy import TcpForwarder
+from support.eve_trainer_harness import REPO, launch
+from support.services import S3Server, free_port, stop, weed_binary
+from support.tcp_proxy import TcpForwarder
 
 from eve_contract import layout
 from eve_contract.storage import S3Store, open_store, s3_client

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from eve_trainer_harness import Ranks, launch
+from support.eve_trainer_harness import Ranks, launch
 from eve_contract import layout
 from eve_contract.storage import open_store
 

@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from fixtures.services import free_port
-from fixtures.tcp_proxy import TcpForwarder
+from support.services import free_port
+from support.tcp_proxy import TcpForwarder
 
 from eve_trainer.metrics import MLflowLogger
 
@@ -77,7 +77,7 @@ def two_stages(tmp_path_factory, s3_server, mlflow_server, e2e_bucket, dataset_u
 
     from eve_contract import layout
     from eve_contract.storage import open_store
-    from eve_trainer_harness import launch
+    from support.eve_trainer_harness import launch
 
     uri = mlflow_server.tracking_uri
     parent = create_pipeline_run(uri, "mlf-e2e", PIPELINE, {"eve.pipeline": PIPELINE})

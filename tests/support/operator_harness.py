@@ -17,7 +17,7 @@ from typing import Any
 import kopf.testing
 import kubernetes
 import pytest
-from kube_emulator import Emulator
+from support.kube_emulator import Emulator
 
 from eve_operator import handlers
 from eve_contract import layout

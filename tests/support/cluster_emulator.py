@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from kube_emulator import Emulator, PodLog
+from support.kube_emulator import Emulator, PodLog
 
 from eve_contract.topology import free_port
 
@@ -1000,7 +1000,7 @@ def conditions(job: dict[str, Any] | None) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python tests/operator/cluster_emulator.py`: an emulated cluster to try the CLI against by hand.
+    """`PYTHONPATH=tests python -m support.cluster_emulator`: an emulated cluster to try the CLI against by hand.
 
     Starts the API server, the training-operator, the kubelet and (unless --no-operator) the
     eve-platform operator, writes a kubeconfig, and runs until Ctrl-C."""
@@ -1023,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_cluster(emulator, kubeconfig, args.dir.resolve() / "node", max_grace_s=args.grace_s):
         operator = None
         if not args.no_operator:
-            from operator_harness import Operator
+            from support.operator_harness import Operator
 
             operator = Operator()
             operator.start()
