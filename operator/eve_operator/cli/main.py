@@ -10,9 +10,11 @@ import time
 
 import typer
 
-from eve_operator.cli import output
-from eve_operator.cli import cmd_submit  # noqa: F401, I001 - registers submit first (the --help order)
+# isort: off
+from eve_operator.cli import cmd_submit  # noqa: F401 - registers submit first (the --help order)
 from eve_operator.cli import cmd_pipelines  # noqa: F401 - list, status, describe, logs, cancel
+# isort: on
+from eve_operator.cli import output
 from eve_operator.cli.common import app, config_app, fail, info
 from eve_operator.cli.output import Format
 from eve_operator.cli.cmd_submit import pipeline_exit_code, submit
