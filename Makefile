@@ -44,7 +44,7 @@ endif
 BENCHES := model data trainer checkpoint operator resilience
 
 bench: venv
-	$(foreach b,$(BENCHES),OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_$(b).py $(BENCH_$(b)) &&) true
+	$(foreach b,$(BENCHES),OMP_NUM_THREADS=1 PYTHONPATH=tests $(BIN)/python benchmarks/bench_$(b).py $(BENCH_$(b)) &&) true
 
 clean:
 	rm -rf $(VENV) .eve-platform .pytest_cache

@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -42,10 +40,10 @@ def main() -> None:
 
     import torch
     from bench_trainer import build_engine
-    from fixtures.services import start_seaweedfs, stop
+    from support.services import start_seaweedfs, stop
 
-    from eve_trainer.checkpoint import CheckpointManager
     from eve_contract.storage import S3Store
+    from eve_trainer.checkpoint import CheckpointManager
 
     with tempfile.TemporaryDirectory() as tmp:
         server = start_seaweedfs(Path(tmp) / "seaweedfs")

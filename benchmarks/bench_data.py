@@ -6,7 +6,7 @@
 Writes the same photo-like JPEG shards (480-1024 px longest side, ~100-200 KB; or with
 --megapixels 1,4 real camera sizes, 1-4 MP at EVE-like aspect ratios; noise texture so they
 compress like photos) to a local directory and to a SeaweedFS bucket
-started on loopback (tests/fixtures/services.start_seaweedfs), then times the full loader
+started on loopback (tests/support/services.py: start_seaweedfs), then times the full loader
 path - tar streaming, JPEG decode, eve_model's EveImageProcessor at the preset's size
 (eve-7b: 672 px + 336 px teacher view), plain-template tokenisation, collation, transfer
 to the main process - with one DataLoader worker process (--workers). Local and S3 runs
@@ -28,13 +28,11 @@ import argparse
 import io
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # fixtures.services
 
 
 def photo_like(i: int, lo: int, hi: int, megapixels: tuple[float, float] | None = None) -> bytes:
@@ -65,12 +63,12 @@ def photo_like(i: int, lo: int, hi: int, megapixels: tuple[float, float] | None 
 
 def write_dataset(root: Path, n: int, size: tuple[int, int],
                   megapixels: tuple[float, float] | None = None) -> tuple[int, float]:
+    import random
+
+    from eve_contract.storage import open_store
     from eve_trainer.data.index import DatasetIndex
     from eve_trainer.data.shards import ShardWriter
     from eve_trainer.data.synth import caption
-    from eve_contract.storage import open_store
-
-    import random
 
     store = open_store(str(root))
     writer = ShardWriter(store, shard_size=16 << 20)
@@ -162,10 +160,10 @@ def main() -> None:
     except ImportError:
         from eve_model.presets import get_preset
         from eve_model.processing import EveImageProcessor
-    from fixtures.services import start_seaweedfs, stop
+    from support.services import start_seaweedfs, stop
 
-    from eve_trainer.data import load_tokenizer
     from eve_contract.storage import open_store
+    from eve_trainer.data import load_tokenizer
 
     proc = EveImageProcessor.from_config(get_preset(args.preset))
     tok = load_tokenizer("builtin:tiny")

@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests/operator")]
 
 BENCH_AGENT = "eve-bench"
 
@@ -44,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf.testing
     import kubernetes
-    from fixtures.services import start_seaweedfs, stop
-    from kube_emulator import Emulator
-    from operator_harness import Cluster, base_spec, wait_for, write_export  # the tests' harness
+    from support.kube_emulator import Emulator
+    from support.operator_harness import Cluster, base_spec, wait_for, write_export  # the tests' harness
+    from support.services import start_seaweedfs, stop
 
     from eve_operator import handlers, metrics
 

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_resilience.py [--only blackhole|nodeloss]
 
 1. Black-holed S3 read. A 64 MiB object is read through ResumableS3Stream behind a TCP
-   forwarder (tests/fixtures/tcp_proxy.py); after 8 MiB every open connection stops answering
+   forwarder (tests/support/tcp_proxy.py); after 8 MiB every open connection stops answering
    (bytes swallowed, no error), as a dead NAT entry or a frozen server would. Reported: the
    extra seconds the read took over a clean read, with the platform's client policy (read
    timeout storage.READ_TIMEOUT_S) and with botocore's default config (60 s read timeout).
@@ -35,14 +35,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests/trainer"), str(ROOT / "trainer")]
 
 
 def blackhole(server) -> None:  # noqa: ANN001
     import boto3
     from botocore.config import Config
-    from fixtures.services import free_port
-    from fixtures.tcp_proxy import TcpForwarder
+    from support.services import free_port
+    from support.tcp_proxy import TcpForwarder
 
     from eve_contract.storage import READ_TIMEOUT_S, S3Store, open_store, s3_client
 
@@ -77,7 +76,7 @@ def blackhole(server) -> None:  # noqa: ANN001
 
 
 def node_loss(server, work: Path, every: list[int]) -> None:  # noqa: ANN001
-    from eve_trainer_harness import launch
+    from support.eve_trainer_harness import launch
 
     from eve_trainer.data import write_synthetic_dataset
 
@@ -109,10 +108,9 @@ def fault_schedule(server, work: Path, steps: int, fault_every: int, ckpt_every:
     import json
     import subprocess
 
-    sys.path.insert(0, str(ROOT / "tests/operator"))
-    from cluster_emulator import ClusterEmulator
-    from kube_emulator import Emulator
-    from operator_harness import running_operator
+    from support.cluster_emulator import ClusterEmulator
+    from support.kube_emulator import Emulator
+    from support.operator_harness import running_operator
 
     from eve_contract.goodput import PARTS
     from eve_operator.pipeline import PipelineStatus, pipeline_goodput
@@ -197,7 +195,7 @@ def main() -> None:
     parser.add_argument("--ckpt-every", type=int, default=3, help="goodput: checkpoint.every_steps")
     parser.add_argument("--step-delay", type=float, default=0.5, help="goodput: EVE_DEBUG_STEP_DELAY_S")
     args = parser.parse_args()
-    from fixtures.services import start_seaweedfs, stop
+    from support.services import start_seaweedfs, stop
 
     with tempfile.TemporaryDirectory() as tmp:
         server = start_seaweedfs(Path(tmp) / "weed")

@@ -47,7 +47,6 @@ from itertools import cycle
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # fixtures.services (SeaweedFS)
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if "--gpu" not in sys.argv else "cuda")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -127,8 +126,8 @@ def bench_overhead(tmp: Path, steps: int, reps: int) -> dict:
 def build_engine(hidden: int, layers: int):
     import deepspeed
     import torch
-    from eve_model import EveForCausalLM, get_preset, set_trainable
 
+    from eve_model import EveForCausalLM, get_preset, set_trainable
     from eve_trainer.config import resolve
     from eve_trainer.distributed import DistInfo, init_process_group
     from eve_trainer.optim import build_optimizer, build_scheduler, deepspeed_config
@@ -149,10 +148,10 @@ def build_engine(hidden: int, layers: int):
 
 
 def bench_checkpoint(tmp: Path, hidden: int, layers: int, reps: int) -> dict:
-    from fixtures.services import start_seaweedfs, stop
+    from support.services import start_seaweedfs, stop
 
-    from eve_trainer.checkpoint import DS_TAG, CheckpointManager
     from eve_contract.storage import S3Store
+    from eve_trainer.checkpoint import DS_TAG, CheckpointManager
 
     server = start_seaweedfs(tmp / "seaweedfs")
     try:
@@ -283,8 +282,9 @@ def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkp
     such) / step time / peak. `attn` (auto|sdpa|flex|varlen; flex_attention = flex) and `loss_chunk`
     override the config's model.attention / model.loss_chunk_tokens; `fused=False` recomputes each
     loss chunk instead (the pre-fused path); `overrides` are more `key=value` config overrides."""
-    import eve_model
     import torch
+
+    import eve_model
 
     original = eve_model.get_preset
     overrides = {**(WIDTH_7B if width == "7b" else {}), **({"num_hidden_layers": layers} if layers else {})}

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # `from fixtures.services import ...`
-
-from fixtures.llama_tokenizer import llama_tokenizer_dir  # noqa: E402
-from fixtures.services import MlflowServer, S3Server, start_mlflow, start_seaweedfs, stop  # noqa: E402
+from support.llama_tokenizer import llama_tokenizer_dir
+from support.services import MlflowServer, S3Server, start_mlflow, start_seaweedfs, stop
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core CI: no oversubscription
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

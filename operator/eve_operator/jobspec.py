@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eve_contract import resolved_config
-from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
-from eve_trainer.stage_summary import check_model_meant
-
 from eve_contract.naming import job_labels
 from eve_operator.pipeline import SubmitEval, SubmitJob
 from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
+from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
+from eve_trainer.stage_summary import check_model_meant
 
 #: The node launcher (eve_trainer.launch): nodes x procs_per_node ranks, exit codes preserved.
 LAUNCHER = "eve-launch"

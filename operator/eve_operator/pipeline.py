@@ -25,10 +25,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from eve_contract.exit_codes import FailureClass, failure_class_of_exit
-from eve_contract.naming import job_name
 from eve_contract import goodput
+from eve_contract.exit_codes import FailureClass, failure_class_of_exit
 from eve_contract.goodput import Goodput
+from eve_contract.naming import job_name
 from eve_operator.spec import PipelineSpec
 
 JobState = Literal["Absent", "Pending", "Running", "Succeeded", "Failed", "Suspended"]

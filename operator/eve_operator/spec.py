@@ -10,12 +10,17 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from eve_contract.dicts import deep_merge
 from eve_contract.names import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage
 from eve_contract.validators import (
-    dns_subdomain_problem, http_url_problem, image_problem, label_value_problem, location_problem, quantity_problem,
+    dns_subdomain_problem,
+    http_url_problem,
+    image_problem,
+    label_value_problem,
+    location_problem,
+    quantity_problem,
 )
 
 GangScheduler = Literal["volcano", "scheduler-plugins", "kueue", "none"]

@@ -23,11 +23,10 @@ import typer.testing
 from typer.testing import CliRunner
 
 from eve_contract import resolved_config
-from eve_trainer import main as eve_train
-from eve_trainer.config import TrainConfig, annotation_of, config_keys
-
 from eve_operator.cli.main import app
 from eve_operator.spec import OPERATOR_OWNED
+from eve_trainer import main as eve_train
+from eve_trainer.config import TrainConfig, annotation_of, config_keys
 
 runner = CliRunner()
 _CLI = typer.testing._get_command(app)

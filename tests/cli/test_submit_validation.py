@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fixtures.stage_config import master_config
+from support.stage_config import master_config
 from typer.testing import CliRunner
 
 from eve_operator.cli.main import app

@@ -110,8 +110,7 @@ def test_tiny_says_its_teacher_is_random() -> None:
 def test_the_charts_teacher_reaches_the_stage_config_and_describe() -> None:
     """trainer.teacherPath -> the operator's EVE_TEACHER_PATH -> spec.overrides of a pipeline that sets
     no teacher -> the stage's trainer config; describe shows it with its source."""
-    sys.path.insert(0, str(ROOT / "tests" / "deploy"))
-    from deploy_support import RELEASE, Helm, find, tool
+    from support.deploy_support import RELEASE, Helm, find, tool
 
     from eve_operator.backends.kubernetes import render_pipeline
     from eve_operator.cli.submit_args import parse_submit
@@ -133,9 +132,8 @@ def test_the_charts_teacher_reaches_the_stage_config_and_describe() -> None:
     cfg = resolve_stage_config("eve7b", effective, SubmitJob("prealign", 1, "eve7b-prealign", VICUNA, None))
     assert cfg.model.teacher_path == CLIP
     # the operator refuses a pipeline it has no teacher for before any pod starts (InvalidConfig)
-    from eve_trainer.config import ConfigError
-
     from eve_operator.jobspec import build_job_spec
+    from eve_trainer.config import ConfigError
 
     first = SubmitJob("prealign", 1, "eve7b-prealign", VICUNA, None)
     assert build_job_spec("eve7b", effective, first).stage == "prealign"

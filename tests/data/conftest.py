@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data_helpers import tiny_processor  # type: ignore[import-not-found]
+from support.data_helpers import tiny_processor  # type: ignore[import-not-found]
 
 
 @pytest.fixture(scope="session")

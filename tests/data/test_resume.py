@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from data_helpers import data_cfg  # type: ignore[import-not-found]
+from support.data_helpers import data_cfg  # type: ignore[import-not-found]
 
 from eve_trainer.data import build_loader
 

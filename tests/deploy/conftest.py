@@ -7,14 +7,8 @@ be installed. Each test asks for the tool it runs and no other.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from deploy_support import Helm, tool  # noqa: E402
+from support.deploy_support import Helm, tool
 
 
 def _binary(name: str) -> str:

@@ -5,14 +5,25 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import tomllib
 import yaml
-from deploy_support import (CHART, CI_VALUES, K8S_VERSION, NAMESPACE, RELEASE, RENDER_CASES, ROOT, Helm,
-                            find, pod_specs, values_args)
+from support.deploy_support import (
+    CHART,
+    CI_VALUES,
+    K8S_VERSION,
+    NAMESPACE,
+    RELEASE,
+    RENDER_CASES,
+    ROOT,
+    Helm,
+    find,
+    pod_specs,
+    values_args,
+)
 
 from eve_operator import run
 
@@ -413,7 +424,7 @@ def test_operator_args_are_accepted_by_eve_operator(chart: Helm, values: Path | 
 
 def test_crd_template_renders_the_generated_file_unchanged(chart: Helm) -> None:
     """fromYaml/toYaml must not alter the generated schema (numbers, nulls, ordering aside)."""
-    from deploy_support import crd_file
+    from support.deploy_support import crd_file
 
     (crd,) = find(chart.template(), "CustomResourceDefinition")
     source = crd_file()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gen_chart_docs
 import yaml
-from deploy_support import CHART, RELEASE, ROOT, Helm, find
+from support.deploy_support import CHART, RELEASE, ROOT, Helm, find
 
 
 def test_schema_and_tables_are_generated_from_values_yaml() -> None:

@@ -4,24 +4,18 @@ onto the rendered runtime (as Trainer does) gives valid, restricted Kubernetes p
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import kubernetes_validate
 import pytest
-from deploy_support import K8S_VERSION, NAMESPACE, RELEASE, ROOT, Helm, find
+from support.deploy_support import K8S_VERSION, NAMESPACE, RELEASE, ROOT, Helm, find
+from support.pod_security import restricted_violations
+from support.schema_check import load_crd_schema, validate
+from support.trainjob_emulator import node_pods
 
-sys.path.insert(0, str(ROOT / "tests" / "operator"))
-
-from fixtures.schema_check import load_crd_schema, validate  # noqa: E402
-from pod_security import restricted_violations  # noqa: E402
-from trainjob_emulator import node_pods  # noqa: E402
-
-from eve_operator.jobspec import build_job_spec  # noqa: E402
 from eve_contract.naming import job_name
-from eve_operator.pipeline import SubmitJob  # noqa: E402
-from eve_operator.spec import PipelineSpec  # noqa: E402
-from eve_operator.trainjob import build_trainjob  # noqa: E402
+from eve_operator.jobspec import build_job_spec
+from eve_operator.pipeline import SubmitJob
+from eve_operator.spec import PipelineSpec
+from eve_operator.trainjob import build_trainjob
 
 VENDORED_RUNTIME = ROOT / "tests" / "operator" / "data" / "clustertrainingruntime-v2.3.0-schema.json"
 ON = ("--set", "trainJob.enabled=true")

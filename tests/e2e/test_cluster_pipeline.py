@@ -3,7 +3,7 @@
 `eve-platform submit ... --backend kubernetes` creates the EvePipeline in kmock's API server;
 the real kopf operator (a thread) creates the PyTorchJobs; the emulated training-operator
 creates their pods and the emulated kubelet runs each pod's command (the launcher, which
-starts the node's ranks) as a local process group (tests/operator/cluster_emulator.py).
+starts the node's ranks) as a local process group (tests/support/cluster_emulator.py).
 Only containers, cluster DNS, GPUs and the scheduler are missing (docs/operator.md).
 
 Three pipelines are shared by the tests (module fixtures, a few minutes each on 2 cores):
@@ -12,7 +12,7 @@ Three pipelines are shared by the tests (module fixtures, a few minutes each on 
 - `local_chain`: the same pipeline on the local backend at world size 4 (one node of 4 ranks:
   the same global ranks, the same data order);
 - `trainjob_chain`: the same pipeline with jobApi=TrainJob in its own namespace: Kubeflow
-  Trainer v2 (tests/operator/trainjob_emulator.py, on the chart's ClusterTrainingRuntime) runs
+  Trainer v2 (tests/support/trainjob_emulator.py, on the chart's ClusterTrainingRuntime) runs
   one pod per node with the torch plugin's PET_* env.
 All their exports must be bit-identical. Two short pipelines check cancel and a permanent failure.
 """
@@ -31,17 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cluster_emulator import JOB_NAME_LABEL, ClusterEmulator, conditions
+from support.kube_emulator import Emulator
+from support.operator_harness import running_operator, wait_for
+from support.trainjob_emulator import JOBSET_NAME, TrainerCluster
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the emulators and harness
-
-from cluster_emulator import JOB_NAME_LABEL, ClusterEmulator, conditions  # noqa: E402
-from kube_emulator import Emulator  # noqa: E402
-from operator_harness import running_operator, wait_for  # noqa: E402
-from trainjob_emulator import JOBSET_NAME, TrainerCluster  # noqa: E402
-
-from eve_contract import layout  # noqa: E402
-from eve_contract.storage import open_store  # noqa: E402
-
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the shared chain runs in the first test
 NS = "ml"
@@ -145,8 +141,7 @@ def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch
 
 def _chart_runtimes() -> dict[str, dict[str, Any]]:
     """The chart's ClusterTrainingRuntime (helm template), for TrainJobs; none without helm."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-    from deploy_support import Helm, tool
+    from support.deploy_support import Helm, tool
 
     binary, _ = tool("helm")
     if binary is None:

@@ -2,7 +2,7 @@
 
 Like tests/e2e/test_cluster_pipeline.py, the real kopf operator creates PyTorchJobs in kmock's API
 server and the emulated training-operator and kubelet run their pods as local processes
-(tests/operator/cluster_emulator.py). Rank 1 of attempt 1 blocks at step 3 (debug.hang_at_step);
+(tests/support/cluster_emulator.py). Rank 1 of attempt 1 blocks at step 3 (debug.hang_at_step);
 the operator must see the heartbeats stop advancing, delete the job (the kubelet SIGTERMs the
 launcher, then SIGKILLs the hung ranks after the grace), close the stage's MLflow run as KILLED
 and start attempt 2, which resumes from the step-2 checkpoint and completes the stage.
@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cluster_emulator import ClusterEmulator
+from support.kube_emulator import Emulator
+from support.operator_harness import running_operator, wait_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the emulators and harness
-
-from cluster_emulator import ClusterEmulator  # noqa: E402
-from kube_emulator import Emulator  # noqa: E402
-from operator_harness import running_operator, wait_for  # noqa: E402
-
-from eve_contract import layout  # noqa: E402
-from eve_contract.storage import open_store  # noqa: E402
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 pytestmark = pytest.mark.slow
 NS = "ml"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eval_helpers import make_pope_bench
+from support.eval_helpers import make_pope_bench
 
 from eve_contract.storage import open_store
 from eve_trainer.evaluation.benches import BenchFiles, bench

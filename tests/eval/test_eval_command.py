@@ -18,11 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the emulators
-
-from eval_helpers import PIPELINE, STAGE, make_pope_bench, make_tiny_export  # noqa: E402
+from support.eval_helpers import PIPELINE, STAGE, make_pope_bench, make_tiny_export
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TOKENS = "max_new_tokens=4"
@@ -151,8 +147,8 @@ NS = "ml"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, material: dict[str, Any], s3_server: Any):  # noqa: ANN201
-    from cluster_emulator import ClusterEmulator
-    from kube_emulator import Emulator
+    from support.cluster_emulator import ClusterEmulator
+    from support.kube_emulator import Emulator
 
     tmp = tmp_path_factory.mktemp("eval-cluster")
     emulator = Emulator().start()

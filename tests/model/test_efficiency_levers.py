@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eve_model_testutils import make_batch, make_image, tiny_config, tiny_proc  # noqa: F401
+from support.eve_model_testutils import make_batch, make_image, tiny_config, tiny_proc  # noqa: F401
 from test_packed_forward import pack
 
 from eve_model import EveForCausalLM, set_activation_checkpointing, set_trainable

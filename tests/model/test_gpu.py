@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eve_model_testutils import make_batch, make_image
+from support.eve_model_testutils import make_batch, make_image
 
 from eve_model import EveForCausalLM, EveImageProcessor, get_preset, set_trainable
 

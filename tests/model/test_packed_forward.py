@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from eve_model_testutils import make_batch, make_image, tiny_config, tiny_proc  # noqa: F401
+from support.eve_model_testutils import make_batch, make_image, tiny_config, tiny_proc  # noqa: F401
 
 from eve_model import IGNORE_INDEX, EveForCausalLM, set_trainable
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eve_model_testutils import make_image
+from support.eve_model_testutils import make_image
 
 from eve_model import EveImageProcessor, get_preset
 from eve_model.config import CLIP_MEAN, CLIP_STD

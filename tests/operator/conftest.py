@@ -1,4 +1,3 @@
-"""Fixtures of the operator tests; the harness lives in operator_harness.py (a unique module
-name: test folders each put their own directory on sys.path, so `conftest` would collide)."""
+"""Fixtures of the operator tests (from the harness in support.operator_harness)."""
 
-from operator_harness import cluster, emulator, operator, output  # noqa: F401
+from support.operator_harness import cluster, emulator, operator, output  # noqa: F401

@@ -7,20 +7,16 @@ and least privilege (no Secret is read unless the installer allows it).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
-from operator_harness import Cluster, base_spec, running_operator, wait_for
-from fixtures.stage_config import stage_config
+from support.deploy_support import RELEASE, Helm, find, tool
+from support.operator_harness import Cluster, base_spec, running_operator, wait_for
+from support.stage_config import stage_config
 
 from eve_operator import defaults
 from eve_operator.defaults import BUILT_IN, OPERATOR, PIPELINE, OperatorDefaults
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-from deploy_support import RELEASE, Helm, find, tool  # noqa: E402
 
 REGISTRY = "registry.local/eve"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import yaml
-from operator_harness import NS, Cluster, wait_for
-from fixtures.stage_config import master_config
+from support.operator_harness import NS, Cluster, wait_for
+from support.stage_config import master_config
 from typer.testing import CliRunner
 
 from eve_operator.cli.main import app

@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_emulator import (
-    FINALIZER, ClusterEmulator, conditions, injected_env, new_pod, reconcile, running_cluster, set_condition,
+from support.cluster_emulator import (
+    FINALIZER,
+    ClusterEmulator,
+    conditions,
+    injected_env,
+    new_pod,
+    reconcile,
+    running_cluster,
+    set_condition,
 )
-from kube_emulator import Emulator
-from operator_harness import NS, Cluster, wait_for
+from support.kube_emulator import Emulator
+from support.operator_harness import NS, Cluster, wait_for
 
 T0 = 1_700_000_000.0
 
@@ -47,7 +54,7 @@ def pod(name: str, rtype: str, index: int, phase: str, code: int | None = None, 
 
 
 def env_of(job_: dict[str, Any], rtype: str, index: int) -> dict[str, str]:
-    from cluster_emulator import defaulted
+    from support.cluster_emulator import defaulted
 
     return {e["name"]: e["value"] for e in injected_env(defaulted(job_), rtype, index)}
 
@@ -81,7 +88,7 @@ def test_worker_only_job_gets_no_rank_world_or_master() -> None:
 
 
 def test_pods_are_named_labelled_and_owned_like_v1_9() -> None:
-    from cluster_emulator import defaulted
+    from support.cluster_emulator import defaulted
 
     master, worker = new_pod(defaulted(job()), "Master", 0), new_pod(defaulted(job()), "Worker", 0)
     assert (master["metadata"]["name"], worker["metadata"]["name"]) == ("j-master-0", "j-worker-0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from fixtures.schema_check import assert_structural, crd_schema, validate
+from support.schema_check import assert_structural, crd_schema, validate
 
 from eve_operator import crd
 from eve_operator.spec import PipelineSpec

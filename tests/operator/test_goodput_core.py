@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from eve_operator.pipeline import (
-    Beat, Observation, PipelineStatus, StageComplete, decide, pipeline_goodput, stage_goodput,
+    Beat,
+    Observation,
+    PipelineStatus,
+    StageComplete,
+    decide,
+    pipeline_goodput,
+    stage_goodput,
 )
 from eve_operator.spec import PipelineSpec
 

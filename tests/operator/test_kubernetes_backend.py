@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from operator_harness import NS, Cluster
-from fixtures.stage_config import master_config
-from fixtures.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
+from support.operator_harness import NS, Cluster
+from support.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
+from support.stage_config import master_config
 
-from eve_operator import crd
-from eve_operator import pytorchjob
+from eve_operator import crd, pytorchjob
 from eve_operator.backends import kubernetes as kb
 from eve_operator.spec import PipelineSpec
 

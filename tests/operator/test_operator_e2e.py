@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
-from fixtures.stage_config import master_config
+from support.operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
+from support.stage_config import master_config
 
 from eve_operator import metrics
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import NS, Cluster, running_operator, wait_for
-from pod_security import baseline_violations, restricted_violations
 from pydantic import ValidationError
+from support.operator_harness import NS, Cluster, running_operator, wait_for
+from support.pod_security import baseline_violations, restricted_violations
 
 from eve_operator import admission, metrics, pod_policy
 from eve_operator.defaults import OperatorDefaults
@@ -388,7 +388,7 @@ def test_a_job_the_operator_builds_is_checked_again(cluster: Cluster, operator: 
                                                    tmp_path: Path) -> None:
     """An escalation added to a later stage while the pipeline runs: the running stage is left alone,
     and the next stage's job is refused as it is built (nothing created), naming its field."""
-    from operator_harness import base_spec, write_export
+    from support.operator_harness import base_spec, write_export
 
     cluster.create_pipeline("later", base_spec(output))
     wait_for(lambda: cluster.jobs().get("later-prealign"), what="the prealign job")

@@ -10,11 +10,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from pod_security import restricted_violations
 from pydantic import ValidationError
+from support.pod_security import restricted_violations
 
-from eve_operator.jobspec import build_job_spec
 from eve_contract.naming import job_name
+from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import SubmitJob
 from eve_operator.podtemplate import build_pod_template
 from eve_operator.pytorchjob import build_pytorchjob
@@ -200,7 +200,7 @@ def test_pytorchjob_replicas_carry_the_shared_pod_template() -> None:
 
 @pytest.mark.parametrize("name", ["infiniband", "efa", "private-registry", "datasets-pvc"])
 def test_docs_examples_are_valid_evepipelines_under_the_crd(name: str) -> None:
-    from fixtures.schema_check import crd_schema, validate
+    from support.schema_check import crd_schema, validate
 
     from eve_operator import crd
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_emulator import ClusterEmulator, running_cluster
-from kube_emulator import Emulator
-from operator_harness import NS, Cluster, Operator, wait_for
+from support.cluster_emulator import ClusterEmulator, running_cluster
+from support.kube_emulator import Emulator
+from support.operator_harness import NS, Cluster, Operator, wait_for
 
 from eve_operator import tracking
 

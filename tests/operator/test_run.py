@@ -11,8 +11,8 @@ from typing import Any
 
 import kopf.testing
 import pytest
-from operator_harness import Cluster, base_spec, wait_for
-from fixtures.services import free_port
+from support.operator_harness import Cluster, base_spec, wait_for
+from support.services import free_port
 
 from eve_operator import handlers, metrics, run
 

@@ -8,20 +8,25 @@ against every status the emulated controller writes.
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_emulator import Emulator
-from operator_harness import NS, Cluster, wait_for
-from trainjob_emulator import (
-    COMPLETION_INDEX, RESTART_ATTEMPT, TrainerCluster, TrainJobError, node_pods, reconcile, running_trainer_cluster,
+from support.kube_emulator import Emulator
+from support.operator_harness import NS, Cluster, wait_for
+from support.trainjob_emulator import (
+    COMPLETION_INDEX,
+    RESTART_ATTEMPT,
+    TrainerCluster,
+    TrainJobError,
+    node_pods,
+    reconcile,
+    running_trainer_cluster,
 )
 
-from eve_operator.jobspec import build_job_spec
 from eve_contract.naming import job_name
+from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import build_trainjob, job_state, pod_selector
@@ -33,8 +38,7 @@ NOW = "2026-01-01T00:00:00Z"
 @pytest.fixture(scope="module")
 def runtime() -> dict[str, Any]:
     """The chart's ClusterTrainingRuntime, rendered by helm (maxRestarts 1)."""
-    sys.path.insert(0, str(ROOT / "tests" / "deploy"))
-    from deploy_support import Helm, tool
+    from support.deploy_support import Helm, tool
 
     binary, why = tool("helm")
     if binary is None:

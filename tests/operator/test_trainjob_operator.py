@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
-from fixtures.stage_config import master_config
+from support.operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
+from support.stage_config import master_config
 
 from eve_operator import metrics
 from eve_operator.backends import kubernetes as kb

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from fixtures.services import S3Server
+from support.services import S3Server
 
 
 @pytest.fixture(scope="module")

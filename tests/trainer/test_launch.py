@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from fixtures.services import free_port
+from support.services import free_port
 
 from eve_contract.exit_codes import exit_code
 from eve_contract.topology import TopologyError, node_topology, rank_info

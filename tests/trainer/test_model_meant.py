@@ -43,8 +43,8 @@ def test_preset_dims_are_eve_models() -> None:
 def test_analytic_counts_equal_the_real_model(preset: str, align_loss: bool) -> None:
     """Per group, per stage: trainable/frozen as set_trainable leaves them, lr as the optimizer's groups."""
     import torch
-    from eve_model import EveForCausalLM, get_preset, set_trainable
 
+    from eve_model import EveForCausalLM, get_preset, set_trainable
     from eve_trainer.optim import param_groups
 
     with torch.device("meta"):
@@ -129,7 +129,6 @@ def test_a_tokenizer_that_does_not_fit_names_both_sizes(tmp_path: Path) -> None:
 
 def test_the_rebuilt_vicuna_tokenizer_gives_the_packages_ids(vicuna_tokenizer: Path) -> None:
     """What the trainer loads (AutoTokenizer) gives every id list llama-tokenizer-js's tests expect."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     from build_llama_tokenizer import package_test_cases
 
     from eve_trainer.data.tokenizer import load_tokenizer

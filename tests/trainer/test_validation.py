@@ -89,8 +89,8 @@ STEPS = 4
 @pytest.mark.slow
 def test_validation_changes_nothing_in_training_and_reaches_mlflow(
         tmp_path_factory, s3_server, mlflow_server, e2e_bucket, dataset_url):
-    from eve_trainer_harness import launch
     from mlflow.tracking import MlflowClient
+    from support.eve_trainer_harness import launch
 
     from eve_contract import layout
     from eve_contract.storage import open_store

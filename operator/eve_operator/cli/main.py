@@ -11,12 +11,12 @@ from typing import Optional
 
 import typer
 
-from eve_operator.cli import (
-    cmd_eval,  # noqa: F401 - eval, data convert-bench
-    cmd_pipelines,  # noqa: F401 - list, status, describe, logs, cancel
-    cmd_submit,  # noqa: F401, I001 - registers submit first (the --help order)
-    output,
-)
+# isort: off
+from eve_operator.cli import cmd_submit  # noqa: F401 - registers submit first (the --help order)
+from eve_operator.cli import cmd_pipelines  # noqa: F401 - list, status, describe, logs, cancel
+from eve_operator.cli import cmd_eval  # noqa: F401 - eval, data convert-bench
+# isort: on
+from eve_operator.cli import output
 from eve_operator.cli.cmd_submit import pipeline_exit_code, submit
 from eve_operator.cli.common import BackendOpt, LocalOpt, app, config_app, fail, info, pick_backend
 from eve_operator.cli.output import Format
@@ -82,9 +82,8 @@ def config_show(words: Optional[list[str]] = typer.Argument(None, metavar="stage
     cfg = resolved_config.loads(job.env[resolved_config.ENV_VAR])[1]
     output.emit(cfg, output_fmt if output_fmt is not Format.table else Format.yaml)
     if output_fmt is not Format.json:  # what it trains, as YAML comments (stderr)
-        from eve_trainer.config import TrainConfig
-
         from eve_operator.cli.training_block import comment_for_config
+        from eve_trainer.config import TrainConfig
 
         info(comment_for_config(TrainConfig.model_validate(cfg)))
 

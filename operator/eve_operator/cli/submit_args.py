@@ -24,12 +24,18 @@ from eve_contract.dicts import deep_merge
 from eve_contract.errors import validation_message
 from eve_contract.names import STAGES
 from eve_contract.naming import validate_pipeline_name
+from eve_operator.spec import PipelineSpec, StageSpec, owned_key_error
 from eve_trainer.config import (
-    ConfigError, annotation_of, check_key, check_unique, config_keys, parse_value, set_dotted, split_pair,
+    ConfigError,
+    annotation_of,
+    check_key,
+    check_unique,
+    config_keys,
+    parse_value,
+    set_dotted,
+    split_pair,
     typed_value,
 )
-
-from eve_operator.spec import PipelineSpec, StageSpec, owned_key_error
 
 #: Pipeline keys -> the PipelineSpec path they set.
 PIPELINE_KEYS: dict[str, str] = {

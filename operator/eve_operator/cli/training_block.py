@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from eve_trainer.config import ConfigError
-from eve_trainer.stage_summary import StageSummary, summarize
-
 from eve_operator.cli.common import fail, info
 from eve_operator.spec import PipelineSpec
+from eve_trainer.config import ConfigError
+from eve_trainer.stage_summary import StageSummary, summarize
 
 
 def stage_blocks(name: str, spec: PipelineSpec) -> list[StageSummary]:

@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from kube_emulator import Emulator, PodLog
-from pod_security import restricted_violations
 
 from eve_contract.topology import free_port
+from support.kube_emulator import Emulator, PodLog
+from support.pod_security import restricted_violations
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 # pkg/apis/kubeflow.org/v1/common_types.go and pytorch_types.go
@@ -1013,7 +1013,7 @@ def conditions(job: dict[str, Any] | None) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python tests/operator/cluster_emulator.py`: an emulated cluster to try the CLI against by hand.
+    """`PYTHONPATH=tests python -m support.cluster_emulator`: an emulated cluster to try the CLI against by hand.
 
     Starts the API server, the training-operator, the kubelet and (unless --no-operator) the
     eve-platform operator, writes a kubeconfig, and runs until Ctrl-C."""
@@ -1036,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_cluster(emulator, kubeconfig, args.dir.resolve() / "node", max_grace_s=args.grace_s):
         operator = None
         if not args.no_operator:
-            from operator_harness import Operator
+            from support.operator_harness import Operator
 
             operator = Operator()
             operator.start()

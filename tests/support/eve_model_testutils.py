@@ -1,9 +1,4 @@
-"""Helpers and fixtures of the eve_model tests.
-
-A uniquely named module rather than a conftest.py: other test folders import their conftest by
-name (``from conftest import ...``), which a second conftest on sys.path would shadow.  Test
-modules import the fixtures they use from here.
-"""
+"""Helpers and fixtures of the eve_model tests; test modules import the fixtures they use from here."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fixtures.services import free_port
+from support.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,6 @@ import functools
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 RELEASE, NAMESPACE = "eve-platform", "eve-system"
 K8S_VERSION = "1.35.0"
 
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 @functools.lru_cache(maxsize=1)
