@@ -48,6 +48,11 @@ def test_pope_from_label_files_and_inline_labels(tmp_path: Path) -> None:
     inline = folder(tmp_path / "pope2", {"questions.jsonl": jsonl([{**q, "label": "yes"} for q in questions])})
     scores, _ = finish("pope", inline, ["Yes", "No", "No"])  # all yes: random TP+FN, popular FN
     assert scores["random/recall"] == 0.5 and scores["popular/fn"] == 1
+    short = folder(tmp_path / "pope4", {"questions.jsonl": jsonl(questions),
+                                        "annotations/coco_pope_random.json": jsonl([{"label": "yes"}]),
+                                        "annotations/coco_pope_popular.json": jsonl([{"label": "no"}])})
+    with pytest.raises(BenchDataError, match="category random: 2 question.s. but 1 label.s."):
+        BENCHES["pope"].check(short, BENCHES["pope"].read_questions(short))   # before any answering
     bare = folder(tmp_path / "pope3", {"questions.jsonl": jsonl(questions)})
     with pytest.raises(BenchDataError, match="neither annotations/coco_pope_<category>.json nor a `label`"):
         finish("pope", bare, ["Yes"] * 3)

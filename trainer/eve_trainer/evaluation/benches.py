@@ -83,9 +83,8 @@ class Bench:
             if not files.exists(name):
                 raise BenchDataError(f"{self.name}: {files.url}/{name} not found (the scorer's ground truth); "
                                      "docs/eval.md lists each benchmark's files")
-        if self.name == "pope" and not _pope_label_files(files) and any("label" not in q.record for q in questions):
-            raise BenchDataError(f"pope: {files.url} has neither {ANNOTATIONS_DIR}/coco_pope_<category>.json "
-                                 "nor a `label` on every question")
+        if self.name == "pope":
+            _pope_labels(questions, files)  # present, and one per question of each category
         if self.name == "mme":
             _mme_gold(questions, _mme_truth(files))
 
@@ -116,20 +115,34 @@ def _pope_label_files(files: BenchFiles) -> list[str]:
             if k.rsplit("/", 1)[-1].startswith("coco_pope_") and k.endswith(".json")]
 
 
-def _pope(answers: list[dict[str, Any]], questions: list[Question], files: BenchFiles) -> Result:
+def _pope_labels(questions: list[Question], files: BenchFiles) -> tuple[list[str], dict[str, list[str]]]:
+    """(category of each question, {category: labels in file order}); the counts must match."""
     categories = [str(q.record.get("category", "all")) for q in questions]
     label_files = _pope_label_files(files)
     labels: dict[str, list[str]] = {}
     if label_files:  # the reference: one coco_pope_<category>.json per category, labels in file order
         for key in label_files:
             category = key.rsplit("/", 1)[-1][len("coco_pope_"):-len(".json")]
-            labels[category] = [str(r["label"]) for r in parse_jsonl(files.read(key), key)]
+            rows = parse_jsonl(files.read(key), key)
+            if any("label" not in r for r in rows):
+                raise BenchDataError(f"pope: {files.url}/{key}: every line needs a `label` (yes or no)")
+            labels[category] = [str(r["label"]) for r in rows]
     else:  # labels inline in the question file
         for q, category in zip(questions, categories):
             if "label" not in q.record:
                 raise BenchDataError(f"pope: {files.url} has neither {ANNOTATIONS_DIR}/coco_pope_<category>.json "
                                      f"nor a `label` in question {q.question_id!r}")
             labels.setdefault(category, []).append(str(q.record["label"]))
+    for category, rows in labels.items():
+        asked = categories.count(category)
+        if asked != len(rows):
+            raise BenchDataError(f"pope: category {category}: {asked} question(s) but {len(rows)} label(s); POPE "
+                                 "pairs them by position, so the counts must be equal")
+    return categories, labels
+
+
+def _pope(answers: list[dict[str, Any]], questions: list[Question], files: BenchFiles) -> Result:
+    categories, labels = _pope_labels(questions, files)
     return pope.score(answers, categories, labels), {}
 
 
