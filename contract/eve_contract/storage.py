@@ -274,7 +274,7 @@ def _client(endpoint_url: str | None, region: str | None) -> Any:
     return s3_client(endpoint_url, region)
 
 
-_CLIENTS: dict[tuple[str | None, str | None, int], Any] = {}
+_CLIENTS: dict[tuple[str | int | None, ...], Any] = {}
 
 
 class S3Store:
@@ -285,7 +285,12 @@ class S3Store:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.endpoint_url, self.region = endpoint_url, region
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        key = (endpoint_url, region, os.getpid())
+        # everything a client is built from: a process whose environment changes (the CLI in a
+        # test run, a notebook) must not reuse a client made for other credentials or endpoints
+        env = os.environ
+        key = (endpoint_url, region, env.get("EVE_S3_ENDPOINT"), env.get("AWS_ENDPOINT_URL"), env.get("AWS_REGION"),
+               env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN"),
+               env.get("AWS_PROFILE"), os.getpid())
         if key not in _CLIENTS:
             _CLIENTS[key] = _client(endpoint_url, region)
         self.client = _CLIENTS[key]
