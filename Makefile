@@ -39,8 +39,9 @@ BENCH_data := --samples 48 --batches 4 --rounds 1 --image-size 240,480
 BENCH_trainer := --steps 3 --reps 1 --ckpt-hidden 128 --ckpt-layers 2
 BENCH_operator := --pipelines 5
 BENCH_resilience := --only nodeloss --every 5
+BENCH_checkpoint := --hidden 256 --layers 2 --reps 1
 endif
-BENCHES := model data trainer operator resilience
+BENCHES := model data trainer checkpoint operator resilience
 
 bench: venv
 	$(foreach b,$(BENCHES),OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_$(b).py $(BENCH_$(b)) &&) true

@@ -68,7 +68,7 @@ def write_dataset(root: Path, n: int, size: tuple[int, int],
     from eve_trainer.data.index import DatasetIndex
     from eve_trainer.data.shards import ShardWriter
     from eve_trainer.data.synth import caption
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     import random
 
@@ -165,7 +165,7 @@ def main() -> None:
     from fixtures.services import start_seaweedfs, stop
 
     from eve_trainer.data import load_tokenizer
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     proc = EveImageProcessor.from_config(get_preset(args.preset))
     tok = load_tokenizer("builtin:tiny")

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     output = f"s3://{bucket}/eve"
     emulator = Emulator().start()
     os.environ["KUBECONFIG"] = str(emulator.write_kubeconfig(work / "kubeconfig"))
-    handlers.CONFIG.resync_s = 60.0  # transitions must come from events, not the safety-net timer
+    # transitions must come from events, not the safety-net timer
+    handlers.configure(handlers.Config(resync_s=60.0, metrics_port=0))
 
     cfg = kubernetes.client.Configuration()
     kubernetes.config.load_kube_config(os.environ["KUBECONFIG"], client_configuration=cfg)

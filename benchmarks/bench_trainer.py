@@ -152,7 +152,7 @@ def bench_checkpoint(tmp: Path, hidden: int, layers: int, reps: int) -> dict:
     from fixtures.services import start_seaweedfs, stop
 
     from eve_trainer.checkpoint import DS_TAG, CheckpointManager
-    from eve_trainer.storage import S3Store
+    from eve_contract.storage import S3Store
 
     server = start_seaweedfs(tmp / "seaweedfs")
     try:

@@ -10,14 +10,13 @@ from .loading import LoadReport, from_llama_pretrained, load_clip_teacher, load_
 from .modeling import EveCausalLMOutput, EveForCausalLM, EveModel
 from .presets import PRESETS, get_preset
 from .processing import EveImageProcessor
-from .stages import STAGES, set_trainable
+from .stages import set_trainable
 
 __all__ = [
     "DEFAULT_IMAGE_TOKEN",
     "IGNORE_INDEX",
     "IMAGE_TOKEN_INDEX",
     "PRESETS",
-    "STAGES",
     "EveCausalLMOutput",
     "LoadReport",
     "from_llama_pretrained",

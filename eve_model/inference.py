@@ -79,3 +79,55 @@ def generate_text(model: Any, tokenizer: Any, processor: EveImageProcessor, prom
     out = model.generate(input_ids=ids, images=images, attention_mask=torch.ones_like(ids),
                          max_new_tokens=max_new_tokens, **kwargs)
     return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def _first_eos_cut(row: list[int], eos_ids: set[int]) -> list[int]:
+    for i, token in enumerate(row):
+        if token in eos_ids:
+            return row[:i]
+    return row
+
+
+@torch.no_grad()
+def generate_batch(model: Any, tokenizer: Any, processor: EveImageProcessor, prompts: list[str],
+                   images: list[Any] | None = None, max_new_tokens: int = 128, **kwargs: Any) -> list[str]:
+    """Greedy answers to several prompts at once, each the text `generate_text` gives it alone.
+
+    The prompts are left-padded (the model splices each image and re-pads on the left, and
+    `generate` derives positions from the mask, so padding changes no row's positions); each
+    row is cut at its first EOS, decoded without special tokens and stripped. `images[i]` is
+    the PIL image of prompt i (None for a text-only prompt, which has no `<image>`).
+    """
+    if not prompts:
+        return []
+    images = list(images) if images is not None else [None] * len(prompts)
+    if len(images) != len(prompts):
+        raise ValueError(f"images: {len(images)} entries for {len(prompts)} prompts; give one per prompt "
+                         "(None for a text-only prompt)")
+    rows = [tokenize_prompt(tokenizer, p) for p in prompts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    with_image = [IMAGE_TOKEN_INDEX in r for r in rows]
+    for i, (has, image) in enumerate(zip(with_image, images)):
+        if has and image is None:
+            raise ValueError(f"prompts[{i}] has <image> but images[{i}] is None")
+    pixels = None
+    if any(with_image):  # text-only rows get the blank canvas (mask 0), as in training
+        pixels = torch.stack([processor(image if has else None)[0] for has, image in zip(with_image, images)])
+        pixels = pixels.to(model.device, model.dtype)
+    kwargs.setdefault("do_sample", False)
+    kwargs.setdefault("num_beams", 1)
+    kwargs.setdefault("pad_token_id", pad)
+    if tokenizer.eos_token_id is not None:
+        kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    out = model.generate(input_ids=ids.to(model.device), images=pixels, attention_mask=mask.to(model.device),
+                         max_new_tokens=max_new_tokens, **kwargs)
+    if pixels is None and out.shape[1] >= width and torch.equal(out[:, :width].cpu(), ids):
+        out = out[:, width:]  # the text-only path returns the prompt too
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    return [tokenizer.decode(_first_eos_cut(row, eos), skip_special_tokens=True).strip() for row in out.tolist()]

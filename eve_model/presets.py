@@ -12,7 +12,11 @@ from typing import Any
 
 from .config import CLIP_L14_336, EveConfig
 
+#: What every preset's LLM shares with Llama/Vicuna (norm epsilon, untied head, special tokens).
+_LLAMA: dict[str, Any] = dict(rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                              pad_token_id=0)
 _VICUNA_7B: dict[str, Any] = dict(
+    _LLAMA,
     vocab_size=32000,
     hidden_size=4096,
     intermediate_size=11008,
@@ -20,17 +24,22 @@ _VICUNA_7B: dict[str, Any] = dict(
     num_attention_heads=32,
     num_key_value_heads=32,
     max_position_embeddings=4096,
-    rms_norm_eps=1e-5,
     hidden_act="silu",
     initializer_range=0.02,
-    tie_word_embeddings=False,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
+)
+#: The published vision side at 672 px (EVE-7B's, and the ``small`` benchmark model's).
+_VISION_672: dict[str, Any] = dict(
+    mm_hidden_size=1024,
+    mm_vision_tower="openai/eve-patch14-anypixel-672",
+    image_size=672,
+    image_size_clip=336,
+    requires_cliploss=True,
+    clip_vision_config=dict(CLIP_L14_336),
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
+        _LLAMA,
         vocab_size=1024,
         hidden_size=64,
         intermediate_size=176,
@@ -38,11 +47,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=1024,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
         mm_hidden_size=64,
         mm_vision_tower="eve-tiny-224",
         mm_vision_tower_clip="clip-tiny-112",
@@ -65,44 +69,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             layer_norm_eps=1e-5,
         ),
     ),
-    "small": dict(
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        mm_hidden_size=1024,
-        mm_vision_tower="openai/eve-patch14-anypixel-672",
-        image_size=672,
-        image_size_clip=336,
-        requires_cliploss=True,
-        clip_vision_config=dict(CLIP_L14_336),
-    ),
-    "eve-7b": dict(
-        _VICUNA_7B,
-        mm_hidden_size=1024,
-        mm_vision_tower="openai/eve-patch14-anypixel-672",
-        image_size=672,
-        image_size_clip=336,
-        requires_cliploss=True,
-        clip_vision_config=dict(CLIP_L14_336),
-    ),
-    "eve-7b-hd": dict(
-        _VICUNA_7B,
-        mm_hidden_size=1024,
-        mm_vision_tower="openai/eve-patch14-anypixel-1344",
-        image_size=1344,
-        image_size_clip=336,
-        requires_cliploss=True,
-        clip_vision_config=dict(CLIP_L14_336),
-    ),
+    # EVE-7B's vocabulary, heads and vision side; a 1.1B-class LLM body (TinyLlama widths)
+    "small": dict(_VICUNA_7B, **_VISION_672, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22),
+    "eve-7b": dict(_VICUNA_7B, **_VISION_672),
+    "eve-7b-hd": {**_VICUNA_7B, **_VISION_672, "mm_vision_tower": "openai/eve-patch14-anypixel-1344",
+                  "image_size": 1344},
 }
 
 

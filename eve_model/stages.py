@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from eve_contract.names import STAGES  # noqa: E402,F401 (the one definition)
+from eve_contract.names import STAGES
 
 
 def is_trainable(name: str, stage: str) -> bool:

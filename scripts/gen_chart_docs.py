@@ -121,6 +121,7 @@ def build(values: dict[str, Any], docs: dict[tuple[str, ...], KeyDoc],
         dotted = ".".join(sub)
         if _is_structured(value, doc):
             schema, sub_leaves = build(value, docs, sub)
+            schema.update({k: v for k, v in doc.hints.items() if k != "$freeform"})  # if/then, ...
             if doc.description:
                 schema["description"] = " ".join(doc.description).strip()
             props[key] = schema

@@ -131,7 +131,7 @@ def main() -> None:
     args = parser.parse_args()
     from mlflow.tracking import MlflowClient
 
-    from eve_trainer.tracking_names import ui_runs_url
+    from eve_contract.tracking_names import ui_runs_url
 
     client = MlflowClient(args.url)
     exp = client.get_experiment_by_name(args.experiment)

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # `from fixtures.services import ...`
 
+from fixtures.llama_tokenizer import llama_tokenizer_dir  # noqa: E402
 from fixtures.services import MlflowServer, S3Server, start_mlflow, start_seaweedfs, stop  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core CI: no oversubscription
@@ -48,6 +49,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         yield server
     finally:
         stop(server.proc)
+
+
+@pytest.fixture(scope="session")
+def vicuna_tokenizer() -> Path:
+    """A HF folder with the LLaMA / Vicuna v1.5 tokenizer (32,000 tokens; fixtures/llama_tokenizer.py)."""
+    return llama_tokenizer_dir()
 
 
 @pytest.fixture(scope="session")

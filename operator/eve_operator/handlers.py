@@ -1,7 +1,10 @@
 """kopf wiring: one reconcile loop per EvePipeline, fed by spec changes, child events and a timer.
 
-This module is what `kopf run -m eve_operator.handlers` (and `eve-operator`) loads. The
-loop itself is eve_operator.loop (observe -> decide -> act), the API calls eve_operator.kube.
+This module is what `eve-operator` (and `kopf run -m eve_operator.handlers`) loads. Importing it
+only declares the handlers: the settings and the optional TrainJob watch are set by `configure`,
+which `eve-operator` calls before kopf runs (a bare `kopf run` gets them from the environment at
+startup). The loop itself is eve_operator.loop (observe -> decide -> act), the API calls
+eve_operator.kube.
 
 Each pipeline gets a kopf daemon: the only writer of its status, so reconciles of one
 pipeline never race. It runs a pass at start (create and operator restart alike), whenever
@@ -16,7 +19,6 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -25,35 +27,31 @@ from eve_operator import metrics, tracking, trainjob
 from eve_operator.crd import GROUP, PLURAL, VERSION
 from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import PYTORCHJOB, TRAINJOB
-from eve_operator.jobspec import LABEL_PIPELINE
+from eve_contract.naming import LABEL_PIPELINE
 from eve_operator.kube import Kube
 from eve_operator.loop import PipelineLoop
 from eve_operator.metrics import serve as serve_metrics  # prometheus-client's HTTP server
+from eve_operator.settings import Config
 from eve_operator.spec import MlflowSpec
 
 log = logging.getLogger("eve_operator")
 JOB_API = PYTORCHJOB
 
 
-@dataclass
-class Config:
-    """Operator settings: flags of `eve-operator`, or EVE_OPERATOR_* in the environment."""
-
-    resync_s: float = 30.0
-    """Safety-net reconcile period of each pipeline (manifests in S3 send no events)."""
-    metrics_port: int = 0
-    """Serve /metrics on this port; 0: off."""
-    deep_verify: bool = True
-    """Re-hash every export file before a stage counts as complete (else: sizes only)."""
-
-    @classmethod
-    def from_env(cls) -> Config:
-        return cls(resync_s=float(os.environ.get("EVE_OPERATOR_RESYNC_S", cls.resync_s)),
-                   metrics_port=int(os.environ.get("EVE_OPERATOR_METRICS_PORT", 0)),
-                   deep_verify=os.environ.get("EVE_OPERATOR_VERIFY", "deep") != "size")
+#: The settings in force; `configure` sets them (until then, the defaults).
+CONFIG = Config()
+_configured = False
 
 
-CONFIG = Config.from_env()
+def configure(config: Config | None = None) -> Config:
+    """Put `config` (default: from the environment) in force and register the watches it needs:
+    stage TrainJobs too when this operator runs with Kubeflow Trainer v2 support. Called by the
+    runner before kopf starts; a second call replaces the settings."""
+    global CONFIG, _configured
+    CONFIG, _configured = config or Config.from_env(), True
+    if trainjob.enabled(os.environ):
+        watch_trainjobs()
+    return CONFIG
 
 
 @kopf.on.login()
@@ -63,6 +61,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    if not _configured:  # `kopf run -m eve_operator.handlers`: no runner configured it
+        configure()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.persistence.finalizer = f"{GROUP}/cleanup"
@@ -158,10 +158,6 @@ def watch_trainjobs() -> None:
         watch_trainjobs.done = True  # type: ignore[attr-defined]
         kopf.on.event(TRAINJOB.group, TRAINJOB.version, TRAINJOB.plural, id="trainjob_changed",
                       labels={LABEL_PIPELINE: kopf.PRESENT})(child_changed)
-
-
-if trainjob.enabled(os.environ):
-    watch_trainjobs()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

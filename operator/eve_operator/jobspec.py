@@ -1,8 +1,10 @@
 """The job spec handed to a backend: what to run for one stage attempt.
 
-The Kubernetes backend turns it into a PyTorchJob, the local backend into processes.
-Building it validates the stage's trainer config (recipe + overrides), so a bad key
-fails here, before anything is submitted.
+The Kubernetes backend turns it into a PyTorchJob or TrainJob, the local backend into
+processes. Building it resolves and validates the stage's trainer config (recipe + overrides
++ the pipeline's wiring), so a bad key fails here, before anything is submitted; the resolved
+config then travels to every rank whole, as JSON in EVE_TRAIN_CONFIG
+(eve_contract.resolved_config), and the command is just `eve-train <stage>`.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eve_contract import resolved_config
 from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
+from eve_trainer.stage_summary import check_model_meant
 
-from eve_operator.pipeline import SubmitJob
+from eve_contract.naming import job_labels
+from eve_operator.pipeline import SubmitEval, SubmitJob
 from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
 
-#: Labels every child object carries, so `kubectl get -l` and the CLI can find them.
-LABEL_PIPELINE = "eve-platform.io/pipeline"
-LABEL_STAGE = "eve-platform.io/stage"
-LABEL_ATTEMPT = "eve-platform.io/attempt"
 #: The node launcher (eve_trainer.launch): nodes x procs_per_node ranks, exit codes preserved.
 LAUNCHER = "eve-launch"
 
@@ -95,19 +96,14 @@ def resolve_stage_config(name: str, spec: PipelineSpec, submit: SubmitJob, *,
     return resolve(submit.stage, spec.preset, _nest(flat))
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return "[" + ",".join(_format_value(v) for v in value) + "]"
-    return str(value)
-
-
 def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
-                   parent_run_id: str | None = None) -> JobSpec:
+                   parent_run_id: str | None = None, check_model: bool = True) -> JobSpec:
+    """The job of one stage attempt. `check_model=False` (`config show` only) renders a stage that
+    submit would refuse for its tokenizer or teacher, so that the refusal can be shown beside it."""
     cfg = resolve_stage_config(name, spec, submit, parent_run_id=parent_run_id)  # validate before submit
+    # no tokenizer, one that cannot fit, a 7B stage without a teacher: refused before any pod starts
+    if check_model:
+        check_model_meant(cfg, chained=submit.stage != spec.chain()[0])
     resources = spec.resources_for(submit.stage)
     world = resources.nodes * resources.procs_per_node
     try:  # the job's real world size: every rank would exit 2 on a batch that does not split
@@ -115,10 +111,10 @@ def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
     except ConfigError as err:
         raise ConfigError(f"stage {submit.stage} on {resources.nodes} node(s) x {resources.procs_per_node} "
                           f"process(es) = world size {world}: {err}") from None
-    flat = stage_overrides(name, spec, submit, parent_run_id=parent_run_id)
-    args = [f"{k}={_format_value(v)}" for k, v in flat.items() if v is not None and v != []]
     env = {"EVE_PIPELINE": name, "EVE_STAGE": submit.stage, "EVE_ATTEMPT": str(submit.attempt),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1",
+           # the whole resolved config, as JSON: every value reaches the ranks as validated here
+           resolved_config.ENV_VAR: resolved_config.dumps(submit.stage, cfg.model_dump(mode="json"))}
     if spec.s3.endpoint_url:
         env["AWS_ENDPOINT_URL"] = spec.s3.endpoint_url
     if spec.s3.region:
@@ -131,11 +127,57 @@ def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
     return JobSpec(
         name=submit.job_name, pipeline=name, stage=submit.stage, attempt=submit.attempt,
         image=spec.image,
-        command=["eve-train", "--preset", spec.preset, submit.stage, *args],
+        command=["eve-train", submit.stage],
         env=env, secret_env=secret_env,
         nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
         scheduling=spec.scheduling, backoff_limit=spec.backoff_limit,
         active_deadline_s=spec.active_deadline_s, suspend=spec.suspend,
-        labels={LABEL_PIPELINE: name, LABEL_STAGE: submit.stage, LABEL_ATTEMPT: str(submit.attempt)},
+        labels=job_labels(name, submit.stage, submit.attempt),
+        pod_template=spec.pod_template_for(submit.stage),
+    )
+
+
+#: The evaluation entry point every rank of an eval job runs (eve_trainer.evaluation, docs/eval.md).
+EVALUATOR = "eve-eval"
+
+
+def eval_args(spec: PipelineSpec, submit: SubmitEval) -> list[str]:
+    """eve-eval's words for one export: its benchmarks and their data, the generation settings, S3.
+    The output is eve-eval's default, beside the export (<stage>/eval/<bench>/scores.json), which is
+    where the pipeline reads the scores (observe.StoreReads.eval_scores)."""
+    assert spec.eval is not None
+    words = [submit.model, f"bench={','.join(spec.eval.data)}",
+             *(f"{bench}.data={url}" for bench, url in spec.eval.data.items()),
+             f"max_new_tokens={spec.eval.max_new_tokens}", f"batch_size={spec.eval.batch_size}"]
+    if spec.s3.endpoint_url:
+        words.append(f"endpoint_url={spec.s3.endpoint_url}")
+    if spec.s3.region:
+        words.append(f"region={spec.s3.region}")
+    return words
+
+
+def build_eval_job_spec(name: str, spec: PipelineSpec, submit: SubmitEval) -> JobSpec:
+    """The job that scores a stage's export: the same machinery as a stage (pod template, S3 and MLflow
+    wiring, gang scheduling), with eve-eval as the command and spec.eval.resources (else the stage's)."""
+    if spec.eval is None:
+        raise ConfigError("an evaluation job needs spec.eval")
+    resources = spec.eval.resources or spec.resources_for(submit.stage)
+    env = {"EVE_PIPELINE": name, "EVE_STAGE": submit.stage, "EVE_ATTEMPT": str(submit.attempt),
+           "PYTHONUNBUFFERED": "1"}
+    if spec.s3.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = spec.s3.endpoint_url
+    if spec.s3.region:
+        env["AWS_REGION"] = spec.s3.region
+    if spec.mlflow.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = spec.mlflow.tracking_uri
+    secret_env = {}
+    if spec.s3.credentials_secret:
+        secret_env = {k: (spec.s3.credentials_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    return JobSpec(
+        name=submit.job_name, pipeline=name, stage=submit.stage, attempt=submit.attempt, image=spec.image,
+        command=[EVALUATOR, *eval_args(spec, submit)], env=env, secret_env=secret_env,
+        nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
+        scheduling=spec.scheduling, backoff_limit=spec.backoff_limit, active_deadline_s=spec.active_deadline_s,
+        labels=job_labels(name, f"eval-{submit.stage}", submit.attempt),
         pod_template=spec.pod_template_for(submit.stage),
     )

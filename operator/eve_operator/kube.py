@@ -11,10 +11,11 @@ import copy
 import os
 from typing import Any
 
+from eve_contract.naming import LABEL_PIPELINE
 from eve_operator import metrics
 from eve_operator.crd import GROUP, PLURAL, VERSION
+from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import PYTORCHJOB, JobApi
-from eve_operator.jobspec import LABEL_PIPELINE
 from eve_operator.spec import PipelineSpec
 
 
@@ -150,16 +151,19 @@ _S3_CLIENTS: dict[tuple[str | None, str | None, str | None], Any] = {}
 
 def open_store(spec: PipelineSpec, creds: dict[str, str] | None) -> Any:
     """The pipeline's output store, with the pipeline's credentials, failing fast."""
-    from eve_trainer.storage import S3Store
-    from eve_trainer.storage import open_store as open_url
+    from eve_contract.storage import S3Store
+    from eve_contract.storage import open_store as open_url
 
     store = open_url(spec.output, endpoint_url=spec.s3.endpoint_url, region=spec.s3.region)
     if isinstance(store, S3Store):
+        if creds is None and (why := operator_defaults().credentials_refusal(spec)) is not None:
+            # never sign a request with the operator's identity for an endpoint or bucket it was not given
+            raise PermissionError(why)
         endpoint = spec.s3.endpoint_url or os.environ.get("EVE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
         key_id = (creds or {}).get("AWS_ACCESS_KEY_ID")
         key = (endpoint, spec.s3.region, key_id)
         if key not in _S3_CLIENTS:  # clients are thread-safe and costly to build: one per endpoint + key
-            from eve_trainer.storage import s3_client  # the platform's one timeout/retry policy
+            from eve_contract.storage import s3_client  # the platform's one timeout/retry policy
 
             _S3_CLIENTS[key] = s3_client(endpoint, spec.s3.region, access_key_id=key_id,
                                          secret_access_key=(creds or {}).get("AWS_SECRET_ACCESS_KEY"))

@@ -5,7 +5,7 @@
 The state machine (eve_operator.pipeline.decide) and the observer are pure; this is the
 I/O shell around them. Kubernetes and S3 calls block, so they run in threads.
 
-Idempotence: child names are deterministic (pipeline.job_name), a 409 on create counts
+Idempotence: child names are deterministic (eve_contract.naming.job_name), a 409 on create counts
 as success, and the status written is recomputed from what is observed, so a restart at
 any point resumes without duplicate jobs.
 """
@@ -21,35 +21,38 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from eve_trainer.config import ConfigError
-
-from eve_operator import metrics, tracking
+from eve_contract.errors import validation_message
+from eve_contract.naming import validate_pipeline_name
+from eve_operator import admission, metrics, tracking
 from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import job_api_for
-from eve_operator.jobspec import build_job_spec
+from eve_operator.jobspec import build_eval_job_spec, build_job_spec
 from eve_operator.kube import Kube, open_store
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
-    EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
-    initial_status, parent_run_params, parent_run_tags,
+    Emit,
+    EndStageRun,
+    Observation,
+    PipelineStatus,
+    SetSuspended,
+    StageComplete,
+    StopJob,
+    SubmitEval,
+    SubmitJob,
+    decide,
+    initial_status,
+    parent_run_params,
+    parent_run_tags,
+    pipeline_goodput,
 )
-from eve_operator.spec import PipelineSpec, validate_name
+from eve_operator.spec import PipelineSpec
+from eve_trainer.config import ConfigError
 
 log = logging.getLogger("eve_operator")
 
 
 class WaitError(Exception):
     """A dependency is missing (Secret, S3): explain in status, warn, submit nothing, retry."""
-
-
-def spec_error(err: ValidationError) -> str:
-    """'invalid spec: spec.<field>: <problem>' for every problem pydantic found."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"spec.{loc}: {msg}" if loc else f"spec: {msg}")
-    return "invalid spec: " + "; ".join(parts)
 
 
 class ClusterReader:
@@ -80,6 +83,9 @@ class ClusterReader:
     def heartbeats(self, stage: str) -> list[Any]:
         return self._s3(self.store.heartbeats, stage)
 
+    def eval_scores(self, stage: str, benches: list[str]) -> dict[str, dict[str, float]] | None:
+        return self._s3(lambda s: self.store.eval_scores(s, benches), stage)
+
     def _s3(self, fn: Any, stage: str) -> Any:
         try:
             return fn(stage)
@@ -106,6 +112,8 @@ class PipelineLoop:
     effective: dict[str, dict[str, str]] = field(default_factory=dict)
     """Effective defaultable fields and their source (eve_operator.defaults), for describe."""
     runs: tracking.RunRecords | None = None
+    admitted: dict[str, Any] | None = None
+    """The status condition Admitted (eve_operator.admission)."""
 
     @property
     def uid(self) -> str:
@@ -124,6 +132,8 @@ class PipelineLoop:
         if self.status is not None and status == self.status:
             return
         body = {**status.model_dump(by_alias=True, mode="json"), "effective": self.effective}
+        if self.admitted is not None:
+            body["conditions"] = [self.admitted]
         generation = self.body.get("metadata", {}).get("generation")
         if generation is not None:
             body["observedGeneration"] = generation
@@ -142,18 +152,25 @@ class PipelineLoop:
     async def reconcile(self) -> PipelineStatus:
         status = self.load_status()
         try:
-            validate_name(self.name)
+            validate_pipeline_name(self.name)
             spec, self.effective = operator_defaults().parse(self.body.get("spec")), \
                 operator_defaults().provenance(self.body.get("spec"))
         except ValidationError as err:
-            return await self.fail(status, spec_error(err), "InvalidSpec")
+            return await self.fail(status, validation_message(err, what="spec", root="spec", values=False), "InvalidSpec")
         except ValueError as err:
             return await self.fail(status, f"invalid name: {err}", "InvalidSpec")
         try:
             self.kube = self.kube.using(job_api_for(spec))  # PyTorchJob or TrainJob (spec.jobApi)
         except ValueError as err:
             return await self.fail(status, f"invalid spec: spec.jobApi: {err}", "InvalidSpec")
-        if status.phase == "Failed" and not status.stages and status.message.startswith("invalid "):
+        # admission, before the first stage: the install's rules (pod policy, S3 identity, scheduling).
+        # Once started, every job the pipeline gets is checked against the pod policy as it is built
+        # (a running stage is never disturbed by a later edit or upgrade).
+        if not status.stages:
+            if (refused := admission.refuse(operator_defaults(), spec, self.namespace)) is not None:
+                return await self.refuse(status, refused)  # the same refusal again: no new status or Event
+            self.set_admitted(None)
+        if status.phase == "Failed" and not status.stages:  # only an invalid spec or name fails before any stage
             status = PipelineStatus()  # the spec was fixed: start over
         if status.done:
             return status
@@ -170,6 +187,8 @@ class PipelineLoop:
             self.warn_once("Waiting", str(err))
             await self.write_status(status)
             return status
+        except admission.PolicyError as err:  # a built job's pods break the pod policy: nothing created
+            return await self.refuse(status, err.refusal)
         except ConfigError as err:  # an override the trainer does not know, or a bad value
             return await self.fail(status, f"invalid trainer config: {err}", "InvalidConfig")
         self.last_warning = ""
@@ -184,19 +203,41 @@ class PipelineLoop:
             for action in emitted:
                 metrics.TRANSITIONS.observe(time.monotonic() - self.woken_at, transition=action.reason)
         await asyncio.to_thread(self.runs.sync, new.mlflow_run_id, parent_run_tags(new))
+        await self.report_goodput(status, new, emitted)
         if new.done:
             await asyncio.to_thread(self.runs.finish, new.mlflow_run_id,
                                     "FINISHED" if new.phase == "Succeeded" else "FAILED")
         return new
 
+    async def report_goodput(self, old: PipelineStatus, new: PipelineStatus, emitted: list[Emit]) -> None:
+        """Prometheus every pass; MLflow `goodput/*` on each transition (parent run) and when a
+        stage completes (its own run)."""
+        now = time.time()
+        metrics.record_goodput(self.namespace, self.name, pipeline_goodput(new, now))
+        if emitted and self.runs is not None:
+            await asyncio.to_thread(self.runs.log_goodput, old, new, now)
+
     async def fail(self, status: PipelineStatus, message: str, reason: str) -> PipelineStatus:
         """Permanent: the spec or config cannot run. Nothing is submitted."""
         if status.phase == "Failed" and status.message == message:
             return status
-        failed = status.model_copy(update={"phase": "Failed", "message": message})
+        failed = status.model_copy(deep=True)
+        failed.failed("permanent", message)
         await self.write_status(failed)
         self.event("Warning", reason, message)
         return failed
+
+    def set_admitted(self, refused: admission.Refusal | None) -> None:
+        reason = "Admitted" if refused is None else refused.reason
+        if self.admitted is None or (self.admitted["reason"], self.admitted["message"]) != (
+                reason, admission.condition(refused, "")["message"]):
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.admitted = admission.condition(refused, now)
+
+    async def refuse(self, status: PipelineStatus, refused: admission.Refusal) -> PipelineStatus:
+        """The pipeline breaks an install-time rule: Failed, condition Admitted=False, a Warning Event."""
+        self.set_admitted(refused)
+        return await self.fail(status, refused.message, refused.reason)
 
     def run_records(self, spec: PipelineSpec) -> tracking.RunRecords:
         if self.runs is None or (self.runs.uri, self.runs.experiment) != (spec.mlflow.tracking_uri,
@@ -231,7 +272,8 @@ class PipelineLoop:
         return data
 
     async def observe(self, spec: PipelineSpec, status: PipelineStatus) -> Observation:
-        if all(s.state == "Succeeded" for s in status.stages):
+        if all(s.state == "Succeeded" for s in status.stages) and not any(
+                e.state in ("Submitted", "Running") for e in status.evals):
             return Observation()
 
         def run() -> Observation:
@@ -250,12 +292,14 @@ class PipelineLoop:
         """
         bodies = {}
         for action in actions:
-            if isinstance(action, SubmitJob):
-                job = build_job_spec(self.name, spec, action, parent_run_id=status.mlflow_run_id)
+            if isinstance(action, SubmitJob | SubmitEval):
+                job = build_job_spec(self.name, spec, action, parent_run_id=status.mlflow_run_id) \
+                    if isinstance(action, SubmitJob) else build_eval_job_spec(self.name, spec, action)
                 bodies[action.job_name] = self.kube.jobs.body(job, self.namespace,
                                                               {"name": self.name, "uid": self.uid})
+                admission.check_job(operator_defaults(), bodies[action.job_name], self.namespace, spec)
         for action in actions:
-            if isinstance(action, SubmitJob):
+            if isinstance(action, SubmitJob | SubmitEval):
                 await asyncio.to_thread(self.kube.create_job, self.namespace, bodies[action.job_name])
             elif isinstance(action, SetSuspended) and action.job_name:
                 await asyncio.to_thread(self.kube.suspend_job, self.namespace, action.job_name, action.suspended)
@@ -266,4 +310,4 @@ class PipelineLoop:
                                         action.reason)
 
 
-__all__ = ["PipelineLoop", "WaitError", "spec_error", "ClusterReader"]
+__all__ = ["PipelineLoop", "WaitError", "ClusterReader"]

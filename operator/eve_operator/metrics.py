@@ -4,6 +4,8 @@
     eve_operator_transition_seconds{transition}         histogram: observed -> acted on
     eve_operator_api_requests_total{verb,resource,code} counter
     eve_operator_reconciles_total{outcome}              counter: one per reconcile pass
+    eve_operator_goodput_ratio{namespace,pipeline}      gauge: productive / wall time (eve_contract.goodput)
+    eve_operator_goodput_seconds{namespace,pipeline,part}  gauge: wall time by part (queued, starting, ...)
 
 Call sites pass labels as keywords (`API_REQUESTS.inc(verb=..., code=...)`); `serve(port)`
 exposes /metrics with prometheus-client's own HTTP server.
@@ -51,6 +53,9 @@ class Gauge(_Labelled):
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...]):
         super().__init__(prom.Gauge, name, help_text, labels)
 
+    def set(self, value: float, **labels: str) -> None:
+        self.metric.labels(**labels).set(value)
+
     def set_all(self, label: str, values: dict[str, float]) -> None:
         """Replace every series: one per key of `values`."""
         self.metric.clear()
@@ -72,6 +77,21 @@ TRANSITIONS = Histogram("eve_operator_transition_seconds",
 API_REQUESTS = Counter("eve_operator_api_requests_total", "Kubernetes API requests made by the handlers.",
                        ("verb", "resource", "code"))
 RECONCILES = Counter("eve_operator_reconciles_total", "Reconcile passes, by outcome.", ("outcome",))
+
+GOODPUT = Gauge("eve_operator_goodput_ratio", "Productive step time over wall time of a pipeline, so far.",
+                ("namespace", "pipeline"))
+GOODPUT_SECONDS = Gauge("eve_operator_goodput_seconds",
+                        "A pipeline's wall time by part: queued, starting, productive, data, checkpoint, eval, "
+                        "lost, restart, other (docs/trainer.md, Goodput).", ("namespace", "pipeline", "part"))
+
+
+def record_goodput(namespace: str, pipeline: str, account: Any) -> None:
+    """Export one pipeline's eve_contract.goodput.Goodput."""
+    from eve_contract.goodput import PARTS
+
+    GOODPUT.set(account.goodput, namespace=namespace, pipeline=pipeline)
+    for part in PARTS:
+        GOODPUT_SECONDS.set(getattr(account, part), namespace=namespace, pipeline=pipeline, part=part)
 
 
 def render() -> str:
@@ -96,4 +116,4 @@ async def serve(port: int) -> Server:
     return await asyncio.to_thread(Server, port)
 
 
-__all__ = ["API_REQUESTS", "PIPELINES", "RECONCILES", "REGISTRY", "TRANSITIONS", "render", "serve"]
+__all__ = ["API_REQUESTS", "GOODPUT", "GOODPUT_SECONDS", "PIPELINES", "record_goodput", "RECONCILES", "REGISTRY", "TRANSITIONS", "render", "serve"]

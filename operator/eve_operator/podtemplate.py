@@ -7,7 +7,11 @@ Pure, shared by the PyTorchJob and TrainJob builders. The pod is:
 - with the pipeline's `podTemplate` merged on top (eve_operator.spec.PodTemplateSpec):
   maps key by key, lists by name (volumeMounts by mountPath, tolerations appended). The
   operator's own env, command and resources are never overwritten (the spec rejects
-  them), and a security field is relaxed only when the podTemplate names it.
+  them), and a security field is relaxed only when the podTemplate names it;
+- without the ServiceAccount token (automountServiceAccountToken: false) unless the podTemplate
+  asks for it.
+What the podTemplate may relax at all is the platform's pod policy (eve_operator.pod_policy),
+checked before a job is built.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from eve_operator.jobspec import JobSpec
-from eve_operator.spec import SHM_PATH, SHM_VOLUME, deep_merge, merge_lists
+from eve_contract.dicts import deep_merge
+from eve_operator.spec import SHM_PATH, SHM_VOLUME, merge_lists
 
 CONTAINER = "pytorch"  # training-operator reads exit codes from the container of this name
 PORT = 23456
@@ -112,6 +117,8 @@ def build_pod_template(job: JobSpec, *, container_name: str = CONTAINER,
         spec["priorityClassName"] = priority
     if custom.service_account_name:
         spec["serviceAccountName"] = custom.service_account_name
+    # the trainer never calls the Kubernetes API: no token unless the podTemplate asks for it
+    spec["automountServiceAccountToken"] = bool(custom.automount_service_account_token)
     if custom.image_pull_secrets:
         spec["imagePullSecrets"] = [dict(s) for s in custom.image_pull_secrets]
     labels = {**custom.labels, **job.labels}  # the operator's labels find the pods: they win

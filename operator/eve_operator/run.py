@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from eve_operator.settings import Config
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="eve-operator", description=__doc__.split("\n")[0])
@@ -15,11 +17,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                        help="watch this namespace (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
-    parser.add_argument("--metrics-port", type=int, default=8080, help="serve Prometheus /metrics here (0: off)")
+    defaults = Config.from_env()  # EVE_OPERATOR_* where set, else the one set of defaults
+    parser.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
+                        help="serve Prometheus /metrics here (0: off)")
     parser.add_argument("--health-port", type=int, default=8081, help="serve /healthz here (0: off)")
-    parser.add_argument("--resync-seconds", type=float, default=30.0,
+    parser.add_argument("--resync-seconds", type=float, default=defaults.resync_s,
                         help="safety-net reconcile period per pipeline (S3 manifests send no events)")
-    parser.add_argument("--verify", choices=("deep", "size"), default="deep",
+    parser.add_argument("--verify", choices=("deep", "size"), default="deep" if defaults.deep_verify else "size",
                         help="stage-complete check: re-hash every export file, or compare sizes only")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -32,11 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import kopf
 
-    from eve_operator import handlers  # registers the handlers
+    from eve_operator import handlers  # declares the handlers
 
-    handlers.CONFIG.metrics_port = args.metrics_port
-    handlers.CONFIG.resync_s = args.resync_seconds
-    handlers.CONFIG.deep_verify = args.verify == "deep"
+    handlers.configure(Config(resync_s=args.resync_seconds, metrics_port=args.metrics_port,
+                                       deep_verify=args.verify == "deep"))
     kopf.configure(verbose=args.verbose)
     kopf.run(
         standalone=True,

@@ -15,14 +15,16 @@ through mlflow's own client, imported only then.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from eve_trainer.tracking_names import experiment_create_fields, get_or_create_experiment
+from eve_contract.tracking_names import experiment_create_fields, get_or_create_experiment
 
 TIMEOUT_S = 5.0
 END_REASON_TAG = "eve.end_reason"
@@ -42,8 +44,15 @@ def _call(tracking_uri: str, method: str, path: str, body: dict[str, Any] | None
     if query:
         url += "?" + urllib.parse.urlencode(query)
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    own = (os.environ.get("MLFLOW_TRACKING_URI") or "").rstrip("/")
+    # MLflow's basic-auth app (chart: mlflow.auth): the operator's login goes only to its own server,
+    # never to a trackingUri a pipeline names
+    if user and own and tracking_uri.rstrip("/") == own:
+        token = base64.b64encode(f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s or TIMEOUT_S) as response:
             return json.loads(response.read() or b"{}")
@@ -132,6 +141,22 @@ def set_tags(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
           {"run_id": run_id, "tags": [{"key": k, "value": str(v)} for k, v in tags.items()]})
 
 
+def log_metrics(tracking_uri: str, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    """Log metrics to a run in one request (a finished run takes them too)."""
+    if not values:
+        return
+    ms = int(time.time() * 1000)
+    if not _rest(tracking_uri):
+        from mlflow.entities import Metric
+
+        _wrap(tracking_uri, _client(tracking_uri).log_batch, run_id,
+              [Metric(k, float(v), ms, step) for k, v in values.items()])
+        return
+    _call(tracking_uri, "POST", "runs/log-batch",
+          {"run_id": run_id, "metrics": [{"key": k, "value": float(v), "timestamp": ms, "step": step}
+                                         for k, v in values.items()]})
+
+
 def finish_run(tracking_uri: str, run_id: str, status: str) -> None:
     """Close a run: status FINISHED, FAILED or KILLED."""
     if not _rest(tracking_uri):
@@ -212,6 +237,22 @@ class RunRecords:
         return self._try(f"could not close the MLflow run of stage {stage}", end_stage_runs, self.uri,
                          self.experiment, self.pipeline, stage, parent_run_id, status, reason)[1] or []
 
+    def log_goodput(self, old: Any, new: Any, now: float) -> None:
+        """`goodput/*` (eve_contract.goodput) on the parent run, and on each stage run whose
+        stage has just completed. `old` / `new`: the PipelineStatus before and after a pass."""
+        from eve_operator.pipeline import pipeline_goodput, stage_goodput
+
+        if not self.uri:
+            return
+        if new.mlflow_run_id:
+            self._try("could not log goodput to the MLflow parent run", log_metrics, self.uri, new.mlflow_run_id,
+                      pipeline_goodput(new, now).metrics())
+        before = {s.name: s.state for s in old.stages}
+        for stage in new.stages:
+            if stage.state == "Succeeded" and before.get(stage.name) != "Succeeded" and stage.mlflow_run_id:
+                self._try(f"could not log goodput to the MLflow run of stage {stage.name}", log_metrics, self.uri,
+                          stage.mlflow_run_id, stage_goodput(stage, now).metrics())
+
     def finish(self, run_id: str | None, status: str) -> None:
         if self.uri and run_id:
             self._try(f"could not close MLflow run {run_id}", finish_run, self.uri, run_id, status)
@@ -245,5 +286,5 @@ def find_child_run(tracking_uri: str, parent_run_id: str, tags: dict[str, str], 
     return str(runs[0]["info"]["run_id"]) if runs else None
 
 
-__all__ = ["RunRecords", "TrackingError", "create_pipeline_run", "finish_run", "set_tags", "end_stage_runs",
+__all__ = ["RunRecords", "TrackingError", "create_pipeline_run", "finish_run", "log_metrics", "set_tags", "end_stage_runs",
            "experiment_id", "find_child_run", "END_REASON_TAG"]

@@ -72,6 +72,8 @@ _RUNTIME_POD_FIELDS = {
 JOB_APIS = ("PyTorchJob", "TrainJob")
 #: Operator env (chart values trainJob.defaultJobApi and trainJob.runtime.name).
 ENV_JOB_API, ENV_RUNTIME = "EVE_JOB_API", "EVE_TRAINJOB_RUNTIME"
+#: The chart's gang scheduler (scheduling.gangScheduler), which its runtime is rendered for.
+ENV_GANG = "EVE_GANG_SCHEDULER"
 
 
 def job_api_of(spec: PipelineSpec, env: Mapping[str, str]) -> str:
@@ -109,15 +111,33 @@ def pod_selector(job_name: str) -> str:
     return f"{JOBSET_NAME_LABEL}={trainjob_name(job_name)}"
 
 
+def runtime_gang_of(env: Mapping[str, str]) -> str | None:
+    """The gang scheduler the chart's ClusterTrainingRuntime is rendered for (its podGroupPolicy and
+    schedulerName follow scheduling.gangScheduler, the operator's EVE_GANG_SCHEDULER); None: unknown."""
+    return env.get(ENV_GANG) or None
+
+
+#: How a runtime schedules: its schedulerName + podGroupPolicy. Kueue and none share the default scheduler.
+_SCHEDULING_OF = {"volcano": "volcano", "scheduler-plugins": "scheduler-plugins", "kueue": "default", "none": "default"}
+
+
 def build_trainjob(job: JobSpec, *, namespace: str, owner: dict[str, str] | None = None,
-                   runtime: str = DEFAULT_RUNTIME) -> dict[str, Any]:
+                   runtime: str = DEFAULT_RUNTIME, runtime_gang: str | None = None) -> dict[str, Any]:
     """The TrainJob of one stage attempt.
 
     owner: {"name", "uid"} of the EvePipeline (a controller ownerReference, as for PyTorchJob).
     runtime: the ClusterTrainingRuntime to run on (the chart's, DEFAULT_RUNTIME).
+    runtime_gang: the gang scheduler that runtime schedules with (runtime_gang_of); a pipeline
+    asking for another one is refused, since a runtimePatch cannot set schedulerName.
     Raises ConfigError when the pipeline asks for something a TrainJob cannot carry.
     """
     gang = job.scheduling.gang_scheduler
+    if runtime_gang is not None and _SCHEDULING_OF.get(gang) != _SCHEDULING_OF.get(runtime_gang):
+        raise ConfigError(
+            f"scheduling.gangScheduler={gang}: a TrainJob runs on the ClusterTrainingRuntime {runtime!r}, which "
+            f"schedules its pods with {runtime_gang} (chart value scheduling.gangScheduler), and Trainer v2.3 "
+            f"runtimePatches cannot set schedulerName or the PodGroup policy; use gangScheduler={runtime_gang}, "
+            "or jobApi=PyTorchJob")
     name = trainjob_name(job.name)
     labels = dict(job.labels)
     if gang == "kueue":
@@ -166,6 +186,10 @@ def _split(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     if len(containers) > 1:
         raise ConfigError("podTemplate: extra containers cannot be added to a TrainJob's pods "
                           "(a runtimePatch may only change the runtime's own containers)")
+    if pod.pop("automountServiceAccountToken", None):
+        raise ConfigError("podTemplate.automountServiceAccountToken=true cannot be used with jobApi=TrainJob "
+                          "(Trainer v2.3 runtimePatches cannot carry it; the chart's runtime mounts no token): "
+                          "use jobApi=PyTorchJob")
     for key, where in _RUNTIME_POD_FIELDS.items():
         value = pod.pop(key, None)
         if value is not None and where is not None:
@@ -251,5 +275,5 @@ def job_state(job: dict[str, Any] | None) -> tuple[str, str, str | None]:
     return "Pending", f"waiting for {nodes} node pod(s) to start", None
 
 
-__all__ = ["build_trainjob", "job_state", "trainjob_name", "pod_selector", "job_api_of", "runtime_of", "enabled", "JOB_APIS", "GROUP", "VERSION", "PLURAL",
+__all__ = ["build_trainjob", "job_state", "trainjob_name", "pod_selector", "job_api_of", "runtime_of", "runtime_gang_of", "enabled", "JOB_APIS", "GROUP", "VERSION", "PLURAL",
            "CONTAINER", "DEFAULT_RUNTIME", "PATCH_MANAGER", "JOBSET_NAME_LABEL", "PET_ENV", "MASTER_PORT"]

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from eve_operator.cli import progress
 from eve_operator.cli.main import app, pipeline_exit_code
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 runner = CliRunner()
 
@@ -37,10 +37,11 @@ def run(*args: str):  # noqa: ANN201
 @pytest.mark.parametrize(("args", "expected"), [
     (["nodes=4", "gpus_per_node=8"], "nodes=4 needs a cluster"),
     (["gpus_per_node=2"], "gpus_per_node=2, but this machine has 0 GPU(s)"),
-    (["sft.data=x", "--backend", "local", "nodes=2", "gpus_per_node=0"], "nodes=2 needs a cluster"),
+    (["sft.data=s3://bkt/x", "--backend", "local", "nodes=2", "gpus_per_node=0"], "nodes=2 needs a cluster"),
 ])
 def test_local_backend_refuses_what_needs_a_cluster(args: list[str], expected: str, _home: Path) -> None:
-    for extra in ([], ["--dry-run"]):  # a dry run plans nothing it cannot run either
+    # an explicit local backend refuses the dry run too: it plans nothing it cannot run
+    for extra in ([], ["--dry-run", "--local"]):
         result = run("submit", "stage=prealign", "name=big", *args, *extra)
         assert result.exit_code == 2, result.output
         assert expected in result.output and "--backend kubernetes" in result.output
@@ -49,14 +50,14 @@ def test_local_backend_refuses_what_needs_a_cluster(args: list[str], expected: s
 
 
 def test_local_dry_run_chains_each_stage_from_the_previous_export(_home: Path) -> None:
-    result = run("submit", "stage=prealign", "name=chain", "init_from=/models/llama", "output=s3://b/eve",
+    result = run("submit", "stage=prealign", "name=chain", "init_from=/models/llama", "output=s3://bkt/eve",
                  "nproc_per_node=2", "--dry-run", "-o", "json")
     assert result.exit_code == 0, result.output
     stages = json.loads(result.stdout)["stages"]
-    assert [s["init_from"] for s in stages] == ["/models/llama", "s3://b/eve/chain/prealign/export",
-                                                 "s3://b/eve/chain/pretrain/export"]
-    assert "init_from=s3://b/eve/chain/pretrain/export" in stages[2]["command"]
-    assert "init_from=/models/llama" not in stages[1]["command"]
+    assert [s["init_from"] for s in stages] == ["/models/llama", "s3://bkt/eve/chain/prealign/export",
+                                                 "s3://bkt/eve/chain/pretrain/export"]
+    assert stages[2]["config"]["init_from"] == "s3://bkt/eve/chain/pretrain/export"
+    assert stages[1]["config"]["init_from"] == "s3://bkt/eve/chain/prealign/export"
 
 
 def test_progress_from_the_heartbeat_contract(tmp_path: Path) -> None:
@@ -78,11 +79,15 @@ def test_progress_from_the_heartbeat_contract(tmp_path: Path) -> None:
     assert progress.summarize([], None) is None
 
 
-def test_exit_codes_of_a_finished_pipeline() -> None:
+def test_exit_codes_of_a_finished_pipeline_come_from_the_failure_class_not_the_message() -> None:
     assert pipeline_exit_code({"phase": "Succeeded"}) == 0
-    assert pipeline_exit_code({"phase": "Failed", "message": "stage sft failed after attempt 3 of 3"}) == 1
-    assert pipeline_exit_code({"phase": "Failed", "message": "invalid spec: spec.preset: ..."}) == 2
-    assert pipeline_exit_code({"phase": "Failed", "message": "rank 0 exited with code 2: ConfigError"}) == 2
+    for cls, code in (("permanent", 2), ("transient", 1), ("stalled", 1), ("cancelled", 1)):
+        assert pipeline_exit_code({"phase": "Failed", "failure": {"class": cls}}) == code
+    # "exited with code 255" contains "exited with code 2": a retryable failure is still not the user's
+    retryable = {"phase": "Failed", "message": "Pod: ml.x-master-0 exited with code 255 (attempt 2 of 2)",
+                 "failure": {"class": "transient", "exitCode": 255}}
+    assert pipeline_exit_code(retryable) == 1
+    assert pipeline_exit_code({"phase": "Failed", "message": "invalid spec: spec.preset: ..."}) == 1  # no class: 1
 
 
 @pytest.mark.parametrize(("verb", "missing"), [("synth", "Pillow, numpy and webdataset"),

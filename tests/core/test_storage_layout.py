@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eve_trainer import layout
-from eve_trainer.storage import LocalStore, StorageError, open_store
+from eve_contract import layout
+from eve_contract.storage import LocalStore, StorageError, open_store
 
 
 @pytest.fixture(params=["local", "s3"])

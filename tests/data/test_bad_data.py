@@ -12,7 +12,7 @@ from test_resume import _check_resume, _take  # type: ignore[import-not-found]
 from eve_trainer.data import DataError, DatasetIndex, build_loader
 from eve_trainer.data.shards import ShardReadError, ShardWriter, iter_tar
 from eve_trainer.data.synth import synth_sample
-from eve_trainer.storage import open_store
+from eve_contract.storage import open_store
 
 
 def _bad_dataset(root: Path) -> None:
@@ -73,7 +73,7 @@ def test_too_many_skips_fail_naming_the_shard(bad_ds, tok, proc, workers) -> Non
 
 
 def test_early_errors_name_the_url(s3_env, tok, proc, caption_ds, tmp_path) -> None:  # noqa: ANN001
-    from eve_trainer.storage import StorageError
+    from eve_contract.storage import StorageError
 
     with pytest.raises(StorageError, match="s3://no-such-bucket-abc/ds"):
         build_loader(data_cfg(["s3://no-such-bucket-abc/ds"]), tokenizer=tok, processor=proc, micro_batch_size=2)

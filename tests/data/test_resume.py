@@ -53,7 +53,7 @@ def test_resume_local(caption_ds, tok, proc, workers: int) -> None:  # noqa: ANN
 
 
 def test_resume_s3_conversations_grouped(s3_env, bucket, conv_ds, tok, proc) -> None:  # noqa: ANN001
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     store = open_store(f"s3://{bucket}/conv")
     for name in sorted(p.name for p in conv_ds.iterdir()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from eve_trainer.data.shards import ShardWriter, iter_tar
-from eve_trainer.storage import open_store
+from eve_contract.storage import open_store
 
 
 def test_broken_connection_resumes_mid_shard(s3_env, bucket, tmp_path) -> None:  # noqa: ANN001

@@ -83,7 +83,7 @@ def test_bad_conversations(tok, meta, has_image, reason) -> None:  # noqa: ANN00
 
 def test_tokenizer_from_folder_and_s3(s3_env, bucket, tok, tmp_path) -> None:  # noqa: ANN001
     from eve_trainer.data import load_tokenizer
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     tok.save_pretrained(tmp_path / "tok")
     store = open_store(f"s3://{bucket}/tok")

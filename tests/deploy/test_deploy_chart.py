@@ -83,6 +83,17 @@ def test_one_object_per_template_file() -> None:
     (("--set", "mlflow.backendStore.type=mysql"), "type"),
     (("--set", "scheduling.gangScheduler=yunikorn"), "gangScheduler"),
     (("--set", "watchNamespaces[0]=Bad_NS"), "watchNamespaces"),
+    # issue 20: the gaps the schema let through
+    (("--set", "operator.resources.request.cpu=1"), "request"),
+    (("--set", "storage.s3.credentialsSecret.name=Bad_Secret"), "credentialsSecret"),
+    (("--set", "operator.credentialsSecret=bad secret"), "credentialsSecret"),
+    (("--set", "scheduling.priorityClassName=High_Priority"), "priorityClassName"),
+    (("--set", "trainer.image.repository="), "repository"),
+    (("--set", "scheduling.gangScheduler=kueue"), "queue"),
+    (("--set", "podPolicy.profile=privileged"), "profile"),
+    (("--set-string", "podPolicy.allowPrivileged=yes"), "allowPrivileged"),
+    (("--set", "podPolicy.allowAnything=true"), "allowAnything"),
+    (("--set", "operator.s3.allowedEndpoints[0]=not-a-url"), "allowedEndpoints"),
 ])
 def test_schema_rejects(chart: Helm, args: tuple[str, ...], message: str) -> None:
     assert message in chart.template_error(*args)
@@ -114,6 +125,7 @@ def test_schema_is_strict_at_every_level() -> None:
     (("--set", "mlflow.artifactsDestination=bucket/path"), "must be a URL"),
     (("--set", "operator.readPipelineSecrets=true"), "a cluster-wide Secret grant is not offered"),
     (("--set", "storage.s3.credentialsSecret.name="), "or set operator.s3Identity=serviceAccount"),
+    (("--set", "mlflow.auth.enabled=true"), "mlflow.auth.existingSecret"),
 ])
 def test_validate_config_fails_with_a_clear_message(chart: Helm, args: tuple[str, ...], message: str) -> None:
     assert message in chart.template_error(*args)
@@ -126,8 +138,7 @@ NAMESPACED_RULES = {
     ("eve-platform.io", "evepipelines/status"): {"get", "patch", "update"},
     ("eve-platform.io", "evepipelines/finalizers"): {"update"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "delete", "patch"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get"},
+    ("", "pods"): {"list"},  # exit codes and termination messages: no get, watch or logs
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -148,14 +159,16 @@ def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:
 
 
 def operator_roles(objs: list[dict], kind: str) -> list[dict]:
-    return [o for o in find(objs, kind) if "helm.sh/hook" not in o["metadata"].get("annotations", {})]
+    """The operator's own (Cluster)Role(Binding)s: not the helm test hook's, not the policy reader's."""
+    return [o for o in find(objs, kind) if "helm.sh/hook" not in o["metadata"].get("annotations", {})
+            and not o["metadata"]["name"].endswith("-policy-reader")]
 
 
 def test_rbac_cluster_wide_is_exact(chart: Helm) -> None:
     objs = chart.template()
     (role,) = operator_roles(objs, "ClusterRole")
     assert grants(role["rules"]) == NAMESPACED_RULES | CLUSTER_RULES
-    assert not find(objs, "Role") and not find(objs, "RoleBinding")
+    assert not operator_roles(objs, "Role") and not operator_roles(objs, "RoleBinding")
     (binding,) = operator_roles(objs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
@@ -167,11 +180,11 @@ def test_rbac_namespaced_is_exact(chart: Helm) -> None:
     objs = chart.template("--values", str(CHART / "ci" / "namespaced-values.yaml"))
     (cluster_role,) = operator_roles(objs, "ClusterRole")
     assert grants(cluster_role["rules"]) == CLUSTER_RULES
-    roles = find(objs, "Role")
+    roles = operator_roles(objs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert grants(role["rules"]) == NAMESPACED_RULES
-    bindings = find(objs, "RoleBinding")
+    bindings = operator_roles(objs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
         assert b["subjects"][0]["namespace"] == NAMESPACE and b["roleRef"]["kind"] == "Role"
@@ -181,13 +194,13 @@ def test_rbac_namespaced_is_exact(chart: Helm) -> None:
 
 def test_rbac_namespaced_defaults_to_release_namespace(chart: Helm) -> None:
     objs = chart.template("--set", "rbac.namespaced=true")
-    assert [r["metadata"]["namespace"] for r in find(objs, "Role")] == [NAMESPACE]
+    assert [r["metadata"]["namespace"] for r in operator_roles(objs, "Role")] == [NAMESPACE]
 
 
 def test_no_secret_access_by_default_in_either_mode(chart: Helm) -> None:
     for args in ((), ("--values", str(CHART / "ci" / "namespaced-values.yaml"))):
         objs = chart.template(*args)
-        for role in operator_roles(objs, "ClusterRole") + find(objs, "Role"):
+        for role in operator_roles(objs, "ClusterRole") + operator_roles(objs, "Role"):
             assert ("", "secrets") not in grants(role["rules"]), role["metadata"]
         env = {e["name"]: e for e in find(objs, "Deployment", RELEASE)[0]["spec"]["template"]["spec"]
                ["containers"][0]["env"]}
@@ -199,16 +212,16 @@ def test_rbac_read_pipeline_secrets_is_exact_and_namespaced(chart: Helm, namespa
     objs = chart.template("--set", "operator.readPipelineSecrets=true", "--set", "watchNamespaces={team-a,team-b}",
                           "--set", f"rbac.namespaced={str(namespaced).lower()}")
     (cluster_role,) = operator_roles(objs, "ClusterRole")
-    assert grants(cluster_role["rules"]) == CLUSTER_RULES | ({} if namespaced else NAMESPACED_RULES)
-    secret_roles = [r for r in find(objs, "Role") if r["metadata"]["name"] == f"{RELEASE}-secrets"]
+    assert grants(cluster_role["rules"]) == CLUSTER_RULES  # watchNamespaces alone: Roles there, not cluster-wide
+    secret_roles = [r for r in operator_roles(objs, "Role") if r["metadata"]["name"] == f"{RELEASE}-secrets"]
     assert sorted(r["metadata"]["namespace"] for r in secret_roles) == ["team-a", "team-b"]
     for role in secret_roles:
         assert grants(role["rules"]) == SECRET_RULES
-    other_roles = [r for r in find(objs, "Role") if r not in secret_roles]
-    assert len(other_roles) == (2 if namespaced else 0)
+    other_roles = [r for r in operator_roles(objs, "Role") if r not in secret_roles]
+    assert len(other_roles) == 2
     for role in other_roles:
         assert grants(role["rules"]) == NAMESPACED_RULES
-    bindings = [b for b in find(objs, "RoleBinding") if b["roleRef"]["name"] == f"{RELEASE}-secrets"]
+    bindings = [b for b in operator_roles(objs, "RoleBinding") if b["roleRef"]["name"] == f"{RELEASE}-secrets"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]
                for b in bindings)
@@ -407,3 +420,51 @@ def test_crd_template_renders_the_generated_file_unchanged(chart: Helm) -> None:
     assert crd["spec"] == source["spec"]
     assert crd["metadata"]["name"] == source["metadata"]["name"]
     assert source["metadata"].get("labels", {}).items() <= crd["metadata"]["labels"].items()
+
+
+# -- issue 20: the install's rules, MLflow's NetworkPolicy and auth ------------------------------
+
+
+def test_the_operator_gets_the_policy_configmap_and_users_may_read_it(chart: Helm) -> None:
+    import json
+
+    from eve_operator.defaults import OperatorDefaults
+
+    objs = chart.template("--set", "podPolicy.allowedCapabilities={IPC_LOCK}", "--set",
+                          "operator.s3.allowedBuckets={team-data}", "--set", "storage.s3.endpoint=http://minio:9000")
+    (cm,) = find(objs, "ConfigMap", f"{RELEASE}-policy")
+    rules = OperatorDefaults.from_env({**cm["data"], "EVE_OPERATOR_NAMESPACE": NAMESPACE})
+    assert rules.pod_policy.allowed_capabilities == ("IPC_LOCK",)
+    assert rules.pod_policy.operator_service_account == f"{NAMESPACE}/{RELEASE}"
+    assert rules.s3_allowed_endpoints == ("http://minio:9000",) and rules.s3_allowed_buckets == ("eve-platform",
+                                                                                                 "team-data")
+    assert rules.require_gang_scheduler and json.loads(cm["data"]["EVE_POD_POLICY"])["profile"] == "restricted"
+    (dep,) = find(objs, "Deployment", RELEASE)
+    pod = dep["spec"]["template"]
+    assert pod["spec"]["containers"][0]["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-policy"}}]
+    assert pod["metadata"]["annotations"]["checksum/policy"]
+    (role,) = [r for r in find(objs, "Role") if r["metadata"]["name"].endswith("-policy-reader")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{RELEASE}-policy"],
+                              "verbs": ["get"]}]
+    (binding,) = [b for b in find(objs, "RoleBinding") if b["metadata"]["name"].endswith("-policy-reader")]
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "system:authenticated"}]
+    off = chart.template("--set", "rbac.publishPolicy=false")
+    assert not [r for r in find(off, "Role") if r["metadata"]["name"].endswith("-policy-reader")]
+
+
+def test_mlflow_is_reachable_only_from_trainers_and_the_operator(chart: Helm) -> None:
+    objs = chart.template()
+    (np,) = find(objs, "NetworkPolicy")
+    assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
+    sources = np["spec"]["ingress"][0]["from"]
+    assert sources[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert sources[1]["podSelector"]["matchExpressions"] == [{"key": "eve-platform.io/pipeline",
+                                                              "operator": "Exists"}]
+    assert not find(chart.template("--set", "mlflow.networkPolicy.enabled=false"), "NetworkPolicy")
+    auth = chart.template("--set", "mlflow.auth.enabled=true", "--set", "mlflow.auth.existingSecret=mlflow-auth")
+    mlflow = find(auth, "Deployment", f"{RELEASE}-mlflow")[0]["spec"]["template"]["spec"]
+    assert "--app-name=basic-auth" in mlflow["containers"][0]["args"]
+    env = {e["name"]: e for e in find(auth, "Deployment", RELEASE)[0]["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth", "key": "password"}

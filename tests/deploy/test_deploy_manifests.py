@@ -12,7 +12,8 @@ from deploy_support import K8S_VERSION, NAMESPACE, ROOT, crd_file
 from fixtures.schema_check import assert_structural, crd_schema, problems
 
 import render_manifests
-from eve_operator.spec import PipelineSpec, validate_name
+from eve_contract.naming import validate_pipeline_name
+from eve_operator.spec import PipelineSpec
 
 MANIFESTS = ROOT / "manifests"
 SAMPLES = sorted((MANIFESTS / "samples").glob("*.yaml"))
@@ -103,7 +104,7 @@ def test_sample_matches_the_crd(sample: Path) -> None:
 def test_sample_matches_the_pipeline_model(sample: Path) -> None:
     """The pydantic model the CRD is generated from accepts the sample too (cross-field rules)."""
     obj = yaml.safe_load(sample.read_text())
-    validate_name(obj["metadata"]["name"])
+    validate_pipeline_name(obj["metadata"]["name"])
     spec = PipelineSpec.model_validate(obj["spec"])
     assert spec.chain()
 

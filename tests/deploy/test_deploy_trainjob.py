@@ -14,10 +14,12 @@ from deploy_support import K8S_VERSION, NAMESPACE, RELEASE, ROOT, Helm, find
 sys.path.insert(0, str(ROOT / "tests" / "operator"))
 
 from fixtures.schema_check import load_crd_schema, validate  # noqa: E402
+from pod_security import restricted_violations  # noqa: E402
 from trainjob_emulator import node_pods  # noqa: E402
 
 from eve_operator.jobspec import build_job_spec  # noqa: E402
-from eve_operator.pipeline import SubmitJob, job_name  # noqa: E402
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob  # noqa: E402
 from eve_operator.spec import PipelineSpec  # noqa: E402
 from eve_operator.trainjob import build_trainjob  # noqa: E402
 
@@ -79,7 +81,7 @@ def test_operator_gets_rbac_and_its_defaults(chart: Helm) -> None:
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["EVE_JOB_API"] == "TrainJob" and env["EVE_TRAINJOB_RUNTIME"] == "eve-t"
     namespaced = chart.template(*ON, "--set", "rbac.namespaced=true")
-    (ns_role,) = find(namespaced, "Role")
+    (ns_role,) = [r for r in find(namespaced, "Role") if not r["metadata"]["name"].endswith("-policy-reader")]
     assert any("trainjobs" in r["resources"] for r in ns_role["rules"])
     assert ns_role["metadata"]["namespace"] == NAMESPACE
 
@@ -91,7 +93,7 @@ def test_values_fail_clearly(chart: Helm) -> None:
 
 @pytest.mark.parametrize("gang", ["volcano", "kueue"])
 def test_a_stage_trainjob_on_the_rendered_runtime_gives_valid_restricted_pods(chart: Helm, gang: str) -> None:
-    rt = runtime(chart, "--set", f"scheduling.gangScheduler={gang}")
+    rt = runtime(chart, "--set", f"scheduling.gangScheduler={gang}", "--set", "scheduling.queue=team-a")
     pspec = PipelineSpec.model_validate({
         "output": "s3://ckpt/eve", "jobApi": "TrainJob", "resources": {"nodes": 2},
         "overrides": {"global_batch_size": 16, "micro_batch_size": 1},
@@ -126,6 +128,8 @@ def test_a_stage_trainjob_on_the_rendered_runtime_gives_valid_restricted_pods(ch
         assert pod["metadata"]["labels"]["eve-platform.io/pipeline"] == "demo"
         assert spec.get("schedulerName") == ("volcano" if gang == "volcano" else None)
         assert spec["terminationGracePeriodSeconds"] == 300
+        assert spec["automountServiceAccountToken"] is False  # the runtime's: the trainer needs no token
+        assert restricted_violations(spec, pod["metadata"].get("annotations")) == []
 
 
 def test_pods_of_the_runtime_alone_are_restricted(chart: Helm) -> None:

@@ -39,10 +39,9 @@ from kube_emulator import Emulator  # noqa: E402
 from operator_harness import running_operator, wait_for  # noqa: E402
 from trainjob_emulator import JOBSET_NAME, TrainerCluster  # noqa: E402
 
-from eve_trainer import layout  # noqa: E402
-from eve_trainer.storage import open_store  # noqa: E402
+from eve_contract import layout  # noqa: E402
+from eve_contract.storage import open_store  # noqa: E402
 
-from eve_operator import handlers  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the shared chain runs in the first test
 NS = "ml"
@@ -72,12 +71,14 @@ class World:
                               capture_output=True, text=True, timeout=timeout)
 
     def submit_cluster(self, name: str, *extra: str, prefix: str = "cluster") -> None:
-        result = self.cli("submit", "stage=prealign", f"name={name}", f"output=s3://{self.bucket}/{prefix}",
-                          f"data={self.data['caption']}", f"sft.data={self.data['conversation']}",
-                          f"endpoint_url={self.endpoint}", "credentials_secret=s3-creds",
-                          f"tracking_uri={self.tracking_uri}", "experiment=cluster-e2e",
-                          f"nodes={NODES}", f"nproc_per_node={NPROC}", "gpus_per_node=0", "gang_scheduler=none",
-                          *TRAIN, *extra, "--backend", "kubernetes", timeout=120)
+        words = ["stage=prealign", f"name={name}", f"output=s3://{self.bucket}/{prefix}",
+                 f"data={self.data['caption']}", f"sft.data={self.data['conversation']}",
+                 f"endpoint_url={self.endpoint}", "credentials_secret=s3-creds",
+                 f"tracking_uri={self.tracking_uri}", "experiment=cluster-e2e",
+                 f"nodes={NODES}", f"nproc_per_node={NPROC}", "gpus_per_node=0", "gang_scheduler=none", *TRAIN]
+        replaced = {w.split("=", 1)[0] for w in extra}  # submit refuses a key given twice
+        words = [w for w in words if w.split("=", 1)[0] not in replaced]
+        result = self.cli("submit", *words, *extra, "--backend", "kubernetes", timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr[-4000:]
 
     def pipeline(self, name: str) -> dict[str, Any] | None:
@@ -126,7 +127,6 @@ def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch
     cluster = TrainerCluster(emulator, kubeconfig, tmp / "node", runtimes=_chart_runtimes(), max_grace_s=GRACE_S,
                              extra_env=step_delay, interval_s=0.25)  # controllers and a kubelet polling 4x a second
     mp.setenv("EVE_TRAINJOB_RUNTIME", "eve-torch")  # the operator with Trainer v2 support (trainJob.enabled)
-    handlers.watch_trainjobs()
     for ns in (NS, TJ_NS):
         cluster.core.create_namespaced_secret(ns, {
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": ns},
@@ -323,7 +323,9 @@ def _log(world: World, pod: str) -> str:
 
 def test_bad_trainer_override_fails_the_stage_at_once_without_retry(world: World) -> None:
     # 2 pods of 1 rank: enough to see both pods fail and nothing retried, at half the start-up cost
-    world.submit_cluster("broken", "data.tokenizer=builtin:nope", "nproc_per_node=1")
+    # a tokenizer folder without tokenizer files: submit cannot know (it does not read the store),
+    # the trainer finds out at start-up and exits 2
+    world.submit_cluster("broken", f"data.tokenizer=s3://{world.bucket}/no-such-tokenizer", "nproc_per_node=1")
     status = wait_for(lambda: world.finished("broken"), timeout=600, what="pipeline broken to fail")
     assert status["phase"] == "Failed" and status["stages"][0]["attempt"] == 1, status
     assert "the trainer exited with 2" in status["message"], status["message"]
@@ -339,10 +341,10 @@ def test_bad_trainer_override_fails_the_stage_at_once_without_retry(world: World
     described = world.cli("describe", "broken", timeout=60).stdout
     assert "failed permanently" in described and "exited with 2" in described, described
     # the trainer's own error line in describe: the container's termination message (its log tail)
-    assert "unknown builtin tokenizer 'builtin:nope'" in described, described
+    assert "no tokenizer files" in described, described
     # the trainer's own error line: in the Master pod's log, read through the API
     logs = world.cli("logs", "broken", "--stage", "prealign", timeout=60)
-    assert "eve-train: error: unknown builtin tokenizer 'builtin:nope'" in logs.stdout, logs.stdout[-3000:]
+    assert "eve-train: error: no tokenizer files" in logs.stdout, logs.stdout[-3000:]
 
 
 def test_trainjob_chain_export_is_bit_identical_to_pytorchjob_and_local(

@@ -26,8 +26,8 @@ from cluster_emulator import ClusterEmulator  # noqa: E402
 from kube_emulator import Emulator  # noqa: E402
 from operator_harness import running_operator, wait_for  # noqa: E402
 
-from eve_trainer import layout  # noqa: E402
-from eve_trainer.storage import open_store  # noqa: E402
+from eve_contract import layout  # noqa: E402
+from eve_contract.storage import open_store  # noqa: E402
 
 pytestmark = pytest.mark.slow
 NS = "ml"

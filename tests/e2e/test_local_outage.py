@@ -14,11 +14,11 @@ from urllib.parse import urlparse
 
 import pytest
 
-from fixtures.services import free_port
+from eve_contract.topology import free_port
 from fixtures.tcp_proxy import TcpForwarder
 
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 pytestmark = pytest.mark.slow
 OUTAGE_S = 20.0

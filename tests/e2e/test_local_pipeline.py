@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 pytestmark = pytest.mark.slow
 STAGES = ["prealign", "pretrain", "sft"]
@@ -83,6 +83,18 @@ def test_three_stages_chain_through_verified_exports(env, datasets, bucket, s3_e
     assert "e2e" in listing and "Succeeded" in listing and "3/3" in listing
     described = cli("describe", "e2e", env=env).stdout
     assert "StageSucceeded" in described and "PipelineSucceeded" in described
+
+    # goodput: one segment per stage with the trainer's timers, shown and tracked
+    from eve_contract.goodput import PARTS
+
+    for s in status["stages"]:
+        assert [seg["attempt"] for seg in s["segments"]] == [1], s["segments"]
+        assert s["segments"][0]["stepSeconds"] > 0 and s["segments"][0]["loopAt"] >= s["segments"][0]["startedAt"]
+    assert "Goodput:     goodput " in described and "productive " in described, described
+    assert "Goodput:     goodput " in cli("status", "e2e", env=env).stdout
+    tracked = client.get_run(parent.info.run_id).data.metrics
+    assert 0 < tracked["goodput/fraction"] < 1 and {f"goodput/{p}_s" for p in PARTS} <= set(tracked)
+    assert all(client.get_run(runs[s].info.run_id).data.metrics["goodput/productive_s"] > 0 for s in STAGES)
     logs = cli("logs", "e2e", "--stage", "sft", env=env)
     assert logs.returncode == 0 and logs.stdout.strip()
 
@@ -96,8 +108,8 @@ def test_three_stages_chain_through_verified_exports(env, datasets, bucket, s3_e
 def test_later_stage_without_previous_export_says_what_to_run(env, bucket, s3_env) -> None:  # noqa: ANN001
     result = cli("submit", "stage=pretrain", "name=orphan", f"output=s3://{bucket}/runs",
                  f"endpoint_url={s3_env.endpoint_url}", env=env, timeout=120)
-    assert result.returncode == 1
-    assert "submit stage=prealign" in result.stderr + result.stdout
+    assert result.returncode == 2  # refused at submit: the local backend reads the store
+    assert "and there is none: run `eve-platform submit stage=prealign name=orphan" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
 

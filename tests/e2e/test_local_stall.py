@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 pytestmark = pytest.mark.slow
 STALL_TIMEOUT_S = 10

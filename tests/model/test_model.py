@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from eve_model_testutils import (  # noqa: F401 (fixtures are used by name)
     make_batch, make_image, tiny_batch, tiny_config, tiny_model, tiny_proc)
 
-from eve_model import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, STAGES, EveForCausalLM, EveImageProcessor, get_preset,
+from eve_contract.names import STAGES
+from eve_model import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveForCausalLM, EveImageProcessor, get_preset,
                        set_trainable)
 
 

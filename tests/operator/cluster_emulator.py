@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -55,6 +54,9 @@ from typing import Any
 
 import kubernetes
 from kube_emulator import Emulator, PodLog
+from pod_security import restricted_violations
+
+from eve_contract.topology import free_port
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 # pkg/apis/kubeflow.org/v1/common_types.go and pytorch_types.go
@@ -623,12 +625,6 @@ class WaitingError(Exception):
     """The container cannot start yet (state.waiting): (reason, message)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def image_env() -> dict[str, str]:
     """What the "image" brings: this test's virtualenv and code, nothing of its credentials."""
     env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "OMP_NUM_THREADS",
@@ -705,6 +701,7 @@ class Kubelet:
         self.containers: dict[str, Container] = {}
         self.ports: dict[str, int] = {}
         self.loop = _Loop("kubelet", self.tick, interval_s)
+        self.refused: set[str] = set()  # pods Pod Security admission turned away
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -738,6 +735,17 @@ class Kubelet:
 
     def _admit(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
+        # the pipelines' namespace enforces Pod Security `restricted` (docs/install.md): every pod of a
+        # job the operator rendered (label eve-platform.io/pipeline) is checked, and one that breaks
+        # it fails the test (the loop's errors); the emulator's own unit tests' pods are left alone
+        pipeline_pod = "eve-platform.io/pipeline" in (meta.get("labels") or {})
+        if pipeline_pod and meta["uid"] not in self.refused and (
+                violations := restricted_violations(spec, meta.get("annotations"))):
+            self.refused.add(meta["uid"])
+            raise PermissionError(f"pod {meta['namespace']}/{meta['name']} violates PodSecurity restricted: "
+                                  + "; ".join(violations))
+        if meta["uid"] in self.refused:
+            return
         containers = spec.get("containers") or []
         if len(containers) != 1:
             raise NotImplementedError(f"pod {meta['name']}: the emulated kubelet runs one container per pod")
@@ -874,7 +882,7 @@ class Kubelet:
         for var in ("MASTER_PORT", "PET_MASTER_PORT"):
             if var in env:
                 if owner not in self.ports:
-                    self.ports[owner] = _free_port()
+                    self.ports[owner] = free_port()
                 env[var] = str(self.ports[owner])
         return env
 

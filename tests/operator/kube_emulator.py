@@ -46,6 +46,8 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
         verbs={"create", "delete", "get", "list", "patch", "update", "watch"}, subresources={"status"}),
     "v1/secrets": kmock.ResourceInfo(kind="Secret", singular="secret", namespaced=True,
                                      verbs={"create", "get", "list", "watch", "delete"}),
+    "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", singular="configmap", namespaced=True,  # the policy
+                                        verbs={"create", "get", "list", "watch", "delete"}),
     "v1/events": kmock.ResourceInfo(kind="Event", singular="event", namespaced=True,
                                     verbs={"create", "get", "list", "watch", "patch"}),
     "v1/pods": kmock.ResourceInfo(kind="Pod", singular="pod", namespaced=True,

@@ -20,8 +20,8 @@ import pytest
 from kube_emulator import Emulator
 
 from eve_operator import handlers
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 GROUP, VERSION, PLURAL = "eve-platform.io", "v1alpha1", "evepipelines"
 JOBS = ("kubeflow.org", "v1", "pytorchjobs")
@@ -80,6 +80,17 @@ class Cluster:
         if type_ in ("Succeeded", "Failed"):
             status["completionTime"] = now
         self.custom.patch_namespaced_custom_object_status(*JOBS[:2], ns, JOBS[2], job, {"status": status})
+
+    def exited_pod(self, job: str, exit_code: int, ns: str = NS) -> None:
+        """The job's master pod, terminated with `exit_code` (what the operator reads exit codes from)."""
+        self.core.create_namespaced_pod(ns, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{job}-master-0", "namespace": ns,
+                         "labels": {"training.kubeflow.org/job-name": job}},
+            "spec": {"containers": [{"name": "pytorch", "image": "x"}]},
+            "status": {"phase": "Failed", "containerStatuses": [{
+                "name": "pytorch", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}]}})
 
     def create_secret(self, name: str, data: dict[str, str], ns: str = NS) -> None:
         self.core.create_namespaced_secret(ns, {"apiVersion": "v1", "kind": "Secret",
@@ -175,9 +186,10 @@ def cluster(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 @contextmanager
-def running_operator(resync_s: float = 0.5) -> Iterator[Operator]:
-    old = handlers.CONFIG.resync_s
-    handlers.CONFIG.resync_s = resync_s
+def running_operator(resync_s: float = 0.5, metrics_port: int = 0) -> Iterator[Operator]:
+    """The operator configured as its runner would (handlers.configure), then started."""
+    old = handlers.CONFIG
+    handlers.configure(handlers.Config(resync_s=resync_s, metrics_port=metrics_port))
     op = Operator()
     op.start()
     try:
@@ -186,7 +198,7 @@ def running_operator(resync_s: float = 0.5) -> Iterator[Operator]:
         try:
             op.stop()
         finally:
-            handlers.CONFIG.resync_s = old
+            handlers.configure(old)
 
 
 @pytest.fixture

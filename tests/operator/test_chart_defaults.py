@@ -14,6 +14,7 @@ from typing import Any
 import kubernetes
 import pytest
 from operator_harness import Cluster, base_spec, running_operator, wait_for
+from fixtures.stage_config import stage_config
 
 from eve_operator import defaults
 from eve_operator.defaults import BUILT_IN, OPERATOR, PIPELINE, OperatorDefaults
@@ -69,8 +70,8 @@ def test_helm_values_reach_the_pods_through_the_operator(cluster: Cluster, outpu
     assert plain["spec"]["runPolicy"]["suspend"] is True  # Kueue admits by un-suspending
     env_refs = {e["name"]: e.get("valueFrom") for e in container["env"]}
     assert env_refs["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "team-s3", "key": "AWS_ACCESS_KEY_ID"}}
-    assert "mlflow.experiment=vision" in container["command"]
-    assert any(a.startswith("mlflow.parent_run_id=") for a in container["command"]), "tracked without a block"
+    assert stage_config(container)["mlflow"]["experiment"] == "vision"
+    assert stage_config(container)["mlflow"]["parent_run_id"], "tracked without a block"
     assert status["mlflowRunId"]
     assert status["effective"]["image"] == {"value": f"{REGISTRY}:0.1.0", "source": OPERATOR}
     assert status["effective"]["scheduling.gangScheduler"] == {"value": "kueue", "source": OPERATOR}
@@ -79,7 +80,7 @@ def test_helm_values_reach_the_pods_through_the_operator(cluster: Cluster, outpu
     own_container = master(own)["containers"][0]
     assert own_container["image"] == "mine.example.com/eve:1"
     assert own["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") is None  # its own volcano
-    assert not any(a.startswith("mlflow.parent_run_id=") for a in own_container["command"])
+    assert stage_config(own_container)["mlflow"]["parent_run_id"] is None
     effective = cluster.status("own")["effective"]
     assert effective["image"]["source"] == PIPELINE and effective["scheduling.gangScheduler"]["source"] == PIPELINE
     assert effective["scheduling.queue"] == {"value": "research", "source": PIPELINE}
@@ -102,7 +103,7 @@ def test_pipeline_values_win_and_provenance_says_which() -> None:
                                      "EVE_QUEUE": "lq", "EVE_GPU_PRODUCT": "NVIDIA-H100-80GB-HBM3",
                                      "MLFLOW_TRACKING_URI": "http://mlflow:5000", "EVE_CREDENTIALS_SECRET": "",
                                      "AWS_REGION": "eu-west-1"})
-    raw = {"output": "s3://b/p", "image": "mine:1", "resources": {"nodes": 2},
+    raw = {"output": "s3://bkt/p", "image": "mine:1", "resources": {"nodes": 2},
            "stages": {"sft": {"resources": {"nodes": 1}}, "pretrain": {"resources": {"gpuProduct": ""}}},
            "s3": {"region": None}, "mlflow": {"experiment": "exp"}}
     spec = ops.parse(raw)
@@ -119,10 +120,10 @@ def test_pipeline_values_win_and_provenance_says_which() -> None:
     assert prov["s3.endpointUrl"] == {"value": "", "source": BUILT_IN}
     assert prov["scheduling.priorityClass"]["source"] == BUILT_IN
     # a queue belongs to its scheduler: a Volcano pipeline gets no Kueue queue
-    volcano = ops.parse({"output": "s3://b/p", "scheduling": {"gangScheduler": "volcano"}})
+    volcano = ops.parse({"output": "s3://bkt/p", "scheduling": {"gangScheduler": "volcano"}})
     assert volcano.scheduling.queue is None
     # nothing given at all: the built-ins
-    bare = OperatorDefaults.from_env({}).parse({"output": "s3://b/p"})
+    bare = OperatorDefaults.from_env({}).parse({"output": "s3://bkt/p"})
     assert bare.image == "ghcr.io/eve-platform/trainer:0.1.0" and bare.scheduling.gang_scheduler == "volcano"
     assert bare.mlflow.tracking_uri is None
 

@@ -7,6 +7,7 @@ import json
 
 import yaml
 from operator_harness import NS, Cluster, wait_for
+from fixtures.stage_config import master_config
 from typer.testing import CliRunner
 
 from eve_operator.cli.main import app
@@ -29,8 +30,7 @@ def test_dry_run_prints_the_resource_and_every_stage_job(cluster: Cluster) -> No
     pipeline, job, *later = list(yaml.safe_load_all(result.stdout))
     assert [j["metadata"]["name"] for j in later] == ["clu-pretrain", "clu-sft"]
     for previous, nxt in (("prealign", later[0]), ("pretrain", later[1])):  # each from the previous export
-        command = nxt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-        assert f"init_from=s3://ckpt/eve/clu/{previous}/export" in command
+        assert master_config(nxt)["init_from"] == f"s3://ckpt/eve/clu/{previous}/export"
     assert "image" not in pipeline["spec"], "unset fields stay unset: the operator's defaults apply"
     assert pipeline["kind"] == "EvePipeline" and pipeline["metadata"]["name"] == "clu"
     assert pipeline["spec"]["stages"]["sft"]["overrides"] == {"optim.lr": 1e-5}

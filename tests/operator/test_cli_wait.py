@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from eve_operator import tracking
 from eve_operator.cli.main import app
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 runner = CliRunner()
 
@@ -86,7 +86,7 @@ def test_submit_wait_follows_the_stages_and_status_shows_progress(
         beat(output, "wt", "pretrain", 40)
         wait_for(lambda: waiter.saw("pretrain: 40/100 (40%) loss 3.100 25.0k tok/s ETA 3m00s"),
                  what="the CLI's progress line from the heartbeats")
-        parent = cluster.status("wt")["mlflowRunId"]
+        parent = wait_for(lambda: cluster.status("wt").get("mlflowRunId"), what="the pipeline run id in the status")
         run_id = stage_run(uri, parent, "wt", "pretrain")
 
         status = cli("status", "wt")
@@ -118,16 +118,21 @@ def test_submit_wait_follows_the_stages_and_status_shows_progress(
     assert waiter.saw("pretrain: Succeeded") and waiter.saw(f"-> {output}/wt/pretrain/export"), waiter.lines
 
 
-def test_submit_wait_exits_with_the_failure(cluster: Cluster, operator: Operator, output: str) -> None:
+def test_submit_wait_exits_with_the_failure_and_a_retryable_255_is_not_the_users(
+        cluster: Cluster, operator: Operator, output: str) -> None:
     waiter = Waiter(["submit", "stage=sft", "name=wf", f"output={output}", "gpus_per_node=0", "max_attempts=1",
                      "init_from=s3://models/x", "--wait", "--backend", "kubernetes", "-n", NS],
                     os.environ["KUBECONFIG"])
     try:
         wait_for(lambda: cluster.jobs().get("wf-sft"), timeout=30, what="the sft job")
-        cluster.set_condition("wf-sft", "Failed", message="OOMKilled on worker-1")
+        cluster.exited_pod("wf-sft", 255)  # the trainer's pod, exited 255 (retryable)
+        # the controller's message holds "exited with code 2", as a prefix of 255
+        cluster.set_condition("wf-sft", "Failed", message="Pod: ml.wf-sft-master-0 exited with code 255; OOMKilled on worker-1")
         code, out = waiter.finish()
     finally:
         if waiter.proc.poll() is None:
             waiter.proc.kill()
     assert code == 1, "\n".join(waiter.lines)
     assert "pipeline wf: Failed" in out and "OOMKilled on worker-1" in out
+    assert cluster.status("wf")["failure"] == {"class": "transient", "exitCode": 255,
+                                               "message": cluster.status("wf")["message"]}

@@ -53,7 +53,7 @@ SAMPLE = {
     "apiVersion": "eve-platform.io/v1alpha1", "kind": "EvePipeline", "metadata": {"name": "demo"},
     "spec": {
         "preset": "eve-7b", "output": "s3://ckpt/eve", "data": ["s3://data/shards-{000..099}.tar"],
-        "overrides": {"optim.lr": 3e-4, "train.max_steps": 100, "data.urls": ["a", "b"], "x": None},
+        "overrides": {"optim.lr": 3e-4, "train.max_steps": 100, "optim.betas": [0.9, 0.95], "x": None},
         "stages": {"sft": {"resources": {"nodes": 4, "cpu": 32}, "overrides": {"train.max_steps": 50}}},
         "resources": {"nodes": 2, "gpuProduct": None, "memory": "400Gi"},
         "s3": {"credentialsSecret": "s3-creds"},

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 from operator_harness import NS, Cluster
+from fixtures.stage_config import master_config
 from fixtures.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
 
 from eve_operator import crd
+from eve_operator import pytorchjob
 from eve_operator.backends import kubernetes as kb
 from eve_operator.spec import PipelineSpec
 
@@ -33,18 +35,13 @@ def test_render_jobs_is_every_stage_job_each_from_the_previous_export() -> None:
     for job in jobs:
         assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
         validate(job, load_crd_schema(VENDORED_PYTORCHJOB))
-    commands = [j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-                for j in jobs]
-    assert not any(a.startswith("init_from=") for a in commands[0])
-    assert "init_from=s3://ckpt/eve/demo/prealign/export" in commands[1]
-    assert "init_from=s3://ckpt/eve/demo/pretrain/export" in commands[2]
+    assert [master_config(j)["init_from"] for j in jobs] == [
+        None, "s3://ckpt/eve/demo/prealign/export", "s3://ckpt/eve/demo/pretrain/export"]
 
 
 def test_render_jobs_mid_chain_shows_the_previous_export() -> None:
     spec = SPEC.model_copy(update={"start": "sft"})
-    command = kb.render_jobs("demo", NS, spec)[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
-        "containers"][0]["command"]
-    assert "init_from=s3://ckpt/eve/demo/pretrain/export" in command
+    assert master_config(kb.render_jobs("demo", NS, spec)[0])["init_from"] == "s3://ckpt/eve/demo/pretrain/export"
 
 
 def test_render_rejects_bad_names() -> None:
@@ -79,8 +76,8 @@ def test_stage_pods_master_first(cluster: Cluster) -> None:
                                ("demo-prealign-worker-0", "worker", "0"), ("other-master-0", "master", "0")):
         job = "other" if name.startswith("other") else "demo-prealign"
         cluster.core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": name, "namespace": NS, "labels": {kb.JOB_NAME_LABEL: job, kb.REPLICA_TYPE_LABEL: rtype,
-                                                      kb.REPLICA_INDEX_LABEL: index}},
+            "name": name, "namespace": NS, "labels": {pytorchjob.JOB_NAME_LABEL: job, pytorchjob.REPLICA_TYPE_LABEL: rtype,
+                                                      pytorchjob.REPLICA_INDEX_LABEL: index}},
             "spec": {"containers": [{"name": "pytorch", "image": "x"}]}})
     assert kb.stage_pods("demo", NS, "prealign") == [
         "demo-prealign-master-0", "demo-prealign-worker-0", "demo-prealign-worker-1"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eve_operator.observe import PERMANENT_EXIT_CODE, JobReport, observe
+from eve_contract.exit_codes import EXIT_USER
+from eve_operator.observe import JobReport, observe
 from eve_operator.pipeline import Beat, PipelineStatus, StageComplete, decide
 from eve_operator.spec import PipelineSpec
-from eve_trainer.layout import Heartbeat
+from eve_contract.layout import Heartbeat
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Reader:
 
 
 def spec(**extra: Any) -> PipelineSpec:
-    return PipelineSpec.model_validate({"output": "s3://b/eve", **extra})
+    return PipelineSpec.model_validate({"output": "s3://bkt/eve", **extra})
 
 
 def submitted(sp: PipelineSpec) -> PipelineStatus:
@@ -57,12 +58,12 @@ def submitted(sp: PipelineSpec) -> PipelineStatus:
 
 def test_a_stage_not_yet_submitted_asks_for_its_own_and_the_previous_export() -> None:
     sp = spec(start="pretrain")
-    reader = Reader(exports={"prealign": StageComplete("s3://b/eve/demo/prealign/export")})
+    reader = Reader(exports={"prealign": StageComplete("s3://bkt/eve/demo/prealign/export")})
     obs = observe(sp, PipelineStatus.model_validate({"stages": [{"name": "pretrain"}, {"name": "sft"}]}), reader)
     assert reader.asked == ["complete prealign", "complete pretrain"]
-    assert obs.previous_export == StageComplete("s3://b/eve/demo/prealign/export") and obs.complete is None
+    assert obs.previous_export == StageComplete("s3://bkt/eve/demo/prealign/export") and obs.complete is None
     reader = Reader()
-    observe(spec(start="pretrain", initFrom="s3://x/llama"), PipelineStatus.model_validate(
+    observe(spec(start="pretrain", initFrom="s3://xyz/llama"), PipelineStatus.model_validate(
         {"stages": [{"name": "pretrain"}]}), reader)
     assert reader.asked == ["complete pretrain"]  # init_from given: the previous export is not needed
 
@@ -84,20 +85,20 @@ def test_a_finished_job_looks_for_the_manifest_and_a_failed_one_for_exit_codes()
     status = submitted(sp)
     reader = Reader(jobs={"demo-prealign": JobReport("Succeeded", "", 3.0)})
     obs = observe(sp, status, reader)
-    assert reader.asked == ["job demo-prealign", "complete prealign"]
-    assert (obs.job, obs.job_finished_at, obs.job_permanent) == ("Succeeded", 3.0, False)
+    assert reader.asked == ["job demo-prealign", "complete prealign", "heartbeats prealign"]
+    assert (obs.job, obs.job_finished_at, obs.job_exit_code) == ("Succeeded", 3.0, None)
 
     reader = Reader(jobs={"demo-prealign": JobReport("Failed", "pod master-0 failed")}, codes=[143, 1])
     obs = observe(sp, status, reader)
-    assert reader.asked == ["job demo-prealign", "codes demo-prealign", "complete prealign"]
-    assert obs.job == "Failed" and not obs.job_permanent and obs.job_message == "pod master-0 failed"
+    assert reader.asked == ["job demo-prealign", "codes demo-prealign", "complete prealign", "heartbeats prealign"]
+    assert obs.job == "Failed" and obs.job_exit_code != 2 and obs.job_message == "pod master-0 failed"
 
 
 def test_the_trainer_usage_exit_code_is_permanent_and_said_so() -> None:
     sp = spec()
-    reader = Reader(jobs={"demo-prealign": JobReport("Failed", "rank 1 exited")}, codes=[143, PERMANENT_EXIT_CODE])
+    reader = Reader(jobs={"demo-prealign": JobReport("Failed", "rank 1 exited")}, codes=[143, EXIT_USER])
     obs = observe(sp, submitted(sp), reader)
-    assert obs.job_permanent and "exited with 2: bad config or data" in obs.job_message
+    assert obs.job_exit_code == 2 and "exited with 2: bad config or data" in obs.job_message
 
 
 def test_kueue_suspension_reads_as_pending_unless_the_user_suspended() -> None:
@@ -124,6 +125,6 @@ def test_a_permanent_failure_names_the_trainers_own_error_line() -> None:
             "eve-launch[node 0]: ranks exited with [2]; exit 2\n")
     reader = Reader(jobs={"demo-prealign": JobReport("Failed", "pod master-0 failed")}, codes=[2], log_tail=tail)
     obs = observe(sp, submitted(sp), reader)
-    assert obs.job_permanent
+    assert obs.job_exit_code == 2
     assert obs.job_message.endswith("(the trainer exited with 2: eve-train: error: data.tokenizer: unknown builtin "
                                     "tokenizer 'builtin:nope')")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
+from fixtures.stage_config import master_config
 
 from eve_operator import metrics
 
@@ -31,8 +32,7 @@ def test_full_chain_prealign_pretrain_sft(cluster: Cluster, operator: Operator, 
         cluster.set_condition(f"demo-{stage}", "Succeeded")
         if nxt:
             job = wait_for(lambda n=nxt: cluster.jobs().get(n), what=nxt)
-            command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-            assert f"init_from={export}" in command
+            assert master_config(job)["init_from"] == export
     status = wait_for(lambda: cluster.status("demo") if cluster.status("demo").get("phase") == "Succeeded" else None,
                       what="pipeline Succeeded")
     assert [s["state"] for s in status["stages"]] == ["Succeeded"] * 3
@@ -58,7 +58,7 @@ def test_succeeded_without_manifest_waits_for_it(cluster: Cluster, operator: Ope
 
 def test_a_corrupt_export_does_not_count(cluster: Cluster, operator: Operator, output: str,
                                          tmp_path: Path) -> None:
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     cluster.create_pipeline("corrupt", base_spec(output))
     wait_for(lambda: "corrupt-prealign" in cluster.jobs())
@@ -129,6 +129,26 @@ def test_unknown_override_key_fails_naming_the_key(cluster: Cluster, operator: O
     assert cluster.jobs() == {}
 
 
+def test_a_hand_written_pipeline_gets_the_clis_refusals(cluster: Cluster, operator: Operator, output: str) -> None:
+    """Keys the pipeline sets itself, per-stage keys for stages that do not run, values that cannot
+    work: refused on the CRD path as `submit` refuses them (status + InvalidSpec event), never dropped."""
+    bad = {
+        "owned": (base_spec(output, stages={"sft": {"overrides": {"output": "s3://other/x"}}}),
+                  "stages.sft.overrides.output is set by the pipeline from spec.output"),
+        "unused": (base_spec(output, until="pretrain", stages={"sft": {"overrides": {"optim.lr": 1.0}}}),
+                   "stages.sft: this pipeline runs prealign -> pretrain"),
+        "image": (base_spec(output, image="Bad Image:!!"), "spec.image: is not a valid image reference"),
+    }
+    for name, (spec, _) in bad.items():
+        cluster.create_pipeline(name, spec)
+    for name, (_, expected) in bad.items():
+        status = wait_for(lambda n=name: cluster.status(n) if cluster.status(n).get("phase") == "Failed" else None,
+                          what=f"{name} to fail")
+        assert expected in status["message"], status["message"]
+        wait_for(lambda n=name: "InvalidSpec" in cluster.reasons(n), what=f"the InvalidSpec event of {name}")
+    assert cluster.jobs() == {}
+
+
 def test_suspend_and_resume_patch_the_current_job(cluster: Cluster, operator: Operator, output: str) -> None:
     cluster.create_pipeline("pause", base_spec(output))
     wait_for(lambda: "pause-prealign" in cluster.jobs())
@@ -174,7 +194,14 @@ def _missing_secret_waits_then_submits(cluster: Cluster, output: str) -> None:
     assert wait_for(lambda: cluster.status("creds")["message"] == "")
 
 
-def test_unreachable_s3_is_explained_and_nothing_is_submitted(cluster: Cluster, operator: Operator) -> None:
+def test_unreachable_s3_is_explained_and_nothing_is_submitted(cluster: Cluster, s3_env, monkeypatch) -> None:  # noqa: ANN001
+    # an endpoint the chart lists for the operator's own keys (operator.s3.allowedEndpoints), but down
+    monkeypatch.setenv("EVE_S3_ALLOWED_ENDPOINTS", "http://127.0.0.1:9")
+    with running_operator():
+        _unreachable_s3_is_explained(cluster)
+
+
+def _unreachable_s3_is_explained(cluster: Cluster) -> None:
     spec = base_spec("s3://nowhere/eve", s3={"endpointUrl": "http://127.0.0.1:9"})
     cluster.create_pipeline("nos3", spec)
     status = wait_for(lambda: cluster.status("nos3") if "waiting" in cluster.status("nos3").get("message", "")
@@ -188,32 +215,27 @@ def test_mlflow_parent_run_is_passed_to_the_stage(cluster: Cluster, operator: Op
                                                   mlflow_server) -> None:
     cluster.create_pipeline("tracked", base_spec(output, mlflow={"trackingUri": mlflow_server.tracking_uri}))
     job = wait_for(lambda: cluster.jobs().get("tracked-prealign"))
-    run_id = cluster.status("tracked")["mlflowRunId"]
-    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
-    assert run_id and f"mlflow.parent_run_id={run_id}" in command
+    run_id = wait_for(lambda: cluster.status("tracked").get("mlflowRunId"), what="the pipeline run id in the status")
+    assert run_id and master_config(job)["mlflow"]["parent_run_id"] == run_id
 
 
 def test_mlflow_down_continues_without_it(cluster: Cluster, operator: Operator, output: str) -> None:
     cluster.create_pipeline("untracked", base_spec(output, mlflow={"trackingUri": "http://127.0.0.1:9"}))
     wait_for(lambda: "untracked-prealign" in cluster.jobs())
-    assert cluster.status("untracked").get("mlflowRunId") is None
+    # the status patch comes after the job: wait for it (its stages) before reading what it lacks
+    status = wait_for(lambda: (s := cluster.status("untracked")).get("stages") and s, what="the first status patch")
+    assert status.get("mlflowRunId") is None
     wait_for(lambda: "MlflowUnavailable" in cluster.reasons("untracked"), what="the MlflowUnavailable event")
 
 
 def test_exit_code_2_fails_at_once_without_retry(cluster: Cluster, operator: Operator, output: str) -> None:
     cluster.create_pipeline("broken", base_spec(output))
     wait_for(lambda: "broken-prealign" in cluster.jobs())
-    cluster.core.create_namespaced_pod(NS, {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "broken-prealign-master-0", "namespace": NS,
-                     "labels": {"training.kubeflow.org/job-name": "broken-prealign"}},
-        "spec": {"containers": [{"name": "pytorch", "image": "x"}]},
-        "status": {"phase": "Failed", "containerStatuses": [{
-            "name": "pytorch", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-            "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]}})
+    cluster.exited_pod("broken-prealign", 2)
     cluster.set_condition("broken-prealign", "Failed", message="PyTorchJob broken-prealign is failed")
     status = wait_for(lambda: cluster.status("broken") if cluster.status("broken")["phase"] == "Failed" else None)
     assert "failed permanently" in status["message"] and "exited with 2" in status["message"]
+    assert status["failure"]["class"] == "permanent" and status["failure"]["exitCode"] == 2  # a field, not prose
     assert sorted(cluster.jobs()) == ["broken-prealign"]
 
 

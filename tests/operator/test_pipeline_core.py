@@ -93,7 +93,7 @@ def test_absent_job_is_recreated_with_the_same_name() -> None:
 
 def test_verified_manifest_finishes_the_stage_and_submits_the_next() -> None:
     status, actions = step(spec(), started(), Observation(job="Succeeded", complete=done("prealign", "run-1")))
-    first, second = status.stages[0], status.stages[1]
+    first = status.stages[0]
     assert first.state == "Succeeded" and first.checkpoint == EXPORT.format("prealign")
     assert first.mlflow_run_id == "run-1" and first.finished_at == NOW
     assert submits(actions) == [SubmitJob("pretrain", 1, "demo-pretrain", EXPORT.format("prealign"), "run-1")]
@@ -194,9 +194,24 @@ def test_long_job_names_are_hashed_within_50_characters() -> None:
 
 def test_permanent_failure_fails_at_once_without_retry() -> None:
     status, actions = step(spec(), started(), Observation(job="Failed", job_message="rank 0 exited with code 2",
-                                                          job_permanent=True))
+                                                          job_exit_code=2))
     assert status.phase == "Failed" and "permanently" in status.message
     assert not [a for a in actions if isinstance(a, SubmitJob)]
+
+
+def test_the_failure_is_a_field_with_its_class_and_exit_code() -> None:
+    status, _ = step(spec(), started(), Observation(job="Failed", job_message="bad key", job_exit_code=2))
+    assert status.model_dump(by_alias=True)["failure"] == {"class": "permanent", "exitCode": 2,
+                                                           "message": status.message}
+    # 255 is retryable: a new attempt, then (the attempts spent) a transient failure
+    status, actions = step(spec(), started(), Observation(job="Failed", job_message="exited with code 255",
+                                                          job_exit_code=255))
+    assert status.phase == "Running" and status.failure is None and [a.attempt for a in actions
+                                                                      if isinstance(a, SubmitJob)] == [2]
+    status, _ = step(spec(), status, Observation(job="Failed", job_message="exited with code 255",
+                                                 job_exit_code=255))
+    assert status.phase == "Failed" and status.failure is not None
+    assert (status.failure.failure_class, status.failure.exit_code) == ("transient", 255)
 
 
 def test_pending_and_running_jobs_explain_themselves_in_the_stage_message() -> None:
@@ -289,6 +304,7 @@ def test_a_stall_on_the_last_attempt_fails_the_pipeline_and_still_stops_the_job(
     status, _ = at(sp, started(sp), running({0: 1, 1: 1}), 0)
     status, actions = at(sp, status, running({0: 1, 1: 1}), 60)
     assert status.phase == "Failed" and "stalled" in status.message and "attempt 1 of 1" in status.message
+    assert status.failure is not None and status.failure.failure_class == "stalled"
     assert [type(a) for a in actions] == [StopJob, EndStageRun, Emit, Emit] and not submits(actions)
 
 
@@ -300,7 +316,7 @@ def test_the_stage_timeout_overrides_the_pipeline_and_zero_turns_it_off() -> Non
     off = spec(stallTimeoutSeconds=600, stages={"prealign": {"stallTimeoutSeconds": 0}}, **CPU2)
     _, actions = at(off, status, running({0: 1, 1: 1}), 10_000)
     assert actions == []
-    assert PipelineSpec.model_validate({"output": "s3://x"}).stall_timeout_s == 900  # the 15 min default
+    assert PipelineSpec.model_validate({"output": "s3://xyz"}).stall_timeout_s == 900  # the 15 min default
     long = spec(stallTimeoutSeconds=1000, **CPU2)  # longer than the start-up grace: it applies from the start
     status, _ = at(long, started(long), Observation(job="Running"), 0)
     _, actions = at(long, status, Observation(job="Running"), 999)
@@ -337,7 +353,7 @@ def test_ranks_that_all_finished_are_not_a_stall() -> None:
 def test_failures_close_the_stage_run_with_the_reason() -> None:
     _, actions = step(spec(), started(), Observation(job="Failed", job_message="OOMKilled"))
     assert EndStageRun("prealign", "FAILED", "job demo-prealign failed: OOMKilled") in actions
-    _, actions = step(spec(), started(), Observation(job="Failed", job_message="bad", job_permanent=True))
+    _, actions = step(spec(), started(), Observation(job="Failed", job_message="bad", job_exit_code=2))
     assert [a.status for a in actions if isinstance(a, EndStageRun)] == ["FAILED"]
     late = NOW - COMPLETE_GRACE_S - 1
     _, actions = step(spec(), started(), Observation(job="Succeeded", job_finished_at=late))

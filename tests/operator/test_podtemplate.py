@@ -14,7 +14,8 @@ from pod_security import restricted_violations
 from pydantic import ValidationError
 
 from eve_operator.jobspec import build_job_spec
-from eve_operator.pipeline import SubmitJob, job_name
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob
 from eve_operator.podtemplate import build_pod_template
 from eve_operator.pytorchjob import build_pytorchjob
 from eve_operator.spec import PipelineSpec
@@ -162,7 +163,8 @@ def test_stage_template_merges_over_the_pipeline_by_name() -> None:
 def test_relaxing_a_security_field_must_be_explicit() -> None:
     tpl = template({"podTemplate": {"securityContext": {"runAsNonRoot": False, "runAsUser": 0},
                                     "containerSecurityContext": {"runAsNonRoot": False}}})
-    assert restricted_violations(tpl["spec"]) == ["pod runAsUser=0", "container pytorch: runAsNonRoot is not true"]
+    assert restricted_violations(tpl["spec"]) == ["pod runAsUser=0", "pod runAsNonRoot=false",
+                                                  "container pytorch: runAsNonRoot is not true"]
     sc = tpl["spec"]["containers"][0]["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
 
@@ -181,12 +183,12 @@ def test_relaxing_a_security_field_must_be_explicit() -> None:
 def test_what_cannot_be_overwritten_is_rejected_with_the_field_to_set(pod_template: dict[str, Any],
                                                                       message: str) -> None:
     with pytest.raises(ValidationError) as err:
-        PipelineSpec.model_validate({"output": "s3://b/p", "stages": {"sft": {"podTemplate": pod_template}}})
+        PipelineSpec.model_validate({"output": "s3://bkt/p", "stages": {"sft": {"podTemplate": pod_template}}})
     assert message in str(err.value)
 
 
 def test_pytorchjob_replicas_carry_the_shared_pod_template() -> None:
-    pspec = PipelineSpec.model_validate({"output": "s3://b/p", "resources": {"nodes": 2},
+    pspec = PipelineSpec.model_validate({"output": "s3://bkt/p", "resources": {"nodes": 2},
                                          "overrides": {"global_batch_size": 256},
                                          "podTemplate": {"env": [{"name": "HTTPS_PROXY", "value": "http://p:3128"}]}})
     submit = SubmitJob("prealign", 1, job_name("demo", "prealign", 1), None, None)
@@ -203,5 +205,5 @@ def test_docs_examples_are_valid_evepipelines_under_the_crd(name: str) -> None:
     from eve_operator import crd
 
     resource = {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "demo"},
-                "spec": {"output": "s3://b/p", **doc_examples()[name]}}
+                "spec": {"output": "s3://bkt/p", **doc_examples()[name]}}
     validate(resource, crd_schema(crd.crd_manifest()))

@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from eve_contract import resolved_config
 from fixtures.schema_check import VENDORED_PYTORCHJOB, load_crd_schema, strip_descriptions, validate
 
-from eve_operator.jobspec import LABEL_PIPELINE, LABEL_STAGE, build_job_spec
-from eve_operator.pipeline import SubmitJob, job_name
+from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
+from eve_operator.jobspec import build_job_spec
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob
 from eve_operator.pytorchjob import build_pytorchjob, job_state
 from eve_operator.spec import PipelineSpec
 
@@ -147,8 +151,12 @@ def test_names_labels_owner_and_command_are_deterministic() -> None:
     assert meta["ownerReferences"] == [{"apiVersion": "eve-platform.io/v1alpha1", "kind": "EvePipeline",
                                         "name": "demo", "uid": OWNER["uid"], "controller": True,
                                         "blockOwnerDeletion": True}]
-    command = pod(first)["containers"][0]["command"]
-    assert command[:3] == ["eve-launch", "--", "eve-train"] and "pretrain" in command and "pipeline=demo" in command
+    container = pod(first)["containers"][0]
+    assert container["command"] == ["eve-launch", "--", "eve-train", "pretrain"]
+    # the stage's resolved trainer config travels whole, as JSON in one env var
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    stage, config = resolved_config.loads(env[resolved_config.ENV_VAR])
+    assert stage == "pretrain" and config["pipeline"] == "demo" and config["stage"] == "pretrain"
 
 
 @pytest.mark.parametrize(("status", "spec", "expected"), [

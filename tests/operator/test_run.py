@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import urllib.request
@@ -36,7 +37,8 @@ def test_a_scope_is_required(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_metrics_and_healthz(cluster: Cluster, s3_env: Any, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     metrics_port, health_port = free_port(), free_port()
-    monkeypatch.setattr(handlers.CONFIG, "metrics_port", metrics_port)
+    monkeypatch.setattr(handlers, "CONFIG", handlers.CONFIG)  # restored after the test
+    handlers.configure(handlers.Config(metrics_port=metrics_port))
     args = ["run", "--standalone", "--all-namespaces", f"--liveness=http://127.0.0.1:{health_port}/healthz",
             "-m", "eve_operator.handlers"]
     with kopf.testing.KopfRunner(args, timeout=30):
@@ -83,3 +85,20 @@ def _get(url: str) -> Any:
 def test_operator_is_torch_free() -> None:
     code = "import eve_operator.handlers, eve_operator.backends.kubernetes, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_importing_the_handlers_reads_no_env_and_registers_no_trainjob_watch() -> None:
+    """Import only declares; `configure` (the runner's call) reads the settings and adds the watch."""
+    code = (
+        "import kopf, eve_operator.handlers as h\n"
+        "ids = lambda: [x.id for x in kopf.get_default_registry()._watching.get_all_handlers()]\n"
+        "assert 'trainjob_changed' not in ids() and h.CONFIG == h.Config(), (ids(), h.CONFIG)\n"
+        "h.configure()\n"
+        "assert 'trainjob_changed' in ids() and h.CONFIG.resync_s == 7.0, (ids(), h.CONFIG)\n")
+    env = {**os.environ, "EVE_TRAINJOB_RUNTIME": "eve-torch", "EVE_OPERATOR_RESYNC_S": "7"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_one_default_for_each_setting() -> None:
+    assert run.parse_args(["-A"]).metrics_port == handlers.Config().metrics_port == 8080
+    assert run.parse_args(["-A"]).resync_seconds == handlers.Config().resync_s

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from operator_harness import Cluster, Operator, base_spec, wait_for
 
 from eve_operator.tracking import END_REASON_TAG
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 
 def beat(output: str, pipeline: str, stage: str, *, step: int, attempt: int, rank: int = 0) -> None:
@@ -36,7 +36,8 @@ def test_a_stalled_stage_is_stopped_its_run_killed_and_a_new_attempt_started(
     uri = mlflow_server.tracking_uri
     cluster.create_pipeline("hung", base_spec(output, stallTimeoutSeconds=2, mlflow={"trackingUri": uri}))
     wait_for(lambda: "hung-prealign" in cluster.jobs(), what="the prealign job")
-    parent = cluster.status("hung")["mlflowRunId"]
+    # the job is created before the status patch that records the run: wait for the run id itself
+    parent = wait_for(lambda: cluster.status("hung").get("mlflowRunId"), what="the pipeline run id in the status")
     client = MlflowClient(uri)
     run = stage_run(client, "hung", "prealign", parent)
     beat(output, "hung", "prealign", step=5, attempt=1)
@@ -77,7 +78,7 @@ def test_a_failed_job_closes_its_stage_run_as_failed_with_the_reason(
     cluster.create_pipeline("oom", base_spec(output, mlflow={"trackingUri": uri}))
     wait_for(lambda: "oom-prealign" in cluster.jobs())
     client = MlflowClient(uri)
-    parent = cluster.status("oom")["mlflowRunId"]
+    parent = wait_for(lambda: cluster.status("oom").get("mlflowRunId"), what="the pipeline run id in the status")
     run = stage_run(client, "oom", "prealign", parent)
     other = stage_run(client, "other", "prealign", parent)  # another pipeline's run is left alone
     cluster.set_condition("oom-prealign", "Failed", message="OOMKilled on worker-3")

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from eve_contract import resolved_config
 import yaml
 from fixtures.schema_check import load_crd_schema, strip_descriptions, validate
 from typer.testing import CliRunner
@@ -16,8 +18,10 @@ from eve_trainer.config import ConfigError
 
 from eve_operator.cli.main import app
 from eve_operator.crd import crd_manifest
-from eve_operator.jobspec import LABEL_PIPELINE, LABEL_STAGE, build_job_spec
-from eve_operator.pipeline import SubmitJob, job_name
+from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
+from eve_operator.jobspec import build_job_spec
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob
 from eve_operator.podtemplate import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import (
@@ -115,7 +119,9 @@ def test_trainer_fields_runtime_ref_and_resources() -> None:
     trainer = spec["trainer"]
     assert trainer["numNodes"] == 4 and trainer["numProcPerNode"] == 8
     assert trainer["image"] == "ghcr.io/eve-platform/trainer:0.1.0"
-    assert trainer["command"][0] in ("eve-train", "eve-launch") and "pipeline=demo" in trainer["command"]
+    assert trainer["command"][0] in ("eve-train", "eve-launch") and trainer["command"][-1] == "prealign"
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert resolved_config.loads(env[resolved_config.ENV_VAR])[1]["pipeline"] == "demo"
     # quantities are strings; extended resources only in limits (kubeflow/trainer#2363)
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "32", "memory": "400Gi"},
                                            "limits": {"memory": "400Gi", "nvidia.com/gpu": "8"}}
@@ -213,7 +219,7 @@ def test_names_fit_jobset_pod_hostnames_and_are_deterministic() -> None:
 
 
 def test_job_api_defaults_to_the_operator_env_then_pytorchjob() -> None:
-    base = PipelineSpec.model_validate({"output": "s3://b/x"})
+    base = PipelineSpec.model_validate({"output": "s3://bkt/x"})
     assert job_api_of(base, {}) == "PyTorchJob"
     assert job_api_of(base, {"EVE_JOB_API": "TrainJob"}) == "TrainJob"
     assert job_api_of(base.model_copy(update={"job_api": "PyTorchJob"}), {"EVE_JOB_API": "TrainJob"}) == "PyTorchJob"

@@ -21,7 +21,8 @@ from trainjob_emulator import (
 )
 
 from eve_operator.jobspec import build_job_spec
-from eve_operator.pipeline import SubmitJob, job_name
+from eve_contract.naming import job_name
+from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import build_trainjob, job_state, pod_selector
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from operator_harness import NS, Cluster, Operator, base_spec, running_operator, wait_for, write_export
+from fixtures.stage_config import master_config
 
-from eve_operator import handlers, metrics
+from eve_operator import metrics
 from eve_operator.backends import kubernetes as kb
 
 TJ = ("trainer.kubeflow.org", "v1alpha1")
@@ -21,8 +22,7 @@ TJ = ("trainer.kubeflow.org", "v1alpha1")
 def operator(cluster: Cluster, s3_env: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Operator]:
     """The operator with Trainer v2 support on (chart value trainJob.enabled)."""
     monkeypatch.setenv("EVE_TRAINJOB_RUNTIME", "eve-torch")
-    handlers.watch_trainjobs()
-    with running_operator() as op:
+    with running_operator() as op:  # handlers.configure registers the TrainJob watch
         yield op
 
 
@@ -68,7 +68,7 @@ def test_stages_chain_through_trainjobs(cluster: Cluster, operator: Operator, ou
     export = write_export(output, "tj", "prealign", tmp_path)
     set_condition(cluster, "tj-prealign", "Complete", "AllJobsCompleted", "jobset completed successfully")
     nxt = wait_for(lambda: trainjobs(cluster).get("tj-pretrain"), what="the pretrain TrainJob")
-    assert f"init_from={export}" in nxt["spec"]["trainer"]["command"]
+    assert master_config(nxt)["init_from"] == export
 
 
 def test_exit_2_on_a_node_pod_fails_the_pipeline_at_once(cluster: Cluster, operator: Operator, output: str) -> None:

@@ -19,8 +19,8 @@ from eve_trainer_harness import REPO, launch
 from fixtures.services import S3Server, free_port, stop, weed_binary
 from fixtures.tcp_proxy import TcpForwarder
 
-from eve_trainer import layout
-from eve_trainer.storage import S3Store, open_store, s3_client
+from eve_contract import layout
+from eve_contract.storage import S3Store, open_store, s3_client
 
 pytestmark = pytest.mark.slow
 
@@ -207,16 +207,22 @@ def test_the_cli_refuses_a_file_tracking_uri_up_front(tmp_path):
 def test_heartbeats_never_block_or_fail_the_run(tmp_path):
     """A beat is written at once and on phase changes; a store that cannot be written only logs."""
     from eve_trainer.heartbeat import HeartbeatWriter
-    from eve_trainer.storage import LocalStore
+    from eve_contract.storage import LocalStore
 
     store = LocalStore(tmp_path / "store")
     beat = HeartbeatWriter(store, pipeline="p", stage="sft", rank=3, every_s=60, attempt=2)
     beat.start()
+    beat.loop_started(0)
     beat.update(step=0, total_steps=10, phase="train")
     beat.update(step=4, loss=1.5, tokens_per_s=100.0)
+    for part, seconds in (("step", 0.5), ("data", 0.25), ("step", 0.5), ("checkpoint", 2.0)):
+        beat.add_time(part, seconds)
     beat.close("done")
     (got,) = layout.read_heartbeats(store, "p", "sft")
     assert (got.rank, got.step, got.total_steps, got.attempt, got.phase, got.loss) == (3, 4, 10, 2, "done", 1.5)
+    # goodput's facts: the process start, the loop start and the cumulative timers
+    assert got.started_at is not None and got.started_at <= got.loop_at <= got.time and got.start_step == 0
+    assert got.timers == {"step": 1.0, "data": 0.25, "checkpoint": 2.0}
     assert got.eta_s is not None and beat.writes >= 2
 
     class Stuck(LocalStore):  # a store whose writes hang (a black-holed S3)

@@ -20,7 +20,9 @@ import pytest
 
 from fixtures.services import free_port
 
-from eve_trainer.launch import LaunchError, combine, exit_code, resolve_topology
+from eve_contract.exit_codes import exit_code
+from eve_contract.topology import TopologyError, node_topology, rank_info
+from eve_trainer.launch import combine
 
 JOB = "eve-prealign"
 
@@ -61,12 +63,29 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_topology_from_the_controllers_env(case: str) -> None:
     env, gpus, (world, ranks) = CASES[case]
-    topo = resolve_topology(env, gpu_count=gpus)
+    topo = node_topology(env, gpu_count=gpus)
     assert topo.world_size == world
     assert [topo.rank(i) for i in range(topo.nproc_per_node)] == ranks
     first = topo.rank_env(0)
     assert first["WORLD_SIZE"] == str(world) and first["RANK"] == str(ranks[0]) and first["LOCAL_RANK"] == "0"
     assert first["MASTER_ADDR"] == (env.get("PET_MASTER_ADDR") or "127.0.0.1")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_rank_reads_back_the_place_its_launcher_gave_it(case: str) -> None:
+    """One rule: what the launcher writes for a rank is what the trainer's process group reads."""
+    env, gpus, (world, ranks) = CASES[case]
+    topo = node_topology(env, gpu_count=gpus)
+    for local in range(topo.nproc_per_node):
+        info = rank_info({**env, **topo.rank_env(local)})
+        assert (info.rank, info.world_size, info.local_rank) == (ranks[local], world, local)
+
+
+def test_an_elastic_range_is_rejected_by_the_launcher_and_the_trainer_alike() -> None:
+    env = {"PET_NNODES": "1:4", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "0"}
+    for read in (lambda: node_topology(env), lambda: rank_info(env), lambda: rank_info({"RANK": "0", "WORLD_SIZE": "1:4"})):
+        with pytest.raises(TopologyError, match="elastic range"):
+            read()
 
 
 @pytest.mark.parametrize(("env", "gpus", "message"), [
@@ -78,8 +97,8 @@ def test_topology_from_the_controllers_env(case: str) -> None:
     ({"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "1"}, 0, "needs a rendezvous address"),
 ])
 def test_unlaunchable_env_is_a_clear_error(env: dict[str, str], gpus: int, message: str) -> None:
-    with pytest.raises(LaunchError, match=message):
-        resolve_topology(env, gpu_count=gpus)
+    with pytest.raises(TopologyError, match=message):
+        node_topology(env, gpu_count=gpus)
 
 
 def test_exit_codes_keep_the_contract() -> None:
@@ -174,7 +193,7 @@ def test_the_stage_pod_command_is_the_launcher() -> None:
     from eve_operator.pytorchjob import build_pytorchjob
     from eve_operator.spec import PipelineSpec
 
-    spec = PipelineSpec.model_validate({"preset": "tiny", "output": "s3://b/eve", "data": ["s3://b/d"],
+    spec = PipelineSpec.model_validate({"preset": "tiny", "output": "s3://bkt/eve", "data": ["s3://bkt/d"],
                                         "resources": {"gpusPerNode": 0, "nprocPerNode": 2, "nodes": 2},
                                         "overrides": {"micro_batch_size": 2}})
     job = build_job_spec("demo", spec, SubmitJob(stage="prealign", attempt=1, job_name="demo-prealign",
@@ -187,7 +206,7 @@ def test_the_stage_pod_command_is_the_launcher() -> None:
 def test_submit_checks_the_batch_against_the_jobs_real_world_size(tmp_path: Path) -> None:
     """nodes=2 nproc_per_node=2 with the tiny recipe (global batch 8, micro 4): every pod would
     exit 2 at start-up; `submit --dry-run` says so first, naming the world size."""
-    args = [sys.executable, "-m", "eve_operator.cli.main", "submit", "stage=prealign", "name=ws", "output=s3://b/eve", "data=s3://b/d", "nodes=2",
+    args = [sys.executable, "-m", "eve_operator.cli.main", "submit", "stage=prealign", "name=ws", "output=s3://bkt/eve", "data=s3://bkt/d", "nodes=2",
             "nproc_per_node=2", "gpus_per_node=0", "--backend", "kubernetes", "--dry-run"]
     bad = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert bad.returncode == 2, bad.stderr
@@ -210,5 +229,5 @@ def test_every_shipped_sample_launches_at_its_world_size(sample: str) -> None:
     doc = yaml.safe_load((Path(__file__).parents[2] / "manifests/samples" / sample).read_text())
     spec = PipelineSpec.model_validate(doc["spec"])
     for stage in spec.chain():
-        job = build_job_spec(doc["metadata"]["name"], spec, SubmitJob(stage, 1, f"x-{stage}", "s3://b/init", None))
+        job = build_job_spec(doc["metadata"]["name"], spec, SubmitJob(stage, 1, f"x-{stage}", "s3://bkt/init", None))
         assert job.pod_command[0] == "eve-launch" and job.world_size >= 1

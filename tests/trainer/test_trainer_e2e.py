@@ -9,8 +9,8 @@ import signal
 import pytest
 
 from eve_trainer_harness import Ranks, launch
-from eve_trainer import layout
-from eve_trainer.storage import open_store
+from eve_contract import layout
+from eve_contract.storage import open_store
 
 pytestmark = pytest.mark.slow
 

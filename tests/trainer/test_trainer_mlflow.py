@@ -75,8 +75,8 @@ def _rest(tracking_uri: str, path: str, body: dict | None = None, **query: str) 
 def two_stages(tmp_path_factory, s3_server, mlflow_server, e2e_bucket, dataset_url) -> dict:
     from eve_operator.tracking import create_pipeline_run
 
-    from eve_trainer import layout
-    from eve_trainer.storage import open_store
+    from eve_contract import layout
+    from eve_contract.storage import open_store
     from eve_trainer_harness import launch
 
     uri = mlflow_server.tracking_uri
@@ -156,7 +156,7 @@ def test_dataset_inputs_and_config_artifact(two_stages, mlflow_server, s3_server
     from pathlib import Path
     from urllib.parse import urlparse
 
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     run = _rest(mlflow_server.tracking_uri, "runs/get", run_id=two_stages["runs"]["pretrain"])["run"]
     (inp,) = run["inputs"]["dataset_inputs"]
@@ -178,8 +178,8 @@ def test_dataset_inputs_and_config_artifact(two_stages, mlflow_server, s3_server
 def test_one_registered_model_with_stage_aliases(two_stages, mlflow_server):
     import hashlib
 
-    from eve_trainer import layout
-    from eve_trainer.storage import join
+    from eve_contract import layout
+    from eve_contract.storage import join
 
     model = _rest(mlflow_server.tracking_uri, "registered-models/get", name=MODEL)["registered_model"]
     aliases = {a["alias"]: a["version"] for a in model["aliases"]}
@@ -235,7 +235,7 @@ def test_failed_attempt_logs_reach_the_stage_run(mlflow_server, tmp_path):
 
     from eve_operator.tracking import create_pipeline_run
 
-    from eve_trainer.metrics import upload_rank_logs
+    from eve_operator.backends.local import upload_rank_logs
 
     uri = mlflow_server.tracking_uri
     parent = create_pipeline_run(uri, "mlf-logs", "p", {"eve.pipeline": "p"})
@@ -265,7 +265,7 @@ def test_local_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from eve_trainer.metrics import get_or_create_experiment
-    from eve_trainer.tracking_names import artifact_location
+    from eve_contract.tracking_names import artifact_location
 
     home, cwd = tmp_path / ".eve-platform", tmp_path / "cwd"
     home.mkdir()

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from eve_trainer import layout
+from eve_contract import layout
 from eve_trainer.checkpoint import CheckpointManager, state_file
 from eve_trainer.config import ConfigError, resolve
 from eve_trainer.distributed import DistInfo
 from eve_trainer.metrics import BaseLogger, build_logger, flatten
 from eve_trainer.optim import deepspeed_config, lr_multiplier, param_groups, warmup_steps
-from eve_trainer.storage import LocalStore
+from eve_contract.storage import LocalStore
 
 # -- recipes (eve-v1.md section 5) ------------------------------------------------------------
 
@@ -113,7 +113,8 @@ def test_rank_from_torchrun_and_pytorchjob_env():
     assert DistInfo.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == DistInfo(3, 4, 1)
     pet = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "4", "PET_NODE_RANK": "1", "LOCAL_RANK": "2"}
     assert DistInfo.from_env(pet) == DistInfo(6, 8, 2)
-    assert DistInfo.from_env({**pet, "PET_NNODES": "1:2"}).world_size == 8
+    with pytest.raises(ConfigError, match="elastic range"):  # the launcher's rule (eve_contract.topology)
+        DistInfo.from_env({**pet, "PET_NNODES": "1:2"})
     with pytest.raises(ConfigError, match="RANK=4"):
         DistInfo.from_env({"RANK": "4", "WORLD_SIZE": "4"})
 

@@ -1,6 +1,6 @@
 """Checkpoints in object storage: save, verify, resume, prune.
 
-Layout (eve_trainer.layout is the one definition of the paths):
+Layout (eve_contract.layout is the one definition of the paths):
 
     <output>/<pipeline>/<stage>/checkpoints/step-<n>/
         ds/...                        DeepSpeed model, optimizer and LR scheduler state (all ranks)
@@ -13,17 +13,28 @@ sha256; rank 0 writes the manifest once all ranks are done, so a checkpoint exis
 when it is complete. Resume picks the newest checkpoint whose files match the manifest
 and falls back to older ones otherwise.
 
+Asynchronous saves (`async_save=True`): `save` blocks only while DeepSpeed's state dicts are
+copied to host memory (a checkpoint engine that keeps copies instead of writing); a background
+thread per rank then serialises them to the temp dir, uploads and hashes, and the ranks' file
+lists meet on a gloo group of their own (the training collectives keep the default group), so
+rank 0 writes the manifest last, as in the synchronous save. At most one save is in flight: the
+next `save` (and `wait`) first waits for it. `poll()` returns the manifests committed since.
+
 The public save/load check `enable` and the collective bookkeeping, then call the
 `_save`/`_load` hooks; subclasses override the hooks, never the public methods.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,9 +42,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from eve_trainer import distributed as D
-from eve_trainer import layout
-from eve_trainer.layout import FileEntry, Manifest
-from eve_trainer.storage import ObjectStore, join
+from eve_contract import layout
+from eve_contract.layout import FileEntry, Manifest
+from eve_contract.storage import ObjectStore, join
 
 log = logging.getLogger("eve_trainer.checkpoint")
 
@@ -82,7 +93,7 @@ class Restored:
 class CheckpointManager:
     def __init__(self, store: ObjectStore, *, pipeline: str, stage: str, rank: int, world_size: int,
                  every_steps: int, keep_last: int, config_json: str, config_hash: str,
-                 enable: bool = True, max_upload_workers: int = 4):
+                 enable: bool = True, max_upload_workers: int = 4, async_save: bool = False):
         self.store, self.pipeline, self.stage = store, pipeline, stage
         self.rank, self.world_size = rank, world_size
         self.every_steps, self.keep_last = every_steps, keep_last
@@ -92,6 +103,14 @@ class CheckpointManager:
         self.last_saved_step: int | None = None
         #: steps whose files did not match their manifest during the last load
         self.skipped: list[int] = []
+        self.async_save = enable and async_save
+        #: seconds the last save blocked its caller, and the last save from start to manifest
+        self.last_blocking_s = 0.0
+        self.last_save_s = 0.0
+        self._inflight: _Inflight | None = None
+        #: the background thread's collectives: a gloo group of their own (every rank creates it
+        #: here, in the same order), so they never interleave with the training collectives
+        self._group: Any = _side_group() if self.async_save and world_size > 1 else None
 
     def url(self, step: int) -> str:
         return f"{self.store.url}/{layout.checkpoint_prefix(self.pipeline, self.stage, step)}"
@@ -103,12 +122,53 @@ class CheckpointManager:
 
     def save(self, step: int, engine: Engine, trainer_state: dict[str, Any],
              mlflow_run_id: str | None = None) -> Manifest | None:
-        """Write checkpoint `step`; rank 0 returns the committed manifest."""
+        """Write checkpoint `step`; rank 0 returns the committed manifest (synchronous saves).
+
+        Asynchronous: waits for the save in flight (its errors raise here), copies the state to
+        host memory and returns None; the manifest comes from `poll` / `wait` once committed."""
         if not self.enable or self.last_saved_step == step:
             return None
-        manifest = self._save(step, engine, trainer_state, mlflow_run_id)
+        t0 = time.perf_counter()
+        if self.async_save:
+            self._start_async(step, engine, trainer_state, mlflow_run_id)
+            manifest = None
+        else:
+            manifest = self._save(step, engine, trainer_state, mlflow_run_id)
+            self.last_save_s = time.perf_counter() - t0
+        self.last_blocking_s = time.perf_counter() - t0
         self.last_saved_step = step
         return manifest
+
+    @property
+    def in_flight(self) -> int | None:
+        """The step of the asynchronous save still running, if any."""
+        return self._inflight.step if self._inflight is not None and self._inflight.thread.is_alive() else None
+
+    @property
+    def pending(self) -> bool:
+        """An asynchronous save is in flight, or finished but not yet collected by `poll` / `wait`."""
+        return self._inflight is not None
+
+    def poll(self) -> list[Manifest]:
+        """The manifests (rank 0) of asynchronous saves committed since the last call; never
+        blocks. A failed background save raises here, on the training thread."""
+        if self._inflight is None or self._inflight.thread.is_alive():
+            return []
+        return self.wait()
+
+    def wait(self, timeout_s: float | None = None) -> list[Manifest]:
+        """Block until the save in flight has committed (or failed: raises)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return []
+        inflight.thread.join(timeout_s)
+        if inflight.thread.is_alive():
+            self._inflight = inflight
+            raise TimeoutError(f"checkpoint {self.url(inflight.step)} still uploading after {timeout_s:.0f} s")
+        if inflight.error is not None:
+            raise RuntimeError(f"asynchronous checkpoint {self.url(inflight.step)} failed: {inflight.error}")
+        self.last_save_s = inflight.seconds
+        return [inflight.manifest] if inflight.manifest is not None else []
 
     def load(self, engine: Engine) -> Restored | None:
         """Restore the newest complete checkpoint into `engine`; None when there is none."""
@@ -150,6 +210,84 @@ class CheckpointManager:
             self._prune(keep_from=step)
         D.barrier()
         return manifest
+
+    def _start_async(self, step: int, engine: Engine, trainer_state: dict[str, Any],
+                     mlflow_run_id: str | None) -> None:
+        """Blocking part of an asynchronous save: copy the state off the device, start the rest."""
+        import torch
+
+        self.wait()  # at most one in flight
+        t0 = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f"eve-ckpt-r{self.rank}-"))
+        try:
+            snapshot = _HostSnapshot(getattr(engine, "checkpoint_engine", None))
+            if snapshot.inner is not None:
+                engine.checkpoint_engine = snapshot  # type: ignore[attr-defined]
+            try:
+                engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={"step": step})
+            finally:
+                if snapshot.inner is not None:
+                    engine.checkpoint_engine = snapshot.inner  # type: ignore[attr-defined]
+            snapshot.synchronize()
+            state = _to_host(trainer_state, {})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        inflight = _Inflight(step=step, started=t0)
+        inflight.thread = threading.Thread(
+            target=self._finish_async, args=(inflight, tmp, snapshot.saves, state, mlflow_run_id),
+            name=f"eve-checkpoint-{step}", daemon=True)
+        self._inflight = inflight
+        inflight.thread.start()
+
+    def _finish_async(self, inflight: _Inflight, tmp: Path, saves: list[tuple[str, Any]], state: dict[str, Any],
+                      mlflow_run_id: str | None) -> None:
+        """Background: serialise, upload + hash, then rank 0 commits the manifest (written last)."""
+        import torch
+
+        step, prefix = inflight.step, layout.checkpoint_prefix(self.pipeline, self.stage, inflight.step)
+        try:
+            error: str | None = None
+            entries: list[FileEntry] = []
+            try:
+                for path, payload in saves:
+                    torch.save(payload, path)
+                saves.clear()  # the host copies go as soon as they are on disk
+                (tmp / "latest").unlink(missing_ok=True)
+                (tmp / STATE_DIR).mkdir(exist_ok=True)
+                torch.save(state, tmp / state_file(self.rank))
+                if self.rank == 0:
+                    (tmp / CONFIG_FILE).write_text(self.config_json)
+                    self.store.delete_prefix(prefix)  # a stale attempt at this step must not mix in
+            except Exception as err:  # noqa: BLE001 - every rank must hear of it, not wait
+                error = f"rank {self.rank}: {type(err).__name__}: {err}"
+            # every rank reports: rank 0's delete precedes every upload
+            errors = [e for e in _gather(error, self._group) if e]
+            if not errors:
+                try:
+                    entries = self._upload_and_hash(tmp, prefix)
+                except Exception as err:  # noqa: BLE001
+                    error = f"rank {self.rank}: {type(err).__name__}: {err}"
+                gathered = _gather((entries, error), self._group)
+                errors = [e for _, e in gathered if e]
+            if errors:
+                raise RuntimeError("; ".join(errors))
+            if self.rank == 0:
+                files = _merge_entries([e for e, _ in gathered])
+                manifest = Manifest(kind="checkpoint", pipeline=self.pipeline, stage=self.stage, step=step,
+                                    files=files, config_hash=self.config_hash, mlflow_run_id=mlflow_run_id,
+                                    extra={"world_size": self.world_size})
+                self.store.put_bytes(join(prefix, layout.MANIFEST), manifest.to_json())
+                inflight.manifest = manifest
+                self._prune(keep_from=step)
+        except BaseException as err:  # noqa: BLE001 - raised on the training thread by poll/wait
+            inflight.error = str(err) or type(err).__name__
+            log.warning("checkpoint %s failed in the background: %s", self.url(step), inflight.error)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            inflight.seconds = time.perf_counter() - inflight.started
 
     def _load(self, engine: Engine) -> Restored | None:
         import torch
@@ -326,6 +464,119 @@ class CheckpointManager:
                     self.store.delete_prefix(layout.checkpoint_prefix(self.pipeline, self.stage, step))
                 except Exception as err:  # noqa: BLE001
                     log.warning("could not delete old checkpoint %s: %s", self.url(step), err)
+
+
+def interval_advice(*, every_steps: int, mtbf_node_hours: float, world_size: int, steps: int, step_time_s: float,
+                    save_blocking_s: float, env: dict[str, str] | None = None) -> Any:
+    """Young/Daly's checkpoint interval for this job (eve_contract.goodput.advise) from the mean
+    step time over `steps` steps (`step_time_s` in all), the time a save blocked the loop and the
+    stated per-node MTBF times the nodes (PET_NNODES, else world / LOCAL_WORLD_SIZE); None
+    without an MTBF or a step yet."""
+    from eve_contract.goodput import advise
+
+    if steps <= 0 or mtbf_node_hours <= 0:
+        return None
+    env = dict(os.environ) if env is None else env
+    try:
+        nodes = int(str(env.get("PET_NNODES", "")).split(":")[-1] or 0) \
+            or world_size // max(1, int(env.get("LOCAL_WORLD_SIZE") or world_size))
+    except ValueError:
+        nodes = 1
+    return advise(configured_steps=every_steps, save_s=save_blocking_s, step_s=step_time_s / steps,
+                  mtbf_node_hours=mtbf_node_hours, nodes=max(1, nodes))
+
+
+@dataclass
+class _Inflight:
+    step: int
+    started: float
+    thread: threading.Thread = None  # type: ignore[assignment]
+    manifest: Manifest | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class _HostSnapshot:
+    """A DeepSpeed checkpoint engine that keeps host copies of what it is asked to save
+    instead of writing it; everything else (makedirs, create, commit, load) goes to the real one.
+    The copies are independent of the live tensors, so training may go on while they are written."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.saves: list[tuple[str, Any]] = []
+        self._memo: dict[int, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def save(self, state_dict: Any, path: str) -> None:
+        self.saves.append((path, _to_host(state_dict, self._memo)))
+
+    def preserves_storage_sharing(self) -> bool:
+        return False  # we copy every tensor ourselves: DeepSpeed need not clone them first
+
+    def is_decoupled(self) -> bool:
+        return False
+
+    def synchronize(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
+        self._memo.clear()
+
+
+def _to_host(obj: Any, memo: dict[int, Any]) -> Any:
+    """A copy of `obj` whose tensors are host copies (pinned, non-blocking from a GPU; a tensor
+    met twice is copied once) and whose other leaves are deep copies."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        key = id(obj)
+        if key not in memo:
+            t = obj.detach()
+            if t.is_cuda:
+                host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+                host.copy_(t, non_blocking=True)
+            else:
+                host = t.clone(memory_format=torch.contiguous_format)
+            memo[key] = host
+        return memo[key]
+    if isinstance(obj, dict):
+        out = copy.copy(obj)
+        for k, v in obj.items():
+            out[k] = _to_host(v, memo)
+        return out
+    if isinstance(obj, list):
+        return [_to_host(v, memo) for v in obj]
+    if isinstance(obj, tuple):
+        items = [_to_host(v, memo) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    try:
+        return copy.deepcopy(obj)
+    except Exception:  # noqa: BLE001 - an object that cannot be copied is saved as it is
+        return obj
+
+
+def _side_group() -> Any:
+    """A gloo process group for the background saves' collectives (None without a process group)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    # a slow rank's upload keeps the others waiting in the gather: allow more than a collective
+    timeout = max(D.collective_timeout_s(), 1800.0)
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+
+
+def _gather(obj: Any, group: Any) -> list[Any]:
+    import torch.distributed as dist
+
+    if group is None:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
 
 
 def _merge_entries(gathered: list[list[FileEntry]]) -> list[FileEntry]:

@@ -13,11 +13,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from typing import Any, Literal
+import math
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eve_contract.dicts import deep_merge
+from eve_contract.errors import validation_message
 from eve_contract.names import DEFAULT_CHAIN, HD_CHAIN, MODEL_PRESETS, STAGES, Stage  # noqa: F401 (re-exported)
+from eve_contract.validators import http_url_problem, location_problem
 
 
 class ConfigError(ValueError):
@@ -25,7 +30,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a number is finite (`optim.lr=inf` is refused, naming the key)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -53,7 +59,13 @@ class ModelSection(_Section):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """auto = bf16 on CUDA, fp32 on CPU."""
     teacher_path: str | None = None
-    """Local path or URL of the frozen CLIP teacher; None = random teacher (tests only)."""
+    """Folder or s3:// URL of the frozen CLIP teacher of the patch-aligning loss (a CLIPVisionModel,
+    e.g. clip-vit-large-patch14-336). None: the init export's teacher (stages after prealign), the
+    operator's default (chart trainer.teacherPath), random weights for the tiny preset; otherwise
+    refused (eve_trainer.stage_summary)."""
+    align_loss: bool = True
+    """Train the patch-aligning loss against the CLIP teacher (the reference's --requires_cliploss, on in
+    every stage). false: no PAL and no teacher are built, and the loss is off (not the reference recipe)."""
 
     @model_validator(mode="after")
     def _known_preset(self) -> ModelSection:
@@ -62,11 +74,17 @@ class ModelSection(_Section):
         return self
 
 
+#: Tokenizers built into the trainer (eve_trainer.data.tokenizer); anything else is a folder.
+BUILTIN_TOKENIZERS: tuple[str, ...] = ("builtin:tiny",)
+
+
 class DataSection(_Section):
     urls: list[str] = Field(default_factory=list)
     """Dataset URLs (s3://bucket/prefix, file:///dir or a plain dir) holding shards + index.json."""
-    tokenizer: str = "builtin:tiny"
-    """Tokenizer folder (local or s3://), or builtin:tiny for the offline test tokenizer."""
+    tokenizer: str | None = None
+    """Tokenizer folder (local or s3://), or builtin:tiny (the offline test tokenizer). None: the LLM's
+    own, from init_from (a Vicuna folder, or the previous stage's export, which carries its tokenizer);
+    builtin:tiny for the tiny preset and a random-init small."""
     template: Literal["plain", "vicuna_v1"] = "plain"
     max_length: int = Field(2048, ge=16)
     num_workers: int = Field(2, ge=0, le=64)
@@ -78,6 +96,29 @@ class DataSection(_Section):
     """Several samples per row of a micro-batch (rows of max_length spliced positions), with
     document-masked attention: same losses and gradients, less padding."""
 
+    @field_validator("urls")
+    @classmethod
+    def _dataset_locations(cls, urls: list[str]) -> list[str]:
+        for i, url in enumerate(urls):
+            if problem := location_problem(url):
+                raise ValueError(f"data.urls[{i}]={url!r} {problem}")
+        return urls
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _known_tokenizer(cls, spec: str | None) -> str | None:
+        if spec is None:
+            return spec
+        if spec.startswith("builtin:"):
+            if spec not in BUILTIN_TOKENIZERS:
+                raise ValueError(f"is not a builtin tokenizer; the builtins are {', '.join(BUILTIN_TOKENIZERS)} "
+                                 "(or give a tokenizer folder: s3://bucket/path or /path)")
+            return spec
+        if problem := location_problem(spec, need_key=True):
+            raise ValueError(f"{problem}; a tokenizer is a folder (s3://bucket/path, /path) or "
+                             f"{', '.join(BUILTIN_TOKENIZERS)}")
+        return spec
+
 
 class OptimSection(_Section):
     lr: float = Field(4e-5, gt=0)
@@ -86,10 +127,17 @@ class OptimSection(_Section):
     """LR of vision_tower*/mm_projector parameters; None = same as lr."""
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: float = Field(1e-8, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = Field(1.0, ge=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("each beta must be in [0, 1), e.g. [0.9,0.999]")
+        return betas
 
 
 class DeepSpeedSection(_Section):
@@ -105,6 +153,13 @@ class CheckpointSection(_Section):
     """Time allowed after SIGTERM to write a final checkpoint."""
     export: bool = True
     """Export the HF-format model and the stage-complete manifest at the end of the stage."""
+    async_save: bool = True
+    """Asynchronous saves: the step loop blocks only while the state is copied to host memory;
+    serialising, the upload to S3 and the manifest (last) run in a background thread, one save
+    in flight at a time (docs/trainer.md, Checkpoints)."""
+    mtbf_node_hours: float = Field(5000.0, ge=0)
+    """Mean time between failures of one node, in hours, for the checkpoint-interval advice
+    (Young/Daly, from the measured step and save times; 0: no advice)."""
 
 
 #: tracking URI schemes MLflow 3 serves (its store registry, less `file`: MLflow 3 refuses the
@@ -153,6 +208,13 @@ class StorageSection(_Section):
     """At start-up, how long to wait for a store that does not answer (an outage, a restart)
     before exiting 1 so the job is retried; a missing bucket or denied access exits 2 at once."""
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, url: str | None) -> str | None:
+        if url and (problem := http_url_problem(url)):
+            raise ValueError(problem)
+        return url
+
 
 class DistributedSection(_Section):
     timeout_s: float = Field(600.0, ge=10)
@@ -170,6 +232,20 @@ class DebugSection(_Section):
     hang_rank: int = Field(0, ge=0)
     hang_attempt: int = Field(0, ge=0)
     """Hang only in this attempt of the stage (EVE_ATTEMPT), so a restart can complete; 0: every attempt."""
+
+
+class ValidationSection(_Section):
+    """Loss on a fixed held-out set while training (eve_trainer.validation). Named `validation`,
+    not `eval`: `eval.*` are the pipeline's benchmark keys (spec.eval)."""
+
+    data: list[str] = Field(default_factory=list)
+    """Held-out dataset roots (shards + index.json, like data.urls); empty: no validation."""
+    every_steps: int = Field(0, ge=0)
+    """Validate every this many optimizer steps; 0: only at the end of the stage (always run there)."""
+    max_samples: int = Field(256, ge=1)
+    """The first this many samples of the held-out data (index order): the same set every time."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Samples per forward pass; None: the training micro_batch_size."""
 
 
 class TrainConfig(_Section):
@@ -196,11 +272,35 @@ class TrainConfig(_Section):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
     debug: DebugSection = Field(default_factory=DebugSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
     progress: Literal["auto", "bar", "json", "none"] = "auto"
+
+    @field_validator("output")
+    @classmethod
+    def _output_location(cls, url: str) -> str:
+        if problem := location_problem(url):
+            raise ValueError(problem)
+        return url
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_location(cls, url: str | None) -> str | None:
+        if url is not None and (problem := location_problem(url, need_key=True)):
+            raise ValueError(f"{problem}; init_from is an EVE export or a Llama/Vicuna folder")
+        return url
 
     def gradient_accumulation(self, world_size: int) -> int:
         """Micro-steps per optimizer step; the global batch must split evenly."""
         per_step = world_size * self.micro_batch_size
+        if per_step > self.global_batch_size:
+            share, rest = divmod(self.global_batch_size, world_size)
+            fix = (f"set micro_batch_size={share} (global_batch_size / world_size) or a divisor of it"
+                   if share and not rest else
+                   f"set global_batch_size to a multiple of the world size {world_size} "
+                   f"(e.g. {world_size * self.micro_batch_size})")
+            raise ConfigError(
+                f"micro_batch_size={self.micro_batch_size} x world_size {world_size} = {per_step} is more than "
+                f"global_batch_size={self.global_batch_size} (every rank needs a whole micro-batch per step); {fix}")
         if self.global_batch_size % per_step:
             raise ConfigError(
                 f"global_batch_size={self.global_batch_size} is not divisible by world_size x "
@@ -249,13 +349,13 @@ def _eve7b(stage: str) -> dict[str, Any]:
             "data": {"template": "vicuna_v1", "max_length": 4096, "group_by_length": True},
         },
     }
-    return _merge(common, per_stage[stage])
+    return deep_merge(common, per_stage[stage])
 
 
 def _tiny(stage: str) -> dict[str, Any]:
     """The reference recipe scaled down to run in seconds on a laptop CPU."""
     base = _eve7b(stage)
-    return _merge(base, {
+    return deep_merge(base, {
         "model": {"gradient_checkpointing": False},
         "deepspeed": {"zero_stage": 2},
         "global_batch_size": 8, "micro_batch_size": 4, "max_steps": 6,
@@ -275,17 +375,7 @@ def recipe(stage: str, preset: str = "tiny") -> dict[str, Any]:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {', '.join(MODEL_PRESETS)}")
     values = _tiny(stage) if preset in ("tiny", "small") else _eve7b(stage)
     model_preset = "eve-7b-hd" if (stage == "sft-hd" and preset == "eve-7b") else preset
-    return _merge(values, {"stage": stage, "model": {"preset": model_preset}})
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return deep_merge(values, {"stage": stage, "model": {"preset": model_preset}})
 
 
 # ----------------------------------------------------------------------------------------
@@ -309,30 +399,139 @@ def check_key(key: str, where: str = "") -> None:
     known = config_keys()
     if key not in known:
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else ""
         raise ConfigError(
             f"unknown config key {key!r}{where}{hint} (`eve-platform config keys` lists all keys)"
         )
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """['optim.lr=1e-4', 'data.urls=[a,b]'] -> nested dict of raw values (strings parsed as YAML)."""
-    import yaml
+def annotation_of(model: type[BaseModel], key: str) -> Any:
+    """The type annotation of a dotted field of `model` (python field names), e.g. 'optim.lr' -> float."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf].annotation
 
-    nested: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"override {pair!r} is not of the form key=value (e.g. optim.lr=1e-4)")
-        key, raw = pair.split("=", 1)
-        key = key.strip()
-        check_key(key)
+
+_NONE_WORDS = ("", "null", "none")
+
+
+def typed_value(annotation: Any, raw: str) -> Any:
+    """The value of `key=<raw>` as the field's type reads it (ValueError saying what is expected).
+
+    Typed by the field, never guessed: a `str` takes the raw text as is (`2024`, `yes`, `[a]`,
+    `a: b #c` stay strings); numbers must parse as numbers; booleans are true or false; lists
+    come only from list syntax (`[a,b]`, or JSON `["a,b", "c"]`), anything else is a one-item
+    list (a URL with a comma stays one URL). An optional field takes `null`, `none` or nothing
+    as None.
+    """
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return typed_value(args[0], raw)
+    if origin in (Union, UnionType):
+        options = [a for a in args if a is not type(None)]
+        if raw.strip().lower() in _NONE_WORDS and len(options) < len(args):
+            return None
+        if len(options) == 1:
+            return typed_value(options[0], raw)
+        errors = []
+        for option in options:  # a union of scalar types: the first that reads it
+            try:
+                return typed_value(option, raw)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(" or ".join(errors))
+    if annotation is str or annotation is Any:
+        return raw
+    if annotation is bool:
+        word = raw.strip().lower()
+        if word in ("true", "false"):
+            return word == "true"
+        raise ValueError("expects true or false")
+    if annotation is int:
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, str) and raw.lower() in ("none", "null"):
-            value = None
-        set_dotted(nested, key, value)
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError("expects a whole number") from None
+    if annotation is float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("expects a number (e.g. 1e-4)") from None
+        if not math.isfinite(value):
+            raise ValueError("expects a finite number")
+        return value
+    if origin is Literal:
+        for option in args:
+            if str(option) == raw.strip():
+                return option
+        raise ValueError(f"expects one of {', '.join(str(a) for a in args)}")
+    if origin in (list, tuple):
+        return _typed_list(annotation, raw)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        raise ValueError("is a section, not a value; set one of its keys (e.g. optim.lr=...)")
+    return raw
+
+
+def _typed_list(annotation: Any, raw: str) -> list[Any]:
+    args = get_args(annotation)
+    text = raw.strip()
+    fixed = get_origin(annotation) is tuple and Ellipsis not in args
+    items_of = list(args) if fixed else [args[0] if args else str]
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError:
+            inner = text[1:-1].strip()
+            parts = [p.strip() for p in inner.split(",")] if inner else []
+        else:
+            if not isinstance(loaded, list):
+                raise ValueError("expects a list") from None
+            parts = [p if isinstance(p, str) else json.dumps(p) for p in loaded]
+    elif fixed:
+        raise ValueError(f"expects a list of {len(items_of)} like [0.9,0.999]")
+    else:
+        parts = [raw]
+    if fixed and len(parts) != len(items_of):
+        raise ValueError(f"expects a list of {len(items_of)} items")
+    types = items_of if fixed else items_of * len(parts)
+    return [typed_value(t, p) for t, p in zip(types, parts, strict=True)]
+
+
+def parse_value(key: str, raw: str, model: type[BaseModel] | None = None) -> Any:
+    """`typed_value` of a dotted trainer key (or of `model`'s), ConfigError naming the key."""
+    try:
+        return typed_value(annotation_of(model or TrainConfig, key), raw)
+    except ValueError as err:
+        raise ConfigError(f"{key}={raw!r}: {err}") from None
+
+
+def split_pair(pair: str, example: str = "optim.lr=1e-4") -> tuple[str, str]:
+    if "=" not in pair:
+        raise ConfigError(f"{pair!r} is not of the form key=value (e.g. {example})")
+    key, raw = pair.split("=", 1)
+    return key.strip(), raw
+
+
+def check_unique(keys: list[tuple[str, str]]) -> None:
+    """ConfigError when a key is given twice: [(key, the pair as given), ...]."""
+    seen: dict[str, str] = {}
+    for key, given in keys:
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({seen[key]}, then {given}); give each key once")
+        seen[key] = given
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """['optim.lr=1e-4', 'data.urls=[a,b]'] -> nested dict of values typed by their fields."""
+    nested: dict[str, Any] = {}
+    given = []
+    for pair in pairs:
+        key, raw = split_pair(pair)
+        check_key(key)
+        given.append((key, pair))
+        set_dotted(nested, key, parse_value(key, raw))
+    check_unique(given)
     return nested
 
 
@@ -349,22 +548,8 @@ def resolve(stage: str, preset: str = "tiny", overrides: list[str] | dict[str, A
     """Recipe defaults + overrides -> a validated TrainConfig, or ConfigError naming the key."""
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    values = _merge(recipe(stage, preset), overrides or {})
+    values = deep_merge(recipe(stage, preset), overrides or {})
     try:
         return TrainConfig.model_validate(values)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
-
-
-def format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        if not e["loc"]:  # a cross-field rule: its message names the fields
-            lines.append(msg)
-            continue
-        key = ".".join(str(p) for p in e["loc"])
-        value = e.get("input")
-        shown = value if not isinstance(value, dict) else "{...}"
-        lines.append(f"{key}={shown!r}: {msg}")
-    return "invalid config: " + "; ".join(lines)
+        raise ConfigError(validation_message(err, what="config")) from None

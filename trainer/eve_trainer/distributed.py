@@ -1,8 +1,9 @@
 """Rank and world from the launcher's environment, and the process group.
 
-PyTorchJob and torchrun set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
-Some PyTorchJob setups (elastic, torchrun as entrypoint) only set the PET_* variables;
-the global rank is then derived from the node rank and the processes per node.
+The node launcher (eve-launch) and torchrun set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+MASTER_PORT. Started without them, under the PET_* variables only, the global rank is derived from
+the node rank and the processes per node: eve_contract.topology.rank_info, the launcher's rule
+(an elastic range such as PET_NNODES=1:4 is an error there and here).
 One process drives one GPU; on CPU the backend is gloo.
 """
 
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from eve_contract.topology import TopologyError, rank_info
 from eve_trainer.config import ConfigError
 
 #: Seconds between "still waiting in the rendezvous" lines.
@@ -36,29 +38,13 @@ class DistInfo:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DistInfo:
-        env = os.environ if env is None else env
-
-        def num(name: str, default: int) -> int:
-            raw = env.get(name)
-            if raw in (None, ""):
-                return default
-            try:
-                # elastic ranges like PET_NNODES=1:4 -> the upper bound is the job size
-                return int(str(raw).split(":")[-1])
-            except ValueError:
-                raise ConfigError(f"environment variable {name}={raw!r} is not an integer") from None
-
-        local_rank = num("LOCAL_RANK", 0)
-        if "RANK" in env:
-            rank, world = num("RANK", 0), num("WORLD_SIZE", 1)
-        elif "PET_NNODES" in env or "PET_NPROC_PER_NODE" in env:
-            nproc, nnodes = num("PET_NPROC_PER_NODE", 1), num("PET_NNODES", 1)
-            rank, world = num("PET_NODE_RANK", 0) * nproc + local_rank, nnodes * nproc
-        else:
-            rank, world = 0, 1
-        if not 0 <= rank < world:
-            raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
-        return cls(rank=rank, world_size=world, local_rank=local_rank)
+        """The rule of eve_contract.topology.rank_info (the launcher's, one definition); a bad
+        env is the user's error (exit 2)."""
+        try:
+            info = rank_info(os.environ if env is None else env)
+        except TopologyError as err:
+            raise ConfigError(f"environment: {err}") from None
+        return cls(rank=info.rank, world_size=info.world_size, local_rank=info.local_rank)
 
 
 def init_process_group(info: DistInfo, *, timeout_s: float = 1800.0, collective_timeout_s: float | None = None) -> str:

@@ -3,6 +3,8 @@
     beat = HeartbeatWriter(store, pipeline=..., stage=..., rank=r, every_s=30)
     beat.start()                       # writes phase "startup" at once, then every `every_s`
     beat.update(step=5, total_steps=100, loss=2.1, tokens_per_s=9e3, phase="train")
+    beat.loop_started(step=0)          # goodput: the step loop begins (resumed at `step`)
+    beat.add_time("step", 0.8)         # goodput: cumulative timers ("step", "data", "checkpoint", "eval")
     beat.close("done")                 # the last beat, written before the process ends
 
 The beat (layout.Heartbeat at layout.heartbeat_key) is written by a daemon thread from the
@@ -26,9 +28,9 @@ import threading
 import time
 from typing import Any
 
-from eve_trainer import layout
-from eve_trainer.layout import Heartbeat
-from eve_trainer.storage import ObjectStore
+from eve_contract import layout
+from eve_contract.layout import Heartbeat
+from eve_contract.storage import ObjectStore
 
 log = logging.getLogger("eve_trainer.heartbeat")
 
@@ -53,7 +55,8 @@ class HeartbeatWriter:
         self.store, self.key = store, layout.heartbeat_key(pipeline, stage, rank)
         self.every_s = every_s
         self.beat = Heartbeat(rank=rank, step=0, total_steps=0,
-                              attempt=attempt_from_env() if attempt is None else attempt, phase="startup")
+                              attempt=attempt_from_env() if attempt is None else attempt, phase="startup",
+                              started_at=process_started_at())
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -95,6 +98,21 @@ class HeartbeatWriter:
                 b.phase = phase
                 self._wake.set()
 
+    def loop_started(self, step: int) -> None:
+        """The step loop begins at `step` (0, or the step resumed from): goodput's timers start."""
+        with self._lock:
+            self.beat.loop_at, self.beat.start_step = time.time(), step
+            self.beat.timers = {}
+
+    def add_time(self, part: str, seconds: float) -> None:
+        """Add to a cumulative goodput timer: "step", "data", "checkpoint" or "eval"."""
+        with self._lock:
+            self.beat.timers[part] = round(self.beat.timers.get(part, 0.0) + max(0.0, seconds), 6)
+
+    def timer(self, part: str) -> float:
+        with self._lock:
+            return self.beat.timers.get(part, 0.0)
+
     def close(self, phase: str = "done", timeout_s: float = 10.0) -> None:
         """Write a last beat with `phase` (bounded by timeout_s) and stop the thread."""
         if self._thread is None:
@@ -130,6 +148,16 @@ class HeartbeatWriter:
                 log.warning("could not write heartbeat %s/%s: %s (training goes on; retrying every %.0f s)",
                             self.store.url, self.key, err, self.every_s)
             self._failing = True
+
+
+def process_started_at() -> float:
+    """When this process started (epoch seconds): goodput's boundary between queued and starting."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - no psutil: the heartbeat writer's creation, a little later
+        return time.time()
 
 
 def hang_forever(step: int, rank: int) -> Any:

@@ -10,7 +10,8 @@ pkg/controller.v1/pytorch/envvar.go; v2: the torch plugin's PET_* env):
     PET_MASTER_ADDR/PORT  the rendezvous                 (v1 also sets MASTER_ADDR/PORT)
     WORLD_SIZE          v1: nodes x nproc when nproc is an integer, else just nodes
 
-This launcher turns that into nproc child processes with the process-level RANK, WORLD_SIZE,
+The rule that reads this env is eve_contract.topology (one definition; the trainer's process
+group and the local backend use it too). This launcher turns that into nproc child processes with the process-level RANK, WORLD_SIZE,
 LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT that torch.distributed reads.
 
 Why not torchrun, which reads the same PET_* variables: torchrun reports any failed child as
@@ -36,134 +37,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-from eve_trainer.exit_codes import EXIT_SIGTERM, EXIT_USER  # noqa: E402
+from eve_contract.exit_codes import EXIT_SIGTERM, EXIT_USER, exit_code
+from eve_contract.topology import Topology, TopologyError, gpu_count, node_topology
+
 #: Seconds the other ranks get to exit after one rank failed (their peer is gone, so a final
 #: checkpoint cannot complete; the previous complete checkpoint stays the one to resume from).
 FAILURE_GRACE_S = 30.0
 #: Seconds between SIGUSR1 (each rank writes its stacks) and forwarding SIGTERM.
 STACK_DUMP_S = 1.0
-
-
-class LaunchError(ValueError):
-    """The pod's env does not describe a launchable job; the message says what is wrong."""
-
-
-@dataclass(frozen=True)
-class Topology:
-    nnodes: int
-    nproc_per_node: int
-    node_rank: int
-    master_addr: str
-    master_port: int
-
-    @property
-    def world_size(self) -> int:
-        return self.nnodes * self.nproc_per_node
-
-    def rank(self, local_rank: int) -> int:
-        return self.node_rank * self.nproc_per_node + local_rank
-
-    def rank_env(self, local_rank: int) -> dict[str, str]:
-        """The process-level env of one rank (what torchrun would give it)."""
-        return {
-            "RANK": str(self.rank(local_rank)), "WORLD_SIZE": str(self.world_size),
-            "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(self.nproc_per_node),
-            "GROUP_RANK": str(self.node_rank), "NODE_RANK": str(self.node_rank),
-            "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port),
-        }
-
-
-def _int(env: Mapping[str, str], name: str) -> int | None:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise LaunchError(f"{name}={raw!r} is not an integer") from None
-
-
-def resolve_nproc(value: str, gpu_count: int) -> int:
-    """PET_NPROC_PER_NODE / --nproc-per-node -> a count.
-
-    "gpu": one per visible GPU (an error without GPUs). "auto": one per GPU, else 1 on CPU
-    (torchrun would start one per CPU core, which no training job wants). "cpu": one per core.
-    """
-    if value == "gpu":
-        if gpu_count < 1:
-            raise LaunchError("nprocPerNode=gpu but this node has no visible GPU")
-        return gpu_count
-    if value == "auto":
-        return gpu_count or 1
-    if value == "cpu":
-        return os.cpu_count() or 1
-    try:
-        n = int(value)
-    except ValueError:
-        raise LaunchError(f"nprocPerNode={value!r}: expected an integer, auto, gpu or cpu") from None
-    if n < 1:
-        raise LaunchError(f"nprocPerNode={n}: must be at least 1")
-    return n
-
-
-def resolve_topology(env: Mapping[str, str], *, gpu_count: int = 0,
-                     nproc_per_node: str | None = None) -> Topology:
-    """The job's shape from the env the controller injected (pure; table-tested).
-
-    PET_* wins (v1 and v2 both set it). Without PET_NNODES (a hand-written pod) this is one
-    node. WORLD_SIZE is ignored: v1 sets it node-level when nprocPerNode is not an integer.
-    A multi-node job without a Master (v1 with Workers only) gets no rendezvous address: an error.
-    """
-    nproc_raw = nproc_per_node or env.get("PET_NPROC_PER_NODE") or "1"
-    nproc = resolve_nproc(nproc_raw, gpu_count)
-    node_rank = _int(env, "PET_NODE_RANK")
-    nnodes_raw = env.get("PET_NNODES")
-    if nnodes_raw and ":" in nnodes_raw:
-        raise LaunchError(f"PET_NNODES={nnodes_raw!r} is an elastic range; eve-platform runs fixed-size "
-                          "jobs (remove elasticPolicy from the job)")
-    nnodes = _int(env, "PET_NNODES") or 1  # v1 always sets it (non-elastic); absent: one node
-    if node_rank is None:
-        # v1 sets RANK = the node rank next to PET_NODE_RANK; v2 sets PET_NODE_RANK only
-        node_rank = _int(env, "RANK") if nnodes > 1 else 0
-        if node_rank is None:
-            raise LaunchError(f"PET_NNODES={nnodes} but neither PET_NODE_RANK nor RANK is set")
-    if not 0 <= node_rank < nnodes:
-        raise LaunchError(f"node rank {node_rank} is outside PET_NNODES={nnodes}")
-    addr = env.get("PET_MASTER_ADDR") or env.get("MASTER_ADDR")
-    port = _int(env, "PET_MASTER_PORT") or _int(env, "MASTER_PORT")
-    if nnodes > 1 and not (addr and port):
-        raise LaunchError(f"a {nnodes}-node job needs a rendezvous address, but PET_MASTER_ADDR/MASTER_ADDR "
-                          "and PET_MASTER_PORT/MASTER_PORT are not set (a PyTorchJob needs a Master replica)")
-    if not addr or not port:
-        addr, port = "127.0.0.1", port or _free_port()
-    return Topology(nnodes=nnodes, nproc_per_node=nproc, node_rank=node_rank, master_addr=addr,
-                    master_port=port)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _gpu_count(env: Mapping[str, str]) -> int:
-    """Visible GPUs without importing torch: CUDA_VISIBLE_DEVICES, else /dev/nvidia<N>."""
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        return sum(1 for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit())
-    except OSError:
-        return 0
-
-
-def exit_code(returncode: int) -> int:
-    """A Popen returncode as a container runtime reports it (-15 -> 143, -9 -> 137)."""
-    return 128 - returncode if returncode < 0 else returncode
 
 
 def combine(codes: Sequence[int], *, first_failure: int | None, stopped: bool) -> int:
@@ -278,8 +160,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        topo = resolve_topology(os.environ, gpu_count=_gpu_count(os.environ), nproc_per_node=args.nproc_per_node)
-    except LaunchError as err:
+        topo = node_topology(os.environ, gpu_count=gpu_count(os.environ), nproc_per_node=args.nproc_per_node)
+    except TopologyError as err:
         print(f"eve-launch: error: {err}", file=sys.stderr)
         return EXIT_USER
     launcher = NodeLauncher(topo, args.command, log_dir=args.log_dir, failure_grace_s=args.failure_grace_s)

@@ -1,5 +1,10 @@
 """`eve-train <stage> [--config file.yaml] [--preset tiny] [key=value ...]`: every rank runs this.
 
+In a stage job the config comes resolved: the operator (or the local backend) puts the stage's
+whole trainer config into EVE_TRAIN_CONFIG as JSON (eve_contract.resolved_config), so every value
+reaches the rank as it was validated at submit. `key=value` on the command line (a run by hand)
+is typed by its field, like the CLI's. `--print-config` prints the resolved config and exits.
+
 Exit codes (the operator's retry policy depends on them; docs/trainer.md "Failure classes"):
     0    stage done (export + stage-complete written when checkpoint.export)
     2    the user's to fix, found before the first step: a bad key or value, a batch that does not
@@ -21,16 +26,18 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from eve_trainer.config import (MODEL_PRESETS, STAGES, ConfigError, TrainConfig, _merge, check_key,
+from eve_contract.names import MODEL_PRESETS, STAGES
+from eve_trainer.config import (ConfigError, TrainConfig, check_key,
                                 parse_overrides, resolve)
-from eve_trainer.storage import StorageAccessError, StorageError, StorageUnavailable, open_store
+from eve_contract.dicts import deep_merge
+from eve_contract.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER
+from eve_contract.storage import StorageAccessError, StorageError, StorageUnavailable, open_store
 
 log = logging.getLogger("eve_trainer")
-
-from eve_trainer.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SIGTERM, EXIT_USER  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,13 +48,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="YAML file with config values (overrides win over it)")
     parser.add_argument("--preset", help=f"model preset whose recipe to start from: {', '.join(MODEL_PRESETS)} "
                         "(default: model.preset from the overrides/file, else tiny)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as JSON and exit (nothing is loaded or trained)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     # intermixed: `eve-train sft --config f.yaml optim.lr=1e-4` puts overrides after an option
     return parser.parse_intermixed_args(argv)
 
 
-def load_config(args: argparse.Namespace) -> TrainConfig:
-    """Recipe(stage, preset) < --config file < key=value overrides."""
+def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """Recipe(stage, preset) < --config file < EVE_TRAIN_CONFIG (the resolved config of a stage
+    job) < key=value overrides."""
+    from eve_contract.resolved_config import ENV_VAR, ResolvedConfigError, from_env
+
     values: dict[str, Any] = {}
     if args.config is not None:
         import yaml
@@ -62,7 +74,18 @@ def load_config(args: argparse.Namespace) -> TrainConfig:
         values.pop("stage", None)  # the positional stage wins
         for key in _dotted_keys(values):
             check_key(key, f" in {args.config}")
-    values = _merge(values, parse_overrides(args.overrides))
+    try:
+        resolved = from_env(os.environ if environ is None else environ)
+    except ResolvedConfigError as err:
+        raise ConfigError(str(err)) from None
+    if resolved is not None:
+        stage, transported = resolved
+        if stage != args.stage:
+            raise ConfigError(f"{ENV_VAR} holds the config of stage {stage}, but this is stage {args.stage}")
+        transported = dict(transported)
+        transported.pop("stage", None)
+        values = deep_merge(values, transported)
+    values = deep_merge(values, parse_overrides(args.overrides))
     preset = args.preset or values.get("model", {}).get("preset") or "tiny"
     return resolve(args.stage, preset, values)
 
@@ -112,7 +135,22 @@ def _setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def print_config(args: argparse.Namespace) -> int:
+    """`eve-train <stage> --print-config`: the config this rank would run with, as JSON."""
+    import json
+
+    try:
+        cfg = load_config(args)
+    except ConfigError as err:
+        print(f"eve-train: error: {err}", file=sys.stderr)
+        return EXIT_USER
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True, ensure_ascii=False))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    if "--print-config" in (sys.argv[1:] if argv is None else argv):  # before torch is imported
+        return print_config(parse_args(argv))
     from eve_trainer.heartbeat import install_stack_dump
 
     # first, before the seconds of importing torch: SIGUSR1 writes every thread's stack to the

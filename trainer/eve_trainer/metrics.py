@@ -19,8 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eve_trainer import tracking_names as N
-from eve_trainer.tracking_names import get_or_create_experiment
+from eve_contract.tracking_names import get_or_create_experiment
 from eve_trainer.registry import ExportVersion, register_export
 
 log = logging.getLogger("eve_trainer.metrics")
@@ -77,7 +76,7 @@ def dataset_refs(urls: list[str], *, endpoint_url: str | None = None, region: st
                  ) -> list[DatasetRef]:
     """One DatasetRef per dataset root, from its index.json (one small read each)."""
     from eve_trainer.data.index import INDEX_FILE
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     refs = []
     for url in urls:
@@ -331,25 +330,3 @@ def build_logger(*, tracking_uri: str | None, is_main: bool, **kwargs: Any) -> B
     if not tracking_uri or not is_main:
         return BaseLogger()
     return MLflowLogger(tracking_uri=tracking_uri, **kwargs)
-
-
-def upload_rank_logs(tracking_uri: str, experiment: str, parent_run_id: str, stage: str, log_dir: str,
-                     attempt: int) -> str | None:
-    """Attach a failed attempt's rank logs to its stage run as logs/attempt-<k>/rank-<r>.log.
-
-    For whoever holds the logs (the local backend's runner): the stage run is the newest run
-    with this parent and stage. Returns its id, or None when the stage never reached MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.`{N.TAG_PARENT_RUN}` = '{parent_run_id}' and tags.`{N.TAG_STAGE}` = '{stage}'")
-    if not runs:
-        return None
-    run_id = runs[0].info.run_id
-    client.log_artifacts(run_id, log_dir, f"{N.LOGS_ARTIFACT_DIR}/attempt-{attempt}")
-    return run_id

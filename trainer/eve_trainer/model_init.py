@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eve_trainer.config import ConfigError, TrainConfig
-from eve_trainer.storage import StorageAccessError, open_store
+from eve_contract.storage import StorageAccessError, open_store
+from eve_trainer.stage_summary import missing_teacher_message
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +105,12 @@ def build_model(cfg: TrainConfig, preset_config: Any, *, init_kind: str | None, 
         if downloaded:
             shutil.rmtree(folder, ignore_errors=True)
     total = len(model.state_dict())
+    if not preset_config.requires_cliploss:  # model.align_loss=false: the export's PAL and teacher go unused
+        report.unexpected = [k for k in report.unexpected if not k.startswith(_ALIGN_PREFIXES)]
+    teacher_missing = [k for k in report.missing if k.startswith(_TEACHER_PREFIX)]
+    if teacher_missing and init_kind == "eve" and cfg.model.preset not in _RANDOM_TEACHER_OK:
+        raise ConfigError(f"init_from={cfg.init_from!r} carries no CLIP teacher weights (its stage ran with "
+                          f"model.align_loss=false?): {missing_teacher_message(cfg.stage, cfg.model.preset)}")
     llm_missing = [k for k in report.missing if init_kind == "eve" or not any(v in k for v in _VISION_KEYS)]
     if report.unexpected or len(llm_missing) > total // 2:
         raise ConfigError(f"init_from={cfg.init_from!r} does not match the EVE architecture: "
@@ -117,3 +124,7 @@ def build_model(cfg: TrainConfig, preset_config: Any, *, init_kind: str | None, 
 
 #: parts a Llama folder cannot have: they start from fresh init in prealign
 _VISION_KEYS = ("vision_tower", "mm_projector", "vision_clip")
+#: the PAL and the teacher: built only with model.align_loss
+_ALIGN_PREFIXES = ("model.vision_tower_compressor.", "model.vision_clip.")
+_TEACHER_PREFIX = "model.vision_clip."
+_RANDOM_TEACHER_OK = ("tiny",)

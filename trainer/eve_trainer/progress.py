@@ -24,6 +24,7 @@ class Progress:
         self._task: Any = None
         self._t0 = time.monotonic()
         self._first_step = 0
+        self.last_val_loss: float | None = None  # shown in the step lines once a validation ran
 
     def start(self, step: int) -> None:
         self._t0, self._first_step = time.monotonic(), step
@@ -49,12 +50,25 @@ class Progress:
                         "eta_s": None if math.isnan(eta) else round(eta, 1), **metrics})
         elif self.mode == "line":
             self._line(f"step {step}/{self.total_steps} loss {metrics.get('loss', math.nan):.4f} "
-                       f"lr {metrics.get('lr', math.nan):.3g} {metrics.get('samples_per_s', 0):.1f} samples/s "
-                       f"{_throughput(metrics)}eta {_fmt_eta(eta)}")
+                       f"{self._val()}lr {metrics.get('lr', math.nan):.3g} {metrics.get('samples_per_s', 0):.1f} "
+                       f"samples/s {_throughput(metrics)}eta {_fmt_eta(eta)}")
         elif self.mode == "bar":
-            info = (f"loss {metrics.get('loss', math.nan):.4f} {metrics.get('samples_per_s', 0):.1f} samples/s "
+            info = (f"loss {metrics.get('loss', math.nan):.4f} {self._val()}{metrics.get('samples_per_s', 0):.1f} samples/s "
                     f"{_throughput(metrics)}").rstrip()
             self._bar.update(self._task, completed=step, info=info)
+
+    def validation(self, step: int, values: dict[str, float]) -> None:
+        """A validation pass (eve_trainer.validation): its own event, and `val` in later step lines."""
+        self.last_val_loss = values["val_loss"]
+        if self.mode == "json":
+            self._json({"event": "validation", "step": step, "total_steps": self.total_steps, **values})
+            return
+        self.event("validation", f"validation at step {step}/{self.total_steps}: val loss {values['val_loss']:.4f} "
+                   f"(lm {values['val_lm_loss']:.4f}, align {values['val_align_loss']:.4f}) over "
+                   f"{values['val_samples']} held-out samples, {values['val_time_s']:.1f} s")
+
+    def _val(self) -> str:
+        return f"val {self.last_val_loss:.4f} " if self.last_val_loss is not None else ""
 
     def event(self, name: str, message: str, **fields: Any) -> None:
         """A notable moment (resumed, checkpoint saved, stopping, done)."""

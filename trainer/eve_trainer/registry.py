@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eve_trainer import tracking_names as N
+from eve_contract import tracking_names as N
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from eve_trainer import distributed as D
-from eve_trainer import flops, layout, optim
-from eve_trainer import tracking_names as N
+from eve_contract import layout
+from eve_contract import tracking_names as N
+from eve_trainer import flops, optim, stage_summary
 from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
@@ -32,11 +33,13 @@ from eve_trainer.metrics import BaseLogger, build_logger, dataset_refs
 from eve_trainer.registry import ExportVersion
 from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
-from eve_trainer.storage import open_store
+from eve_contract.exit_codes import EXIT_OK, EXIT_SIGTERM
+from eve_contract.storage import open_store
+from eve_trainer.validation import Validator
 
 log = logging.getLogger("eve_trainer")
-
-from eve_trainer.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_SIGTERM, EXIT_USER  # noqa: E402, F401
+#: the stage run's artifact with the "what will be trained" block (as `eve-platform submit` prints it)
+WHAT_ARTIFACT = "what_will_be_trained.txt"
 
 
 class StopFlag:
@@ -98,6 +101,8 @@ class Trainer:
         #: counters that continue across stages (from init_from's stage-complete manifest)
         self.offsets = {"global_step": 0, "tokens_seen": 0.0, "samples_seen": 0}
         self.tokens_seen = 0.0  # in this stage
+        self._checkpoint_blocked: dict[int, float] = {}  # step -> seconds the loop blocked saving it
+        self._interval_advised = False
         self.device = device or D.init_process_group(dist, collective_timeout_s=cfg.distributed.timeout_s)
         self.cuda = self.device.startswith("cuda")
         self.bf16 = cfg.model.dtype == "bf16" or (cfg.model.dtype == "auto" and self.cuda)
@@ -108,20 +113,34 @@ class Trainer:
         self.heartbeat = HeartbeatWriter(self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank,
                                          every_s=cfg.heartbeat.every_s)
         self.heartbeat.start()
-        preset_kwargs = {}
-        if cfg.model.teacher_path:  # the frozen CLIP teacher, as a local folder
+        preset_kwargs: dict[str, Any] = {}
+        if not cfg.model.align_loss:  # no PAL, no teacher: the patch-aligning loss is off
+            preset_kwargs["requires_cliploss"] = False
+        self.init_kind = check_init_source(cfg, get_preset(cfg.model.preset, **preset_kwargs))
+        #: an EVE export carries its tokenizer and teacher; a Llama folder only its tokenizer
+        self.chained = self.init_kind == "eve"
+        self.teacher_source = stage_summary.teacher_source(cfg, chained=self.chained)  # ConfigError: exit 2
+        if cfg.model.align_loss and cfg.model.teacher_path:  # the frozen CLIP teacher, as a local folder
             preset_kwargs["clip_teacher_path"] = str(fetch_dir(cfg.model.teacher_path, cfg))
         self.model_config = get_preset(cfg.model.preset, **preset_kwargs)
-        self.init_kind = check_init_source(cfg, self.model_config)
+        for warning in stage_summary.check_model_meant(cfg, chained=self.chained):
+            log.warning("%s", warning)
         self.grad_accum = cfg.gradient_accumulation(dist.world_size)
 
         self.processor = EveImageProcessor.from_config(self.model_config)
         self.loader = self._build_loader(self.processor)
         self.total_steps = self._total_steps()
+        #: validation loss on the held-out set (validation.data); its time is evaluation time
+        self.validator = Validator(cfg, rank=dist.rank, world_size=dist.world_size, tokenizer=self.tokenizer,
+                                   processor=self.processor)
+        self.eval_time_s = 0.0  # wall time spent in validation passes this process (not training time)
+        if self.validator.enabled:
+            self.validator.prepare()  # a bad validation.data URL fails here, before the first step
         self.checkpointer = CheckpointManager(
             self.store, pipeline=cfg.pipeline, stage=cfg.stage, rank=dist.rank, world_size=dist.world_size,
             every_steps=cfg.checkpoint.every_steps, keep_last=cfg.checkpoint.keep_last,
-            config_json=cfg.model_dump_json(indent=2), config_hash=cfg.fingerprint())
+            config_json=cfg.model_dump_json(indent=2), config_hash=cfg.fingerprint(),
+            async_save=cfg.checkpoint.async_save)
         # only rank 0 asks the store; every rank must agree on whether to load init weights
         has_checkpoint = D.broadcast_object(
             bool(layout.list_checkpoint_steps(self.store, cfg.pipeline, cfg.stage)) if dist.is_main else None)
@@ -144,6 +163,7 @@ class Trainer:
                     f"{self.dist.world_size}, grad accumulation {self.grad_accum}, device {self.device}",
                     step=self.step, total_steps=self.total_steps, resumed_from=resumed)
         self.progress.start(self.step)
+        self.heartbeat.loop_started(self.step)  # goodput's timers (eve_contract.goodput) start here
         self.heartbeat.update(step=self.step, total_steps=self.total_steps, phase="train")
         debug = self.cfg.debug
         hang = debug.hang_at_step if debug.hang_rank == self.dist.rank and debug.hang_attempt in (
@@ -152,7 +172,10 @@ class Trainer:
         while self.step < self.total_steps:
             if self.step == hang:
                 hang_forever(self.step, self.dist.rank)
+            t_step = time.perf_counter()
             result = self.train_step(batches)
+            self.heartbeat.add_time("data", result.data_wait_s)
+            self.heartbeat.add_time("step", time.perf_counter() - t_step - result.data_wait_s)
             self.step += 1
             self.tokens_seen += result.tokens
             self.started = True
@@ -162,12 +185,20 @@ class Trainer:
                 self.log_step(result)
             if result.stop:
                 return self.stop_with_checkpoint()
+            if self.validator.due(self.step, last_step=last):
+                self.validate()
             if self.checkpointer.due(self.step, last_step=last):
                 self.save_checkpoint()
+            for manifest in self.checkpointer.poll():  # asynchronous saves committed since
+                self._checkpoint_committed(manifest)
             if self._debug_step_delay_s:
                 time.sleep(self._debug_step_delay_s)
+                self.heartbeat.add_time("step", self._debug_step_delay_s)  # it stands for a slower step
+        self.finish_checkpoints()
         if self.cfg.checkpoint.export:
+            t_export = time.perf_counter()
             self.export()
+            self.heartbeat.add_time("checkpoint", time.perf_counter() - t_export)
         self._event("done", f"stage {self.cfg.stage} complete at step {self.step}", step=self.step)
         self.heartbeat.close("done")
         self.logger.close("FINISHED")
@@ -235,17 +266,72 @@ class Trainer:
         if self.progress is not None:
             self.progress.step(self.step, metrics)
 
+    def validate(self) -> None:
+        """Loss on the held-out set (every rank takes part); logged as val/*. Changes nothing in training."""
+        self.heartbeat.update(phase="validation")
+        result = self.validator.run(self.engine, all_reduce=self._all_reduce, to_device=self._to_device,
+                                    device=self.device)
+        self.heartbeat.update(phase="train")
+        self.eval_time_s += result.seconds
+        self.logger.log_metrics(result.metrics(), step=self.offsets["global_step"] + self.step)
+        if self.progress is not None:
+            self.progress.validation(self.step, result.short())
+
     def save_checkpoint(self) -> None:
+        """Save at this step: synchronous, or (checkpoint.async_save) the copy to host memory
+        here and the upload in the background; either way the time the loop blocked is timed."""
         t0 = time.perf_counter()
         self.heartbeat.update(phase="checkpoint")
         manifest = self.checkpointer.save(self.step, self.engine, self._trainer_state(), self.logger.run_id)
         self.heartbeat.update(phase="train")
+        self.heartbeat.add_time("checkpoint", time.perf_counter() - t0)
+        self._checkpoint_blocked[self.step] = self.checkpointer.last_blocking_s
         if manifest is not None:
-            size = sum(f.size for f in manifest.files)
-            self.logger.log_text(manifest.to_json().decode(), f"checkpoints/step-{self.step}/manifest.json")
-            self._event("checkpoint", f"checkpoint {self.checkpointer.url(self.step)} ({size / 2**20:.1f} MiB, "
-                        f"{time.perf_counter() - t0:.1f} s)", step=self.step, url=self.checkpointer.url(self.step),
-                        bytes=size, seconds=round(time.perf_counter() - t0, 3))
+            self._checkpoint_committed(manifest)
+
+    def finish_checkpoints(self) -> None:
+        """Wait for the asynchronous save in flight to commit (its manifest is written last)."""
+        if not self.checkpointer.pending:
+            return
+        t0 = time.perf_counter()
+        self.heartbeat.update(phase="checkpoint")
+        for manifest in self.checkpointer.wait():
+            self._checkpoint_committed(manifest)
+        self.heartbeat.update(phase="train")
+        self.heartbeat.add_time("checkpoint", time.perf_counter() - t0)
+
+    def _checkpoint_committed(self, manifest: layout.Manifest) -> None:
+        """A checkpoint's manifest is written: it counts from now on (rank 0 logs it)."""
+        size = sum(f.size for f in manifest.files)
+        url, took = self.checkpointer.url(manifest.step), self.checkpointer.last_save_s
+        blocked = self._checkpoint_blocked.pop(manifest.step, took)
+        self.logger.log_text(manifest.to_json().decode(), f"checkpoints/step-{manifest.step}/manifest.json")
+        self._event("checkpoint", f"checkpoint {url} ({size / 2**20:.1f} MiB, {took:.1f} s, the loop blocked "
+                    f"{blocked:.2f} s)", step=manifest.step, url=url, bytes=size, seconds=round(took, 3),
+                    blocked_s=round(blocked, 3))
+        if not self._interval_advised:
+            self._advise_interval(blocked)
+
+    def _advise_interval(self, blocked_s: float) -> None:
+        """Once, after the first committed save: the interval that maximises expected goodput."""
+        from eve_trainer.checkpoint import interval_advice
+
+        ck = self.cfg.checkpoint
+        beat = self.heartbeat
+        advice = interval_advice(every_steps=ck.every_steps, mtbf_node_hours=ck.mtbf_node_hours,
+                                 world_size=self.dist.world_size, steps=self.step - (beat.beat.start_step or 0),
+                                 step_time_s=beat.timer("step") + beat.timer("data"), save_blocking_s=blocked_s)
+        if advice is None:
+            return
+        self._interval_advised = True
+        self._event("checkpoint_advice", advice.message(), optimal_every_steps=advice.optimal_steps,
+                    every_steps=ck.every_steps, save_s=round(advice.save_s, 3), step_s=round(advice.step_s, 4),
+                    mtbf_s=round(advice.mtbf_s), far=advice.far)
+        if advice.far and self.dist.is_main:
+            log.warning("%s", advice.message())
+        self.logger.log_metrics({N.CHECKPOINT_OPTIMAL_EVERY_STEPS: advice.optimal_steps,
+                                 N.CHECKPOINT_SAVE_BLOCKING_S: advice.save_s},
+                                step=self.offsets["global_step"] + self.step)
 
     def stop_with_checkpoint(self) -> int:
         """SIGTERM: checkpoint this step within the grace period, then exit 143 (retryable)."""
@@ -257,7 +343,8 @@ class Trainer:
         watchdog = threading.Timer(grace, lambda: os._exit(EXIT_SIGTERM))
         watchdog.daemon = True
         watchdog.start()
-        self.save_checkpoint()
+        self.save_checkpoint()  # waits for a save in flight first; both finish within the grace period
+        self.finish_checkpoints()
         watchdog.cancel()
         self.logger.close("KILLED", timeout_s=min(10.0, grace / 4))
         return EXIT_SIGTERM
@@ -344,9 +431,18 @@ class Trainer:
         self.engine, self.optimizer, self.scheduler = self._build_engine()
 
     def _build_loader(self, processor: Any) -> Any:
-        from eve_trainer.data import build_loader, load_tokenizer
+        from eve_trainer.data import DataError, build_loader, load_tokenizer
 
-        self.tokenizer = load_tokenizer(self.cfg.data.tokenizer, endpoint_url=self.cfg.storage.endpoint_url)
+        source = stage_summary.tokenizer_source(self.cfg, chained=self.chained)
+        try:
+            self.tokenizer = load_tokenizer(source.where, endpoint_url=self.cfg.storage.endpoint_url)
+        except DataError as err:
+            if source.how == "data.tokenizer":
+                raise
+            raise DataError(f"data.tokenizer is unset, so the tokenizer is the LLM's ({source.how}): {err}; "
+                            "set data.tokenizer=<a tokenizer folder or s3:// URL>") from None
+        stage_summary.check_tokenizer_fits(self.cfg, len(self.tokenizer), source.where)  # ConfigError: exit 2
+        self.tokenizer_source = stage_summary.Source(source.where, source.how, len(self.tokenizer))
         return build_loader(self.cfg.data, storage=self.cfg.storage, tokenizer=self.tokenizer, processor=processor,
                             micro_batch_size=self.cfg.micro_batch_size, rank=self.dist.rank,
                             world_size=self.dist.world_size, seed=self.cfg.seed)
@@ -403,16 +499,34 @@ class Trainer:
                         "total_steps": self.total_steps, "trainable_params": _numel(self.model, trainable=True),
                         "total_params": _numel(self.model), "flops_per_token": self.flops_per_token,
                         "bf16": self.bf16}})
+        summary = self._what_will_be_trained()
+        self.logger.log_params({"what": summary.params()})
         if resumed is not None:
             self.logger.set_tags({"eve.resumed_from_step": str(resumed)})
         if not self.dist.is_main or not cfg.mlflow.tracking_uri:
             return
+        self.logger.log_text(summary.text(), WHAT_ARTIFACT)
         self.logger.log_dict(cfg.model_dump(mode="json"), N.CONFIG_ARTIFACT)
         try:
             self.logger.log_datasets(dataset_refs(cfg.data.urls, endpoint_url=cfg.storage.endpoint_url,
                                                   region=cfg.storage.region))
         except Exception as err:  # noqa: BLE001 - lineage must not stop training; the loader read them
             log.warning("dataset inputs not logged: %s", err)
+
+    def _what_will_be_trained(self) -> stage_summary.StageSummary:
+        """The block the CLI printed at submit, from what start-up found: the tokenizer's real size,
+        the teacher's source, the model's real parameter counts. Logged on rank 0."""
+        counts: dict[str, int] = {}
+        for name, param in self.model.named_parameters():
+            group = stage_summary.group_of(name)
+            counts[group] = counts.get(group, 0) + (param.numel() or getattr(param, "ds_numel", 0))
+        summary = stage_summary.summarize(
+            self.cfg, world_size=self.dist.world_size, chained=self.chained, total_steps=self.total_steps,
+            tokenizer=self.tokenizer_source, teacher=self.teacher_source, counts=counts)
+        if self.dist.is_main:
+            for line in summary.lines():
+                log.info("%s", line)
+        return summary
 
     def _previous_stage_counters(self) -> dict[str, Any]:
         """global_step / tokens_seen / samples_seen where the init export's stage ended (0 when fresh).

@@ -188,9 +188,34 @@ The Secret with the operator's own S3 credentials; "" with operator.s3Identity=s
 
 {{/*
 RBAC rules of the operator on namespaced resources. Defined once; used by the ClusterRole
-(cluster-wide install) and by the Role in each watched namespace (rbac.namespaced).
-tests/deploy asserts this exact rule set.
+(cluster-wide install) and by the Role in each watched namespace (rbac.namespaced, or
+watchNamespaces set). tests/deploy asserts this exact rule set. What the code calls
+(operator/eve_operator/kube.py and kopf): the job API (create, get, patch, delete, list, watch),
+pods list (exit codes and termination messages; no get, no watch, no logs), EvePipelines and
+their status, Events.
 */}}
+{{/*
+"true" when the operator's rules go into Roles (rbac.namespaced, or named watchNamespaces).
+*/}}
+{{- define "eve-platform.rbac.namespaced" -}}
+{{- ternary "true" "" (or .Values.rbac.namespaced (not (empty .Values.watchNamespaces))) -}}
+{{- end -}}
+
+{{/*
+The install-time rules (policy-configmap.yaml), as env entries of the operator. The operator's
+namespace is the ConfigMap's own (the operator gets it from the downward API).
+*/}}
+{{- define "eve-platform.policyData" -}}
+EVE_POD_POLICY: {{ toJson .Values.podPolicy | quote }}
+EVE_OPERATOR_SERVICE_ACCOUNT: {{ include "eve-platform.serviceAccountName" . | quote }}
+EVE_S3_ENDPOINT: {{ .Values.storage.s3.endpoint | quote }}
+EVE_S3_ALLOWED_ENDPOINTS: {{ join "," .Values.operator.s3.allowedEndpoints | quote }}
+EVE_S3_ALLOWED_BUCKETS: {{ join "," (prepend .Values.operator.s3.allowedBuckets .Values.storage.s3.bucket | uniq) | quote }}
+EVE_READ_PIPELINE_SECRETS: {{ .Values.operator.readPipelineSecrets | quote }}
+EVE_GANG_SCHEDULER: {{ .Values.scheduling.gangScheduler | quote }}
+EVE_QUEUE: {{ .Values.scheduling.queue | quote }}
+EVE_REQUIRE_GANG_SCHEDULER: {{ .Values.scheduling.required | quote }}
+{{- end -}}
 {{- define "eve-platform.rbac.namespacedRules" -}}
 - apiGroups: ["eve-platform.io"]
   resources: ["evepipelines"]
@@ -211,10 +236,7 @@ tests/deploy asserts this exact rule set.
 {{- end }}
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["pods/log"]
-  verbs: ["get"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -279,6 +301,9 @@ cannot express.
 {{- end -}}
 {{- if and (eq .Values.trainJob.defaultJobApi "TrainJob") (not .Values.trainJob.enabled) -}}
 {{- fail "trainJob.defaultJobApi=TrainJob needs trainJob.enabled=true (the ClusterTrainingRuntime and the operator's RBAC for trainjobs)" -}}
+{{- end -}}
+{{- if and .Values.mlflow.auth.enabled (not .Values.mlflow.auth.existingSecret) -}}
+{{- fail "mlflow.auth.enabled=true needs mlflow.auth.existingSecret: a Secret with basic_auth.ini, username and password (docs/install.md#security-model)" -}}
 {{- end -}}
 {{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) -}}
 {{- fail (printf "operator.metricsPort and operator.healthPort must differ (both %d)" (int .Values.operator.metricsPort)) -}}

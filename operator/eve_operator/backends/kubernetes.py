@@ -12,17 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from eve_contract.naming import job_name, validate_pipeline_name
 from eve_operator.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from eve_operator.jobapi import JOB_APIS, job_api_for
 from eve_operator.jobspec import build_job_spec
-from eve_operator.pipeline import SubmitJob, job_name
-from eve_operator.pytorchjob import CONTAINER, build_pytorchjob
-from eve_operator.spec import PipelineSpec, validate_name
-from eve_operator.trainjob import CONTAINER as TRAINJOB_CONTAINER
-from eve_operator.trainjob import JOBSET_NAME_LABEL, build_trainjob, job_api_of, runtime_of, trainjob_name
+from eve_operator.pipeline import SubmitJob
+from eve_operator.spec import PipelineSpec
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-from eve_operator.pytorchjob import JOB_NAME_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL  # noqa: E402
-COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # a TrainJob's node index
 
 
 class KubeConfigError(RuntimeError):
@@ -81,7 +78,7 @@ def _api_error(err: Any, what: str) -> Exception:
 
 def render_pipeline(name: str, namespace: str | None, spec: PipelineSpec) -> dict[str, Any]:
     """The EvePipeline object `create_pipeline` would create."""
-    validate_name(name)
+    validate_pipeline_name(name)
     return {
         "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": name, "namespace": current_namespace(namespace)},
@@ -95,14 +92,76 @@ def render_jobs(name: str, namespace: str | None, spec: PipelineSpec) -> list[di
     create them: the first from the pipeline's init_from, each later one from the previous
     stage's export (the URL it will have; the operator checks its stage-complete manifest
     first). ownerReferences and the parent run id are added at run time."""
-    validate_name(name)
+    validate_pipeline_name(name)
     ns = current_namespace(namespace)
     jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, job_name(name, stage, 1),
                                                  spec.planned_init_from(name, stage), None))
             for stage in spec.chain()]
-    if job_api_of(spec, os.environ) == "TrainJob":
-        return [build_trainjob(job, namespace=ns, runtime=runtime_of(os.environ)) for job in jobs]
-    return [build_pytorchjob(job, namespace=ns) for job in jobs]
+    api = job_api_for(spec, require_enabled=False)  # the seam (eve_operator.jobapi) tells the kinds apart
+    return [api.body(job, ns, None) for job in jobs]
+
+
+#: Where the chart publishes its install-time rules (<namespace>/<ConfigMap>; chart: <release>-policy).
+ENV_POLICY_CONFIGMAP = "EVE_PLATFORM_POLICY_CONFIGMAP"
+DEFAULT_POLICY_CONFIGMAP = "eve-system/eve-platform-policy"
+
+
+def install_rules() -> tuple[Any, str]:
+    """(OperatorDefaults, where they came from): the chart's rules ConfigMap when the kube context can
+    read it (what the operator runs with: pod policy, S3 identity, required gang scheduler), else
+    None and a sentence saying the built-in `restricted` pod policy is used."""
+    from eve_operator.defaults import OperatorDefaults
+
+    where = os.environ.get(ENV_POLICY_CONFIGMAP) or DEFAULT_POLICY_CONFIGMAP
+    ns, _, cm = where.partition("/")
+    try:
+        _, core = _apis()
+        data = {**(core.read_namespaced_config_map(cm, ns).data or {}), "EVE_OPERATOR_NAMESPACE": ns}
+    except KubeConfigError:
+        return None, "the built-in restricted pod policy (no kube context to read the cluster's)"
+    except Exception as err:  # noqa: BLE001 - 404, 403, unreachable: say so and check the default
+        reason = getattr(err, "reason", None) or type(err).__name__
+        return None, (f"the built-in restricted pod policy (ConfigMap {ns}/{cm} not readable: {reason}; "
+                      f"set {ENV_POLICY_CONFIGMAP}=<namespace>/<name> for another release)")
+    return OperatorDefaults.from_env(data), f"the cluster's rules (ConfigMap {ns}/{cm})"
+
+
+def check_admission(name: str, namespace: str | None, spec: PipelineSpec) -> str:
+    """What the operator would refuse, refused here (ValueError naming the field); returns which
+    rules were checked. With the cluster's ConfigMap: its pod policy, S3 and scheduling rules; without
+    it: the built-in `restricted` pod policy only."""
+    from pydantic import ValidationError
+
+    from eve_operator import admission, pod_policy
+    from eve_operator.defaults import OperatorDefaults
+
+    defaults, source = install_rules()
+    ns = current_namespace(namespace)
+    if defaults is not None:
+        try:  # what the operator will run: the pipeline's fields, else the install's (gang scheduler, queue)
+            spec = defaults.parse(spec.model_dump(by_alias=True, exclude_unset=True, mode="json"))
+        except ValidationError as err:
+            problems = "; ".join(f"spec.{'.'.join(str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                                 for e in err.errors())
+            raise ValueError(f"invalid spec: {problems} (with the defaults of {source})") from None
+        refused = admission.refuse(defaults, spec, ns)
+    else:  # PSS restricted only: which ServiceAccounts and Secrets are allowed is the cluster's to say
+        import dataclasses
+
+        defaults = OperatorDefaults(pod_policy=dataclasses.replace(
+            OperatorDefaults().pod_policy, service_accounts=("*",), secrets=("*",)))
+        source += "; ServiceAccounts and Secrets not checked"
+        violations = pod_policy.check_pipeline(spec, defaults.pod_policy, namespace=ns)
+        refused = violations and admission.Refusal(
+            "PodPolicyViolation", "invalid spec: " + pod_policy.refusal(violations, defaults.pod_policy))
+    if refused:
+        raise ValueError(f"{refused.message} (checked against {source})")
+    for job in render_jobs(name, namespace, spec):
+        try:
+            admission.check_job(defaults, job, ns, spec)
+        except admission.PolicyError as err:
+            raise ValueError(f"{err} (checked against {source})") from None
+    return source
 
 
 # -- the API --------------------------------------------------------------------------------
@@ -174,20 +233,15 @@ def stage_pods(name: str, namespace: str | None, stage: str) -> list[str]:
     stages = {s.get("name"): s for s in (obj.get("status") or {}).get("stages", [])}
     job = (stages.get(stage) or {}).get("jobName") or job_name(name, stage, 1)
     _, core = _apis()
-    # a PyTorchJob's pods, else a TrainJob's (jobApi: TrainJob): one per node, by completion index
-    for label, value in ((JOB_NAME_LABEL, job), (JOBSET_NAME_LABEL, trainjob_name(job))):
+    # the job's pods under whichever job API made them (the pipeline's status does not say which)
+    for api in JOB_APIS.values():
+        label, value = api.pod_label, api.object_name(job)
         pods = core.list_namespaced_pod(ns, label_selector=f"{label}={value}").items
         mine = [p for p in pods if (p.metadata.labels or {}).get(label) == value]
         if mine:
-            return [p.metadata.name for p in sorted(mine, key=_pod_order)]
+            return [p.metadata.name for p in
+                    sorted(mine, key=lambda p, api=api: (*api.pod_order(p.metadata.labels or {}), p.metadata.name))]
     return []
-
-
-def _pod_order(pod: Any) -> tuple[int, int, str]:
-    labels = pod.metadata.labels or {}
-    role = 0 if labels.get(REPLICA_TYPE_LABEL, "master") == "master" else 1
-    index = labels.get(REPLICA_INDEX_LABEL) or labels.get(COMPLETION_INDEX_LABEL) or 0
-    return role, int(index), pod.metadata.name
 
 
 def pod_logs(pod: str, namespace: str | None, follow: bool) -> Iterator[str]:
@@ -196,15 +250,16 @@ def pod_logs(pod: str, namespace: str | None, follow: bool) -> Iterator[str]:
     _, core = _apis()
     import kubernetes
 
-    try:
-        response = core.read_namespaced_pod_log(pod, ns, container=CONTAINER, follow=follow,
-                                                _preload_content=False)
-    except kubernetes.client.ApiException as err:
-        if err.status != 400:
-            raise
-        # not a PyTorchJob pod: a TrainJob's trainer container is `node`
-        response = core.read_namespaced_pod_log(pod, ns, container=TRAINJOB_CONTAINER, follow=follow,
-                                                _preload_content=False)
+    # the trainer container's name differs per job API: a 400 says this pod has no such container
+    apis = list(JOB_APIS.values())
+    for i, api in enumerate(apis):
+        try:
+            response = core.read_namespaced_pod_log(pod, ns, container=api.container, follow=follow,
+                                                    _preload_content=False)
+            break
+        except kubernetes.client.ApiException as err:
+            if err.status != 400 or i == len(apis) - 1:
+                raise
     buffer = b""
     try:
         for chunk in response.stream(4096):

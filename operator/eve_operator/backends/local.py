@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eve_trainer.launch import exit_code
-from eve_trainer.storage import StorageAccessError, StorageUnavailable, open_store
+from eve_contract.exit_codes import FailureClass, exit_code
+from eve_contract.storage import StorageAccessError, StorageUnavailable, open_store
+from eve_contract.topology import single_node
+from eve_contract.tracking_names import LOGS_ARTIFACT_DIR, TAG_PARENT_RUN, TAG_STAGE
 
-from eve_operator.jobspec import JobSpec, build_job_spec
+from eve_operator.jobspec import JobSpec, build_eval_job_spec, build_job_spec
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
-    Decision, EndStageRun, Emit, JobState, Observation, PipelineStatus, SetSuspended, StopJob, SubmitJob, decide,
-    initial_status, parent_run_params, parent_run_tags,
+    Decision, EndStageRun, Emit, JobState, Observation, PipelineStatus, SetSuspended, StopJob, SubmitEval, SubmitJob,
+    decide, initial_status, parent_run_params, parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec
 from eve_operator.tracking import RunRecords
@@ -137,10 +138,8 @@ def _alive(pid: int) -> bool:
 # -- a stage job as local processes ----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: The console scripts a job runs -> the module this machine runs them as (this interpreter).
+MODULES = {"eve-train": "eve_trainer", "eve-eval": "eve_trainer.evaluation"}
 
 
 class LocalJob:
@@ -157,15 +156,13 @@ class LocalJob:
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
-        world = self.job.world_size
-        for rank in range(world):
-            env = dict(os.environ, **self.job.env, RANK=str(rank), WORLD_SIZE=str(world),
-                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(port), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        topo = single_node(self.job.world_size)  # one machine: the launcher's rank env, one rendezvous
+        for rank in range(topo.world_size):
+            env = dict(os.environ, **self.job.env, **topo.rank_env(rank),
+                       OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
             if self.job.resources.gpus_per_node == 0:
                 env["CUDA_VISIBLE_DEVICES"] = ""
-            cmd = [sys.executable, "-m", "eve_trainer", *self.job.command[1:]]
+            cmd = [sys.executable, "-m", MODULES[self.job.command[0]], *self.job.command[1:]]
             log = open(self.logs / f"rank-{rank}.log", "ab")  # noqa: SIM115 - owned by the child
             self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                start_new_session=True))
@@ -254,13 +251,33 @@ def last_line(path: Path, marker: str) -> str:
     return next((line for line in reversed(_log_end(path)) if marker in line), "")
 
 
+def upload_rank_logs(tracking_uri: str, experiment: str, parent_run_id: str, stage: str, log_dir: str,
+                     attempt: int) -> str | None:
+    """Attach a failed attempt's rank logs to its stage run as logs/attempt-<k>/rank-<r>.log.
+
+    For whoever holds the logs (the local backend's runner): the stage run is the newest run
+    with this parent and stage. Returns its id, or None when the stage never reached MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{TAG_PARENT_RUN}` = '{parent_run_id}' and tags.`{TAG_STAGE}` = '{stage}'")
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    client.log_artifacts(run_id, log_dir, f"{LOGS_ARTIFACT_DIR}/attempt-{attempt}")
+    return run_id
+
+
 def _upload_rank_logs(spec: PipelineSpec, parent_run_id: str | None, job: LocalJob) -> None:
     """A failed attempt's rank logs go to its stage run in MLflow (logs/attempt-<k>/)."""
     if not spec.mlflow.tracking_uri or not parent_run_id:
         return
     try:
-        from eve_trainer.metrics import upload_rank_logs
-
         upload_rank_logs(spec.mlflow.tracking_uri, spec.mlflow.experiment, parent_run_id, job.job.stage,
                          str(job.logs), job.job.attempt)
     except Exception as err:  # noqa: BLE001 - tracking never stops the pipeline
@@ -278,6 +295,7 @@ class LocalRunner:
         self.record, self.on_event, self.on_tick = record, on_event, on_tick
         self.store = open_store(record.spec.output, endpoint_url=record.spec.s3.endpoint_url)
         self.job: LocalJob | None = None
+        self.eval_jobs: dict[str, LocalJob] = {}  # evaluation jobs (spec.eval) by name; they may run beside a stage
         self.reads = StoreReads(record.name, record.spec.output, lambda: self.store)
         self.runs = RunRecords(record.spec.mlflow.tracking_uri, record.spec.mlflow.experiment, record.name,
                                warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
@@ -290,19 +308,27 @@ class LocalRunner:
 
     # the observer's StageReader: this runner's processes, and the store
 
+    def _named(self, name: str) -> LocalJob | None:
+        if self.job is not None and self.job.job.name == name:
+            return self.job
+        return self.eval_jobs.get(name)
+
     def job_report(self, name: str) -> JobReport:
-        if self.job is None or self.job.job.name != name:
+        job = self._named(name)
+        if job is None:
             return JobReport()  # lost (runner restarted): the core submits it again
-        state = self.job.state()
-        return JobReport(state, self.job.message, self.job.finished_at)
+        state = job.state()
+        return JobReport(state, job.message, job.finished_at)
 
     def exit_codes(self, name: str) -> list[int]:
-        return list(self.job.exit_codes) if self.job is not None and self.job.job.name == name else []
+        job = self._named(name)
+        return list(job.exit_codes) if job is not None else []
 
     def error_line(self, name: str) -> str:
-        if self.job is None or self.job.job.name != name:
+        job = self._named(name)
+        if job is None:
             return ""
-        return error_line("\n".join("\n".join(_log_end(p)) for p in sorted(self.job.logs.glob("rank-*.log"))))
+        return error_line("\n".join("\n".join(_log_end(p)) for p in sorted(job.logs.glob("rank-*.log"))))
 
     def observe(self) -> Observation:
         observation = observe(self.record.spec, self.record.status, _Reader(self))
@@ -319,6 +345,13 @@ class LocalRunner:
                                      parent_run_id=self.record.status.mlflow_run_id)
                 self.job = LocalJob(job, log_dir(self.record.name, action.stage, action.attempt))
                 self.job.start()
+            elif isinstance(action, SubmitEval):
+                job = build_eval_job_spec(self.record.name, self.record.spec, action)
+                self.eval_jobs[action.job_name] = LocalJob(job, log_dir(self.record.name, f"eval-{action.stage}",
+                                                                        action.attempt))
+                self.eval_jobs[action.job_name].start()
+            elif isinstance(action, StopJob) and action.job_name in self.eval_jobs:
+                self.eval_jobs[action.job_name].terminate()
             elif isinstance(action, SetSuspended) and self.job is not None:
                 self.job.set_suspended(action.suspended)
             elif isinstance(action, StopJob) and self.job is not None and self.job.job.name == action.job_name:
@@ -345,7 +378,7 @@ class LocalRunner:
         try:
             while not rec.status.done:
                 if self._cancelled:
-                    self._stop("cancelled by the user")
+                    self._stop("cancelled by the user", "cancelled")
                     break
                 try:
                     observation = self.observe()
@@ -354,20 +387,22 @@ class LocalRunner:
                     time.sleep(POLL_S)
                     continue
                 except StorageAccessError as err:  # the user's: no bucket, access denied, no credentials
-                    self._stop(f"invalid output={rec.spec.output}: {err}")
+                    self._stop(f"invalid output={rec.spec.output}: {err}", "permanent")
                     break
                 self._store_down_since = None
                 decision = decide(rec.name, rec.spec, rec.status, observation, time.time())
-                rec.status = decision.status
+                before, rec.status = rec.status, decision.status
                 self.act(decision)
                 rec.save()
                 self.runs.sync(rec.status.mlflow_run_id, parent_run_tags(rec.status))
+                if any(isinstance(a, Emit) for a in decision.actions):  # a transition: goodput/* to MLflow
+                    self.runs.log_goodput(before, rec.status, time.time())
                 if self.on_tick:
                     self.on_tick(rec, self.job)
                 if not rec.status.done:
                     time.sleep(POLL_S)
         except BaseException:
-            self._stop("runner interrupted")
+            self._stop("runner interrupted", "cancelled")
             raise
         finally:
             rec.runner_pid = None
@@ -386,12 +421,14 @@ class LocalRunner:
             print(f"waiting for the object store of {self.record.spec.output} "
                   f"({now - self._store_down_since:.0f} s so far): {err}", file=sys.stderr, flush=True)
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str, failure_class: FailureClass) -> None:
         if self.job is not None:
             self.job.terminate()
+        for job in self.eval_jobs.values():
+            job.terminate()
         rec = self.record
         if not rec.status.done:
-            rec.status.phase, rec.status.message = "Failed", why
+            rec.status.failed(failure_class, why)
             ended = []
             for s in rec.status.stages:
                 if s.state in ("Submitted", "Running"):
@@ -405,6 +442,7 @@ class _Reader:
     def __init__(self, runner: LocalRunner):
         self.job, self.exit_codes, self.error_line = runner.job_report, runner.exit_codes, runner.error_line
         self.complete, self.heartbeats = runner.reads.complete, runner.reads.heartbeats
+        self.eval_scores = runner.reads.eval_scores
 
 
 def run_detached(name: str) -> int:

@@ -16,10 +16,11 @@ from typing import Any
 
 import typer
 
+from eve_contract.exit_codes import EXIT_USER
+
 data_app = typer.Typer(help="Datasets: convert to WebDataset shards on S3 or disk, synthesise demo data.",
                        no_args_is_help=True)
 
-from eve_trainer.exit_codes import EXIT_USER as EXIT_USER_ERROR  # noqa: E402
 
 
 class Out(str, Enum):
@@ -30,6 +31,7 @@ class Out(str, Enum):
 class Profile(str, Enum):
     demo = "demo"
     eve = "eve"
+    shapes = "shapes"
 
 
 class Kind(str, Enum):
@@ -50,7 +52,7 @@ def _fail(message: str) -> None:
     from rich.markup import escape
 
     Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_USER_ERROR)
+    raise typer.Exit(EXIT_USER)
 
 
 #: Module -> the distribution that provides it (the `data` extra: pip install 'eve-platform[data]').
@@ -70,7 +72,7 @@ def _require(verb: str, *modules: str) -> None:
 
 def _user_errors():  # noqa: ANN202
     from eve_trainer.data.errors import DataError
-    from eve_trainer.storage import StorageError
+    from eve_contract.storage import StorageError
 
     return (DataError, StorageError, FileNotFoundError, PermissionError)
 
@@ -138,7 +140,8 @@ def synth_cmd(
     endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT"),
     out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
     profile: Profile = typer.Option(Profile.demo, "--profile",
-                                    help="demo (compact) or eve (EVE-like aspect ratios and text lengths)."),
+                                    help="demo (compact), eve (EVE-like aspect ratios and text lengths) or shapes "
+                                         "(learnable: coloured shapes, captions and questions about them)."),
 ) -> None:
     """Write a small synthetic dataset (random images + captions or conversations) for demos and tests."""
     import time
@@ -172,7 +175,7 @@ def info_cmd(
 ) -> None:
     """Show a dataset's index: shards, samples, bytes, converter skips."""
     from eve_trainer.data.index import DatasetIndex
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     try:
         store = open_store(url, endpoint_url=endpoint_url)

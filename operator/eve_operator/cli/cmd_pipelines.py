@@ -12,11 +12,20 @@ import typer
 
 from eve_operator.cli import output
 from eve_operator.cli.common import (
-    BackendOpt, EXIT_FAILED, EXIT_NOT_FOUND, LocalOpt, NamespaceOpt, OutputOpt, _backend_call,
-    _kube, app, fail, info, pick_backend,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    BackendOpt,
+    LocalOpt,
+    NamespaceOpt,
+    OutputOpt,
+    _backend_call,
+    _kube,
+    app,
+    fail,
+    info,
+    pick_backend,
 )
 from eve_operator.cli.output import Format
-
 
 # -- status, list, describe --------------------------------------------------------------
 
@@ -74,6 +83,9 @@ def status(name: Optional[str] = typer.Argument(None, help="Pipeline; all when o
     print(f"{name}: {status_.get('phase', 'Pending')}"
           + (f" (stage {status_['currentStage']})" if status_.get("currentStage") else ""))
     output.table(output.STAGE_HEADERS, output.stage_rows(obj, live), "no stages yet")
+    _print_evals(obj)
+    for line in output.goodput_lines(status_):
+        print(line)
     if status_.get("phase") == "Failed":
         raise typer.Exit(EXIT_FAILED)
 
@@ -88,6 +100,20 @@ def describe(name: str, local: bool = LocalOpt, backend: str = BackendOpt,
         output.emit({**obj, "status": _with_live(obj.get("status") or {}, live)}, output_fmt)
         return
     output.describe(obj, live)
+    from eve_operator.cli.training_block import show_for_describe
+
+    show_for_describe(obj)
+    _print_evals(obj, title=True)
+
+
+def _print_evals(obj: dict[str, Any], title: bool = False) -> None:
+    """The benchmark scores written beside the stage exports (`eve-platform eval`; docs/eval.md)."""
+    from eve_operator.cli.cmd_eval import EVAL_HEADERS, pipeline_eval_rows
+
+    rows = pipeline_eval_rows(obj)
+    if rows or title:
+        print("\nEvaluations:" if title else "")
+        output.table(EVAL_HEADERS, rows, "  <none>")
 
 
 def _live(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -131,7 +157,7 @@ def logs(name: str, stage: Optional[str] = typer.Option(None, "--stage", help="D
         path = lb.log_dir(name, stage, entry["attempt"]) / f"rank-{rank}.log"
         if not path.is_file():
             fail(f"no log at {path}", EXIT_NOT_FOUND)
-        _print_file(path, follow, lambda: bool((lb.load(name).runner_alive)))
+        _print_file(path, follow, lambda: bool(lb.load(name).runner_alive))
         return
     kube = _kube()
     pods = _backend_call(kube.stage_pods, name, namespace, stage)

@@ -10,10 +10,14 @@ from typing import Any, Optional
 
 import typer
 
+from eve_contract.exit_codes import cli_exit_code
+from eve_contract.naming import default_pipeline_name, job_name
+from eve_contract.topology import gpu_count
+
 from eve_operator.cli import output
 from eve_operator.cli.common import (
-    BackendOpt, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE, LocalOpt, NamespaceOpt,
-    OutputOpt, _backend_call, _kube, app, fail, info, pick_backend,
+    BackendOpt, EXIT_INTERRUPTED, EXIT_NOT_FOUND, LocalOpt, NamespaceOpt,
+    OutputOpt, _backend_call, _kube, app, backend_is_auto, check_namespace, fail, info, pick_backend,
 )
 from eve_operator.cli.output import Format
 
@@ -23,10 +27,14 @@ from eve_operator.cli.output import Format
 
 @app.command(context_settings={"ignore_unknown_options": True})
 def submit(
-    words: list[str] = typer.Argument(..., metavar="stage=<name> [key=value ...]",
-                                      help="Pipeline keys (stage, until, name, preset, data, init_from, "
-                                           "output, ...) and trainer overrides (optim.lr=1e-4, "
-                                           "sft.optim.lr=1e-5 for one stage)."),
+    words: Optional[list[str]] = typer.Argument(
+        None, metavar="stage=<name> [key=value ...]",
+        help="Pipeline keys (stage, until, name, preset, data, init_from, output, nodes, cpu, memory, ...) and "
+             "trainer overrides (optim.lr=1e-4, sft.optim.lr=1e-5 for one stage); `eve-platform config keys` "
+             "lists them all."),
+    file: Optional[Path] = typer.Option(
+        None, "--file", "-f", help="An EvePipeline manifest (or just its spec) to submit; key=value pairs "
+                                   "on the command line go on top of it. Same validation as the pairs."),
     local: bool = LocalOpt,
     backend: str = BackendOpt,
     namespace: Optional[str] = NamespaceOpt,
@@ -41,68 +49,107 @@ def submit(
     """Start a pipeline at a stage; the following stages chain automatically unless until=<stage>."""
     from eve_trainer.config import ConfigError
 
-    from eve_operator.cli.submit_args import parse_submit
+    from eve_operator.cli.submit_args import load_pipeline_file, parse_submit
+    from eve_contract.naming import validate_pipeline_name
 
+    file_name = file_namespace = base = None
+    if file is not None:
+        try:
+            file_name, file_namespace, base = load_pipeline_file(file)
+        except ConfigError as err:
+            fail(str(err))
     where = pick_backend(backend, local)
-    defaults: dict[str, Any] = {}
-    if where == "local":
-        from eve_operator.backends import local as lb
-
-        defaults = {"output": lb.default_output(), "mlflow": {"tracking_uri": lb.default_tracking_uri()},
-                    "resources": {"gpus_per_node": _local_gpus(), "gpu_product": None}}
     try:
-        name, spec = parse_submit(words, defaults)
+        name, spec = parse_submit(words or [], _local_defaults() if where == "local" else {}, base)
+        if name is None and file_name is not None:
+            name = validate_pipeline_name(str(file_name))
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    name = name or f"eve-{spec.preset}".replace(".", "-")
+    name = name or default_pipeline_name(spec.preset)
+    namespace = namespace or file_namespace
+    if namespace is not None:
+        check_namespace(namespace)
     if wait and detach:
         fail("--wait and --detach contradict each other: pick one")
+    if where == "local" and dry_run and backend_is_auto(backend, local) and (why := _needs_a_cluster(spec)):
+        # a dry run renders what it can: the cluster objects, without a kube context
+        try:
+            spec = parse_submit(words or [], {}, base)[1]
+        except (ConfigError, ValueError) as err:
+            fail(str(err))
+        info(f"dry run: {why[0]} needs a cluster and there is no kube context here, so this renders the "
+             "Kubernetes objects (as --backend kubernetes does); submitting them needs a kube context")
+        where = "kubernetes"
+    from eve_operator.cli.training_block import show_for_submit
+
+    # what each stage will train (-o table); exit 2 for a missing teacher or a tokenizer that does not fit
+    show_for_submit(name, spec, quiet=output_fmt is not Format.table)
     if where == "kubernetes":
         _submit_kubernetes(name, namespace, spec, dry_run, output_fmt, wait)
     else:
-        _check_fits_this_machine(spec)
+        if why := _needs_a_cluster(spec):
+            fail(why[1])
         _submit_local(name, spec, dry_run, detach, output_fmt)
 
 
-def _check_fits_this_machine(spec: Any) -> None:
-    """The local backend runs one machine: more nodes or GPUs than it has need a cluster."""
-    gpus = _local_gpus()
+def _local_defaults() -> dict[str, Any]:
+    from eve_operator.backends import local as lb
+
+    return {"output": lb.default_output(), "mlflow": {"tracking_uri": lb.default_tracking_uri()},
+            "resources": {"gpus_per_node": gpu_count(), "gpu_product": None}}
+
+
+def _needs_a_cluster(spec: Any) -> tuple[str, str] | None:
+    """(what, the full message) when this pipeline cannot run on this one machine, else None."""
+    gpus = gpu_count()
     for stage in spec.chain():
         res = spec.resources_for(stage)
         where = f"stage {stage}: " if spec.stage(stage).resources is not None else ""
         if res.nodes > 1:
-            fail(f"{where}nodes={res.nodes} needs a cluster; the local backend runs on this one machine. "
-                 "Submit with --backend kubernetes (a kube context pointing at a cluster with eve-platform "
-                 "installed), or set nodes=1")
+            return (f"{where}nodes={res.nodes}",
+                    f"{where}nodes={res.nodes} needs a cluster; the local backend runs on this one machine. "
+                    "Submit with --backend kubernetes (a kube context pointing at a cluster with eve-platform "
+                    "installed), or set nodes=1")
         if res.gpus_per_node > gpus:
-            fail(f"{where}gpus_per_node={res.gpus_per_node}, but this machine has {gpus} GPU(s). Submit with "
-                 f"--backend kubernetes to run on a cluster, or set gpus_per_node={gpus}")
+            return (f"{where}gpus_per_node={res.gpus_per_node}",
+                    f"{where}gpus_per_node={res.gpus_per_node}, but this machine has {gpus} GPU(s). Submit with "
+                    f"--backend kubernetes to run on a cluster, or set gpus_per_node={gpus}")
+    return None
+
+
+def _export_note(name: str, spec: Any, *, missing: bool = False) -> str | None:
+    """When the first stage starts from this pipeline's previous stage's export (no init_from):
+    the sentence saying that this export must already exist and how to make it."""
+    first = spec.chain()[0]
+    previous = spec.previous_stage(first)
+    if spec.init_from or previous is None:
+        return None
+    state = "and there is none" if missing else "which must already exist"
+    return (f"stage {first} starts from {spec.planned_init_from(name, first)}, the export of stage {previous} of "
+            f"pipeline {name}, {state}: run `eve-platform submit stage={previous} name={name} ...` first (it "
+            f"chains on to {first}), or set init_from=<export URL>")
 
 
 def pipeline_exit_code(status: dict[str, Any]) -> int:
-    """0 succeeded; 2 failed for a reason the user must fix (spec, config, data); 1 otherwise."""
+    """0 succeeded; else from the status's failure class (2 permanent: the user must fix the spec,
+    config or data; 1 otherwise). The message is never parsed."""
     if status.get("phase") == "Succeeded":
         return 0
-    message = status.get("message") or ""
-    permanent = message.startswith("invalid ") or "exited with 2" in message or "exited with code 2" in message
-    return EXIT_USAGE if permanent else EXIT_FAILED
-
-
-def _local_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
-    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+    return cli_exit_code((status.get("failure") or {}).get("class"))
 
 
 def _submit_kubernetes(name: str, namespace: str | None, spec: Any, dry_run: bool, fmt: Format,
                        wait: bool = False) -> None:
     kube = _kube()
+    # every stage's job, built as the operator will build it: what a pod would refuse, submit refuses
+    jobs = _backend_call(kube.render_jobs, name, namespace, spec)
+    if note := _export_note(name, spec):
+        info(note)
     if dry_run:
         info("dry run: every stage's job, each starting from the previous stage's export; fields the "
              "pipeline omits (image, tracking, scheduler, ...) take the operator's defaults on the cluster")
-        docs = [_backend_call(kube.render_pipeline, name, namespace, spec),
-                *_backend_call(kube.render_jobs, name, namespace, spec)]
+        info(f"checked against {_backend_call(kube.check_admission, name, namespace, spec)}")
+        docs = [_backend_call(kube.render_pipeline, name, namespace, spec), *jobs]
         if fmt is Format.json:
             output.emit(docs, fmt)
         else:
@@ -220,15 +267,25 @@ def _submit_local(name: str, spec: Any, dry_run: bool, detach: bool, fmt: Format
              f"watch it with `eve-platform status {name}` or choose another name=")
     # Validate every stage's trainer config before anything starts.
     try:
-        jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, f"{name}-{stage}",
+        jobs = [build_job_spec(name, spec, SubmitJob(stage, 1, job_name(name, stage, 1),
                                                      spec.planned_init_from(name, stage), None))
                 for stage in spec.chain()]
     except (ConfigError, ValueError) as err:
         fail(str(err))
+    if note := _export_note(name, spec):
+        if dry_run:
+            info(note)
+        else:
+            _check_export_exists(name, spec, note)
     if dry_run:
+        from eve_contract import resolved_config
+
         plan = [{"name": j.name, "stage": j.stage, "processes": j.world_size,
                  "init_from": spec.planned_init_from(name, j.stage),
-                 "command": ["python", "-m", "eve_trainer", *j.command[1:]], "env": j.env} for j in jobs]
+                 "command": ["python", "-m", "eve_trainer", *j.command[1:]],
+                 "env": {k: v for k, v in j.env.items() if k != resolved_config.ENV_VAR},
+                 # what every rank reads from EVE_TRAIN_CONFIG (shown decoded)
+                 "config": resolved_config.loads(j.env[resolved_config.ENV_VAR])[1]} for j in jobs]
         output.emit({"pipeline": name, "backend": "local", "stages": plan}, fmt if fmt is not Format.table else Format.yaml)
         return
     record = lb.Record(name=name, spec=spec)
@@ -248,12 +305,28 @@ def _submit_local(name: str, spec: Any, dry_run: bool, detach: bool, fmt: Format
     raise typer.Exit(pipeline_exit_code(status.model_dump(by_alias=True)))
 
 
+def _check_export_exists(name: str, spec: Any, note: str) -> None:
+    """The local backend reads the store: refuse a start from an export that is not there."""
+    from eve_contract.layout import stage_complete
+    from eve_contract.storage import StorageError, open_store
+
+    previous = spec.previous_stage(spec.chain()[0])
+    try:
+        store = open_store(spec.output, endpoint_url=spec.s3.endpoint_url, region=spec.s3.region)
+        found = stage_complete(store, name, previous, deep=False)
+    except (StorageError, OSError) as err:
+        info(f"could not check the {previous} export ({err}); {note}")
+        return
+    if found is None:
+        fail(_export_note(name, spec, missing=True) or note)
+
+
 def _run_foreground(record: Any) -> Any:
     import signal
 
     from eve_operator.backends import local as lb
 
-    from eve_trainer.layout import read_heartbeats
+    from eve_contract.layout import read_heartbeats
 
     from eve_operator.cli import progress
 
@@ -310,7 +383,7 @@ def _print_summary(name: str, spec: Any, status: Any) -> None:
 def _mlflow_ui_hint(uri: str, experiment: str) -> str:
     """How to open this pipeline's runs: a link to the model-training view (MLflow 3's UI opens
     on GenAI traces otherwise), after `mlflow ui` for a local store."""
-    from eve_trainer.tracking_names import ui_runs_url
+    from eve_contract.tracking_names import ui_runs_url
 
     from eve_operator.tracking import experiment_id
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from eve_contract.exit_codes import EXIT_BACKEND, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USER
+
 from eve_operator.cli import output
 from eve_operator.cli.output import Format
 
@@ -19,14 +21,10 @@ app = typer.Typer(
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the typed trainer configuration.")
 app.add_typer(config_app, name="config")
 
-from eve_trainer.exit_codes import EXIT_BACKEND, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND
-from eve_trainer.exit_codes import EXIT_USER as EXIT_USAGE
-
-
 BACKENDS = ("auto", "local", "kubernetes")
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> None:
+def fail(message: str, code: int = EXIT_USER) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -53,6 +51,20 @@ def pick_backend(backend: str, local: bool) -> str:
     return backend
 
 
+def backend_is_auto(backend: str, local: bool) -> bool:
+    """True when the backend is chosen by the presence of a kube context (not by the user)."""
+    return not local and (backend or os.environ.get("EVE_PLATFORM_BACKEND", "auto")) == "auto"
+
+
+def check_namespace(namespace: str) -> str:
+    """A namespace is a DNS-1123 label; anything else fails here, naming the option."""
+    from eve_contract.validators import dns_label_problem
+
+    if problem := dns_label_problem(namespace):
+        fail(f"--namespace/-n {namespace!r}: {problem}")
+    return namespace
+
+
 def _kube():  # noqa: ANN202 - lazy: the kubernetes client is only loaded when used
     from eve_operator.backends import kubernetes
 
@@ -70,10 +82,15 @@ def _backend_call(fn, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN001
 
 LocalOpt = typer.Option(False, "--local", help="Run on this machine (same as --backend local).")
 BackendOpt = typer.Option("", "--backend", help="auto | local | kubernetes (auto: kubernetes when a kube context exists).")
-NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace; default the context's.")
+def _namespace_option(value: str | None) -> str | None:
+    return None if value is None else check_namespace(value)
+
+
+NamespaceOpt = typer.Option(None, "--namespace", "-n", callback=_namespace_option,
+                            help="Kubernetes namespace; default the context's.")
 OutputOpt = typer.Option(Format.table, "--output", "-o", help="table | json | yaml.")
 
 
-__all__ = ["app", "config_app", "BACKENDS", "fail", "info", "pick_backend", "LocalOpt", "BackendOpt", "NamespaceOpt",
+__all__ = ["app", "config_app", "BACKENDS", "fail", "info", "pick_backend", "backend_is_auto", "check_namespace", "LocalOpt", "BackendOpt", "NamespaceOpt",
            "OutputOpt", "output", "Format", "EXIT_BACKEND", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_NOT_FOUND",
-           "EXIT_USAGE"]
+           "EXIT_USER"]

@@ -79,6 +79,27 @@ def stage_rows(obj: dict[str, Any], live: dict[str, dict[str, Any]] | None = Non
     return rows
 
 
+def goodput_lines(status: dict[str, Any], *, stages: bool = False, now: float | None = None) -> list[str]:
+    """'Goodput:     goodput 71% of 1h02m: queued 3m, ... (2 steps redone, 1 restart)' for the
+    pipeline, then (stages=True) one line per stage that ran. Empty before any stage ran."""
+    from pydantic import ValidationError
+
+    from eve_operator.pipeline import PipelineStatus, pipeline_goodput, stage_goodput
+
+    try:
+        parsed = PipelineStatus.model_validate({k: v for k, v in status.items() if k in ("phase", "stages")})
+    except ValidationError:
+        return []
+    ran = [s for s in parsed.stages if s.segments]
+    if not ran:
+        return []
+    now = time.time() if now is None else now
+    lines = [f"Goodput:     {pipeline_goodput(parsed, now).line()}"]
+    if stages:
+        lines += [f"             {s.name}: {stage_goodput(s, now).line()}" for s in ran]
+    return lines
+
+
 def describe(obj: dict[str, Any], live: dict[str, dict[str, Any]] | None = None) -> None:
     meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
     print(f"Name:        {meta['name']}")
@@ -103,6 +124,8 @@ def describe(obj: dict[str, Any], live: dict[str, dict[str, Any]] | None = None)
                   f"ETA {duration(p.eta_s)} ({p.ranks} rank(s) reporting, {p.phase})")
         if now.get("mlflowRunId"):
             print(f"Stage run:   {stage}: MLflow run {now['mlflowRunId']}")
+    for line in goodput_lines(status, stages=True):
+        print(line)
     effective = status.get("effective") or {}
     if effective:
         print("\nEffective settings (source: pipeline | operator default | built-in):")

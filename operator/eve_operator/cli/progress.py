@@ -1,6 +1,6 @@
 """A running stage's progress for `status`, `describe` and `submit --wait`.
 
-Where it comes from: each rank's heartbeat (eve_trainer.layout.read_heartbeats:
+Where it comes from: each rank's heartbeat (eve_contract.layout.read_heartbeats:
 <output>/<pipeline>/<stage>/heartbeat/rank-<r>.json with step, total_steps, loss,
 tokens_per_s, eta_s), read from the pipeline's store with the caller's own credentials;
 the stage's MLflow run from the tracking server (runs tagged eve.stage under the pipeline's
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from eve_trainer.layout import Heartbeat
+from eve_contract.layout import Heartbeat
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def short(p: Progress | None) -> str:
 
 
 def _store(output: str, endpoint_url: str | None, region: str | None) -> Any:
-    from eve_trainer.storage import S3Store, open_store
+    from eve_contract.storage import S3Store, open_store
 
     store = open_store(output, endpoint_url=endpoint_url, region=region)
     if isinstance(store, S3Store):  # a status call must not hang on a store this machine cannot reach
@@ -106,7 +106,7 @@ def _store(output: str, endpoint_url: str | None, region: str | None) -> Any:
 def stage_progress(spec: dict[str, Any], effective: dict[str, Any], pipeline: str, stage: str,
                    attempt: int | None) -> Progress | None:
     """The stage's progress from its heartbeats, or None when none can be read."""
-    from eve_trainer.layout import read_heartbeats
+    from eve_contract.layout import read_heartbeats
 
     def value(path: str, raw: Any) -> Any:
         return raw if raw not in (None, "") else (effective.get(path) or {}).get("value") or None

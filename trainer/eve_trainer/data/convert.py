@@ -148,7 +148,7 @@ def make_parts(record: dict[str, Any], image_root: Path, kind: str) -> dict[str,
 def _convert_slice(args: tuple) -> tuple[list[ShardInfo], dict[str, int], list[str]]:
     (worker, records, first, image_root, kind, out_url, endpoint_url, shard_size, queue) = args
     from eve_trainer.data.shards import ShardWriter
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     store = open_store(out_url, endpoint_url=endpoint_url)
     writer = ShardWriter(store, pattern=f"shard-{worker:03d}-{{:05d}}.tar", shard_size=shard_size)
@@ -180,7 +180,7 @@ def convert(source: str | Path, output: str, *, images: str | Path | None = None
 
     `progress(done, total)` is called as records are processed (from the parent process).
     """
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     start = time.monotonic()
     source = Path(source)

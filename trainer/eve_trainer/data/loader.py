@@ -185,7 +185,7 @@ class EveLoader:
 def build_loader(data: Any, *, storage: Any = None, tokenizer: Any, processor: Any,
                  micro_batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 42) -> EveLoader:
     """The loader of one rank; fails early (DataError/StorageError naming the URL) on bad data URLs."""
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not data.urls:

@@ -50,7 +50,7 @@ class Stores:
         self.__init__(state["urls"], state["endpoint_url"], state["region"])
 
     def get(self, source: int) -> Any:
-        from eve_trainer.storage import open_store
+        from eve_contract.storage import open_store
 
         if self._pid != os.getpid():
             self._pid, self._stores = os.getpid(), {}
@@ -83,7 +83,7 @@ def iter_entries(stores: Stores, layout: EpochLayout, start: int, end: int,
         got = 0
         at = offset if byte is not None else 0  # shard offset of the next sample the stream gives
         reason = ""
-        from eve_trainer.storage import StorageError
+        from eve_contract.storage import StorageError
 
         try:
             with closing(store.open_read(ref.name, start=byte or 0)) as stream:

@@ -191,7 +191,7 @@ def iter_tar(stream: IO[bytes], start: int = 0) -> Iterator[RawSample]:
     moment is dropped, never yielded half. A stream that ends without the end-of-archive
     zero block counts as truncated.
     """
-    from eve_trainer.storage import StorageError
+    from eve_contract.storage import StorageError
 
     reader = io.BufferedReader(_Raw(stream), buffer_size=READ_BUFFER)
     offset = start

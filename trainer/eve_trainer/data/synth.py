@@ -9,6 +9,13 @@ SFT. About 1 in 10 samples is text-only. Everything follows from `seed`.
 ratios (mostly 4:3, 3:2, 16:9, 1:1, their portrait forms, a few panoramas), so a 672 px image
 gives 126-601 visual tokens; captions of 10-60 words (stages 1-2) and conversations of 1-8
 turns, about 50-1500 words (SFT). The tiny tokenizer turns most synthetic words into one token.
+
+`profile="shapes"` is learnable: one or two coloured shapes (circle, square, triangle in red,
+green, blue or yellow) on a plain background, on the left or the right; the caption says exactly
+that ("A red circle on the left and a blue square on the right."), and the conversations ask
+what a model can only answer by looking ("Is there a red circle in the image?" yes/no, balanced;
+"What color is the square?"; "What shape is on the left?"). `write_shapes_pope` writes a held-out
+benchmark of the same images in POPE's format (docs/data.md). `make demo` trains on it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ QUESTIONS = ["What is in the image?", "Describe the image in detail.", "What col
              "Is there anything unusual here?", "Summarize the scene briefly."]
 TEXT_QUESTIONS = ["Tell me a fact about the {o}.", "What is a {a} {o}?", "Write a short sentence about a {c} {o}.",
                   "Why is the {o} {a}?"]
+#: the learnable `shapes` profile: what is drawn, and so what the text may say
+SHAPE_COLORS = ["red", "green", "blue", "yellow"]
+SHAPE_KINDS = ["circle", "square", "triangle"]
+SHAPE_SIDES = ["left", "right"]
+#: POPE's own instruction, appended to every yes/no question (as LLaVA's POPE question file has it)
+POPE_SUFFIX = "\nAnswer the question using a single word or phrase."
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -46,6 +59,13 @@ def corpus() -> list[str]:
     lines = [SYSTEM, "USER: ASSISTANT: </s> <image>\n", *QUESTIONS,
              " ".join(COLORS), " ".join(SHAPES), " ".join(OBJECTS), " ".join(ADJECTIVES),
              " ".join(PLACES), " ".join(VERBS), "0 1 2 3 4 5 6 7 8 9 . , ? ! : ; ' \" ( ) - \n"]
+    for _ in range(600):  # the shapes profile's sentences (a fixed stream of their own)
+        objs = shape_objects(rng)
+        lines.append(shapes_caption(objs))
+        c, k = rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS)
+        lines.append(f"Is there a {c} {k} in the image?{POPE_SUFFIX} {rng.choice(['Yes', 'No'])}")
+        lines.append(f"What color is the {k}? {c.capitalize()}. What shape is on the {rng.choice(SHAPE_SIDES)}? "
+                     f"A {k}.")
     for i in range(3000):
         lines.append(caption(rng, rng.randint(1, 4)))
         if i % 10 == 0:  # the vicuna_v1 frame, so its words become single tokens
@@ -67,7 +87,7 @@ def caption(rng: random.Random, n_boxes: int, colors: list[str] | None = None) -
     return " ".join(parts)
 
 
-PROFILES = ("demo", "eve")
+PROFILES = ("demo", "eve", "shapes")
 #: (width/height, weight): photo aspect ratios as they occur in web caption data (landscape
 #: 4:3 and 3:2 dominate, then square, 16:9 and the portrait forms; panoramas are rare).
 EVE_ASPECTS = ((4 / 3, 24), (3 / 2, 18), (1.0, 14), (16 / 9, 12), (3 / 4, 10), (2 / 3, 9), (9 / 16, 5),
@@ -120,6 +140,143 @@ _RGB = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "ye
         "gray": (128, 128, 128), "pink": (250, 150, 190), "brown": (120, 70, 30), "cyan": (40, 220, 230)}
 
 
+# -- the learnable profile: coloured shapes --------------------------------------------------------
+
+
+def shape_objects(rng: random.Random) -> list[tuple[str, str, str]]:
+    """One or two (color, shape, side) objects; two are on different sides and differ in color or shape."""
+    if rng.random() < 0.5:
+        return [(rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS), rng.choice(SHAPE_SIDES))]
+    first = (rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS))
+    second = first
+    while second == first:
+        second = (rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS))
+    return [(*first, "left"), (*second, "right")]
+
+
+def shapes_caption(objs: list[tuple[str, str, str]]) -> str:
+    parts = [f"a {c} {k} on the {side}" for c, k, side in objs]
+    text = " and ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def make_shapes_image(rng: random.Random, objs: list[tuple[str, str, str]], size_range: tuple[int, int]) -> Any:
+    """A plain light background with each shape filling most of its half."""
+    from PIL import Image, ImageDraw
+
+    lo, hi = size_range
+    h = rng.randint(lo, hi)
+    w = round(h * rng.choice([1.0, 4 / 3, 3 / 2]))
+    shade = rng.randint(200, 240)
+    img = Image.new("RGB", (w, h), (shade, shade, shade))
+    draw = ImageDraw.Draw(img)
+    for color, kind, side in objs:
+        half = (0, w // 2) if side == "left" else (w // 2, w)
+        span = min(half[1] - half[0], h)
+        size = round(span * rng.uniform(0.55, 0.85))
+        x0 = half[0] + rng.randint(0, half[1] - half[0] - size)
+        y0 = rng.randint(0, h - size)
+        box = [x0, y0, x0 + size, y0 + size]
+        fill = _RGB[color]
+        if kind == "circle":
+            draw.ellipse(box, fill=fill)
+        elif kind == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(x0 + size / 2, y0), (x0 + size, y0 + size), (x0, y0 + size)], fill=fill)
+    return img
+
+
+def absent_object(rng: random.Random, objs: list[tuple[str, str, str]], adversarial: bool = False,
+                  ) -> tuple[str, str]:
+    """A (color, shape) not in the image; `adversarial`: sharing the color or the shape of one that is."""
+    present = {(c, k) for c, k, _ in objs}
+    while True:
+        if adversarial:
+            c, k, _ = rng.choice(objs)
+            pair = (c, rng.choice(SHAPE_KINDS)) if rng.random() < 0.5 else (rng.choice(SHAPE_COLORS), k)
+        else:
+            pair = (rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS))
+        if pair not in present:
+            return pair
+
+
+def yes_no_question(rng: random.Random, objs: list[tuple[str, str, str]], answer: str,
+                    adversarial: bool = False) -> str:
+    c, k = (rng.choice(objs)[:2]) if answer == "yes" else absent_object(rng, objs, adversarial)
+    return f"Is there a {c} {k} in the image?"
+
+
+def _shapes_turn(rng: random.Random, objs: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """One question about the image and its answer."""
+    what = rng.random()
+    if what < 0.5:
+        answer = rng.choice(["yes", "no"])
+        return yes_no_question(rng, objs, answer, adversarial=rng.random() < 0.5) + POPE_SUFFIX, answer.capitalize()
+    if what < 0.7:
+        c, k, _ = rng.choice(objs)
+        if sum(1 for o in objs if o[1] == k) == 1:
+            return f"What color is the {k}?", f"{c.capitalize()}."
+    if what < 0.85:
+        c, k, side = rng.choice(objs)
+        return f"What shape is on the {side}?", f"A {k}."
+    return "Describe the image.", shapes_caption(objs)
+
+
+def _shapes_sample(rng: random.Random, kind: str, image_size: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
+    objs = shape_objects(rng)
+    img = make_shapes_image(rng, objs, image_size)
+    if kind == "caption":
+        return img, {"caption": shapes_caption(objs)}
+    turns = []
+    for t in range(rng.randint(1, 3)):
+        q, a = _shapes_turn(rng, objs)
+        turns += [{"from": "human", "value": f"<image>\n{q}" if t == 0 else q}, {"from": "gpt", "value": a}]
+    return img, {"conversations": turns}
+
+
+def write_shapes_pope(folder: str, num_images: int = 60, seed: int = 1000, image_size: tuple[int, int] = (64, 128),
+                      categories: tuple[str, ...] = ("random", "adversarial")) -> dict[str, Any]:
+    """A held-out yes/no benchmark of shapes images in POPE's format, as a bench folder
+    (docs/eval.md) on this machine:
+
+        <folder>/questions.jsonl                       {"question_id", "image", "text", "category"} per line
+        <folder>/annotations/coco_pope_<category>.json {"question_id", "image", "text", "label": "yes"|"no"} per line
+        <folder>/images/<image>.png
+
+    Per category and image one question whose answer is yes and one whose answer is no (so chance is
+    50 %), in question-file order; `random` asks about any absent object, `adversarial` about one
+    that shares the color or the shape of an object in the image. Use a seed the training data
+    does not (the demo trains on seeds 0 and 1)."""
+    from pathlib import Path
+
+    root = Path(folder)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    rng = random.Random(f"pope/{seed}")
+    images = []
+    for i in range(num_images):
+        objs = shape_objects(rng)
+        name = f"shapes_{seed}_{i:05d}.png"
+        make_shapes_image(rng, objs, image_size).save(root / "images" / name)
+        images.append((name, objs))
+    questions, labels = [], {c: [] for c in categories}
+    qid = 0
+    for category in categories:
+        for name, objs in images:
+            order = ["yes", "no"] if rng.random() < 0.5 else ["no", "yes"]
+            for answer in order:
+                text = yes_no_question(rng, objs, answer, adversarial=category == "adversarial")
+                q = {"question_id": qid, "image": name, "text": text + POPE_SUFFIX, "category": category}
+                questions.append(q)
+                labels[category].append({"question_id": qid, "image": name, "text": text, "label": answer})
+                qid += 1
+    (root / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    for category, rows in labels.items():
+        (root / "annotations" / f"coco_pope_{category}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"folder": str(root), "images": num_images, "questions": len(questions), "categories": list(categories)}
+
+
 def encode_image(img: Any, fmt: str) -> bytes:
     buf = io.BytesIO()
     if fmt == "jpg":
@@ -135,6 +292,11 @@ def synth_sample(i: int, seed: int, kind: str, image_size: tuple[int, int],
                  text_only_every: int = 10, profile: str = "demo") -> dict[str, bytes]:
     """Sample `i` as tar parts {ext: bytes}; a pure function of (i, seed, kind, size, profile)."""
     rng = random.Random(f"{seed}/{i}")
+    if profile == "shapes":  # every sample has an image: the text is about it
+        img, shapes_meta = _shapes_sample(rng, kind, image_size)
+        if kind == "conversation":
+            shapes_meta = {"id": f"synth-{i}", **shapes_meta}
+        return {"png": encode_image(img, "png"), "json": json.dumps(shapes_meta).encode()}
     text_only = text_only_every > 0 and i % text_only_every == text_only_every - 1
     parts: dict[str, bytes] = {}
     colors: list[str] | None = None
@@ -186,7 +348,7 @@ def write_synthetic_dataset(url: str, num_samples: int = 300, kind: str = "capti
     """Write `num_samples` synthetic samples as shards + index.json under `url`."""
     from eve_trainer.data.errors import DataError
     from eve_trainer.data.shards import ShardWriter
-    from eve_trainer.storage import open_store
+    from eve_contract.storage import open_store
 
     if kind not in ("caption", "conversation"):
         raise DataError(f"kind={kind!r}: choose caption or conversation")

@@ -1,5 +1,8 @@
 """`load_tokenizer(spec)`: the builtin tiny tokenizer, or a HF tokenizer folder / s3:// URL.
 
+Which spec a stage uses (data.tokenizer, else the LLM folder's own) is decided by
+eve_trainer.stage_summary.tokenizer_source.
+
 `builtin:tiny` is a byte-level BPE trained in-process on the fixed synthetic corpus
 (synth.corpus), vocab <= 1024 to fit the tiny model, with Llama's special ids
 `<unk>`=0, `<s>`=1, `</s>`=2 and pad = unk (as LLaVA sets it). Training is deterministic
@@ -22,8 +25,14 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "config.json", "generation_config.json")
 
 
-def load_tokenizer(spec: str = "builtin:tiny", endpoint_url: str | None = None) -> Any:
-    """A transformers PreTrainedTokenizer(Fast) for `spec` (cached per process)."""
+def load_tokenizer(spec: str | None = "builtin:tiny", endpoint_url: str | None = None) -> Any:
+    """A transformers PreTrainedTokenizer(Fast) for `spec` (cached per process).
+
+    A stage's spec is `eve_trainer.stage_summary.tokenizer_source(cfg).where`, not `cfg.data.tokenizer`
+    (None there means "the LLM's own, from init_from")."""
+    if spec is None:
+        raise DataError("no tokenizer given: data.tokenizer=None means the LLM's own tokenizer; resolve it with "
+                        "eve_trainer.stage_summary.tokenizer_source(cfg)")
     if spec not in _CACHE:
         if spec == "builtin:tiny":
             _CACHE[spec] = _tiny()
@@ -61,7 +70,7 @@ def _tiny() -> Any:
 def _from_url(spec: str, endpoint_url: str | None) -> Any:
     from transformers import AutoTokenizer
 
-    from eve_trainer.storage import StorageError, StorageUnavailable, open_store
+    from eve_contract.storage import StorageError, StorageUnavailable, open_store
 
     if spec.startswith("s3://"):
         store = open_store(spec, endpoint_url=endpoint_url)

@@ -27,10 +27,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import urlparse
 
-log = logging.getLogger("eve_trainer.storage")
+log = logging.getLogger("eve_contract.storage")
 
 
 class StorageError(RuntimeError):
@@ -96,12 +96,12 @@ class _Translate:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, typ: type | None, err: BaseException | None, tb: object) -> bool:
+    def __exit__(self, typ: type | None, err: BaseException | None, tb: object) -> None:
         if err is None:
-            return False
+            return
         new = classify(err, self.url)
         if new is err:
-            return False
+            return
         raise new from err
 
 
@@ -248,7 +248,7 @@ CONNECT_TIMEOUT_S, READ_TIMEOUT_S, MAX_ATTEMPTS = 5.0, 20.0, 5
 
 def s3_client(endpoint_url: str | None = None, region: str | None = None, *,
               access_key_id: str | None = None, secret_access_key: str | None = None,
-              read_timeout_s: float = READ_TIMEOUT_S):  # noqa: ANN201
+              read_timeout_s: float = READ_TIMEOUT_S) -> Any:
     """A boto3 S3 client with the platform's timeouts and retries (trainer and operator)."""
     import boto3
     from botocore.config import Config
@@ -265,11 +265,11 @@ def s3_client(endpoint_url: str | None = None, region: str | None = None, *,
         config=config, **keys)
 
 
-def _client(endpoint_url: str | None, region: str | None):  # noqa: ANN202
+def _client(endpoint_url: str | None, region: str | None) -> Any:
     return s3_client(endpoint_url, region)
 
 
-_CLIENTS: dict[tuple[str | None, str | None, int], object] = {}
+_CLIENTS: dict[tuple[str | None, str | None, int], Any] = {}
 
 
 class S3Store:
@@ -311,7 +311,7 @@ class S3Store:
         full = self._key(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
         strip = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
+        keys: list[str] = []
         with _Translate(self._url(prefix)):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
@@ -329,7 +329,7 @@ class S3Store:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
-    def _transfer_config(self):  # noqa: ANN202
+    def _transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
 
         return TransferConfig(multipart_threshold=16 * 2**20, multipart_chunksize=16 * 2**20,
@@ -378,7 +378,7 @@ class S3Store:
         return h.hexdigest()
 
     def open_read(self, key: str, start: int = 0) -> IO[bytes]:
-        return ResumableS3Stream(self, key, start)
+        return ResumableS3Stream(self, key, start)  # type: ignore[return-value]  # the read side of IO[bytes]
 
     def child(self, prefix: str) -> S3Store:
         return S3Store(self.bucket, join(self.prefix, prefix), endpoint_url=self.endpoint_url,
@@ -413,7 +413,7 @@ class ResumableS3Stream:
         self.store, self.key, self.pos = store, key, start
         self.retry = retry or _Retry()
         self.reconnects = 0
-        self._body = None
+        self._body: Any = None
 
     def _open(self) -> None:
         rng = {"Range": f"bytes={self.pos}-"} if self.pos else {}

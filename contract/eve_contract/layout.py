@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eve_trainer.storage import ObjectStore, join
+from eve_contract.storage import ObjectStore, join
 
 MANIFEST = "manifest.json"
 STAGE_COMPLETE = "stage-complete.json"
@@ -165,6 +165,13 @@ class Heartbeat:
     tokens_per_s: float | None = None
     eta_s: float | None = None
     phase: str = "train"  # "startup" | "train" | "checkpoint" | "done"
+    # goodput (eve_contract.goodput): this process's start, the step loop's start and first step,
+    # and cumulative seconds since then in "step" (compute of steps), "data" (waiting for
+    # batches), "checkpoint" (the loop blocked by saves, the final upload wait, the export), "eval"
+    started_at: float | None = None
+    loop_at: float | None = None
+    start_step: int | None = None
+    timers: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -45,6 +45,16 @@ PERF_MODEL_TFLOPS_PER_S = "perf/model_tflops_per_s"
 PERF_GPU_MEM_MAX_ALLOCATED = "perf/gpu_memory_max_allocated_gib"
 PERF_GPU_MEM_RESERVED = "perf/gpu_memory_reserved_gib"
 DATA_WAIT_FRACTION = "data/wait_fraction"
+#: the checkpoint-interval advice (Young/Daly), logged once after the first committed save
+CHECKPOINT_OPTIMAL_EVERY_STEPS = "checkpoint/optimal_every_steps"
+CHECKPOINT_SAVE_BLOCKING_S = "checkpoint/save_blocking_s"
+#: Validation on the held-out set (validation.data): weighted means over all ranks, and the
+#: pass's wall time (evaluation time, never part of perf/step_time_s)
+VAL_LOSS = "val/loss"
+VAL_LM_LOSS = "val/lm_loss"
+VAL_ALIGN_LOSS = "val/align_loss"
+VAL_SAMPLES = "val/samples"
+VAL_TIME_S = "val/time_s"
 #: Counters that continue across stages: a stage starts where the previous stage's export ended.
 PROGRESS_GLOBAL_STEP = "progress/global_step"
 PROGRESS_TOKENS_SEEN = "progress/tokens_seen"
@@ -128,13 +138,11 @@ def get_or_create_experiment(client: Any, name: str, tracking_uri: str | None) -
     operator's REST path sets the same tag). A new one gets the training kind tag and, on a
     local SQLite store, an artifact location beside the database. An existing experiment
     without a kind gets the tag (an experiment somebody tagged otherwise keeps theirs)."""
-    from mlflow.exceptions import MlflowException
-
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
             return client.create_experiment(name, **experiment_create_fields(tracking_uri))
-        except MlflowException:  # created meanwhile by the operator or another stage
+        except Exception:  # the client's own error (mlflow's, or the REST shim's): created meanwhile?
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise

@@ -1,0 +1,5 @@
+import sys
+
+from eve_trainer.evaluation.main import main
+
+sys.exit(main())
