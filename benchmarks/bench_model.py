@@ -34,8 +34,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from eve_model import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveForCausalLM, EveImageProcessor,  # noqa: E402
-                       get_preset, set_trainable)
+from eve_model import IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveForCausalLM, EveImageProcessor, get_preset, set_trainable  # noqa: E402
 from eve_model.patch_embedding import VisionTokenizer  # noqa: E402
 
 ASPECTS = [(640, 480), (480, 640), (1920, 1080), (1080, 1920), (800, 800), (1000, 500), (500, 1000), (700, 400)]

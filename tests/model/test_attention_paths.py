@@ -12,8 +12,7 @@ import torch
 from eve_model_testutils import make_batch, make_image, tiny_config, tiny_proc  # noqa: F401
 from test_packed_forward import pack, per_sample_losses
 
-from eve_model import EveForCausalLM, set_trainable
-from eve_model import attention
+from eve_model import EveForCausalLM, attention, set_trainable
 from eve_model.attention import resolve_attention, segments_of
 
 ROWS = [[0, 1], [2, 4, 3]]
