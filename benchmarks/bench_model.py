@@ -238,7 +238,8 @@ def _packed_lengths(profile: str, width: int, rows: int, seed: int = 0) -> list[
     for _ in range(rows):
         row, used = [], 0
         while True:
-            n = min(width, max(16, round(rng.lognormvariate(5.3, 0.8)))) if profile == "sft" else rng.randint(130, 650)
+            n = max(16, round(rng.lognormvariate(5.3, 0.8))) if profile == "sft" else rng.randint(130, 650)
+            n = min(n, width)  # a row always holds at least one sample
             if used + n > width:
                 break
             row.append(n)
