@@ -34,7 +34,7 @@ test-fast: venv
 # are not the documented ones.
 BENCH_SHORT ?=
 ifeq ($(BENCH_SHORT),1)
-BENCH_model := --batch 2 --repeats 1
+BENCH_model := --batch 2 --repeats 1 --loss-positions 1024 --attn-width 512
 BENCH_data := --samples 48 --batches 4 --rounds 1 --image-size 240,480
 BENCH_trainer := --steps 3 --reps 1 --ckpt-hidden 128 --ckpt-layers 2
 BENCH_operator := --pipelines 5

@@ -20,7 +20,7 @@ GPU (--gpu; single process, world 1, no S3):
 
     python benchmarks/bench_trainer.py --gpu [--micro 4] [--seq 2048] [--steps 10] [--preset small]
         [--width 7b --layers 4] [--zero 2|3] [--compile] [--checkpointing]
-        [--dist full|caption|sft] [--pack] [--no-group] [--loss-chunk N] [--attn flex_attention]
+        [--dist full|caption|sft] [--pack] [--no-group] [--loss-chunk N] [--attn auto|sdpa|flex|varlen]
     python benchmarks/bench_trainer.py --gpu --suite FILE --out results.jsonl --budget-s 400
 
 bf16, world 1, through Trainer.train_step, on synthetic micro-batches laid out by the data
@@ -414,7 +414,7 @@ def main() -> None:
     parser.add_argument("--pack", action="store_true", help="GPU mode: packed rows (data.pack)")
     parser.add_argument("--no-group", action="store_true", help="GPU mode: no length grouping")
     parser.add_argument("--loss-chunk", type=int, default=0, help="GPU mode: loss_chunk_tokens of the model")
-    parser.add_argument("--attn", default="sdpa", help="GPU mode: attention implementation (sdpa, flex_attention)")
+    parser.add_argument("--attn", default="sdpa", help="GPU mode: model.attention (auto, sdpa, flex, varlen)")
     parser.add_argument("--suite", type=Path, help="GPU mode: run the configurations listed in this file")
     parser.add_argument("--out", type=Path, help="GPU suite: append JSON lines here")
     parser.add_argument("--budget-s", type=float, default=1e9, help="GPU suite: start no configuration after this")

@@ -2,13 +2,15 @@
 # One device run: issue 23's efficiency levers at EVE-7B width, each beside today's path.
 #
 #   bash benchmarks/gpu_suite.sh                # on the GPU machine, from the repository root
+#   EVE_SUITE_GROUPS="3 2" bash benchmarks/gpu_suite.sh   # a second device run: 32 layers, then the rest
 #   EVE_SUITE_CPU=1 bash benchmarks/gpu_suite.sh  # smoke: the suite's code paths on CPU, tiny sizes (~30 s)
 #
 # The H200 runs of 2026-11-27 used the previous set (4 layers, `small`); git history has it.
 #
 # Installs nothing from the network. Python packages the GPU image lacks (DeepSpeed, pydantic,
 # hjson) are taken from ./.whl (cp312 wheels) and ./.site (a copied site-packages tree) when
-# present. Writes env.txt, results.jsonl and log.txt to $OUT (default ./gpu-suite-out) and
+# present. Writes env.txt, results.jsonl and log.txt to $OUT (default
+# benchmarks/results/gpu-<date>-levers; a run with EVE_SUITE_GROUPS appends to it) and
 # prints a table last. Each group of configurations runs in its own process with a time budget,
 # so one crash or OOM costs one group at most; configurations are in priority order.
 set -uo pipefail
@@ -16,7 +18,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-$ROOT/benchmarks/results/gpu-$(date -u +%F)-levers}
 mkdir -p "$OUT"
-rm -f "$OUT/results.jsonl" "$OUT/log.txt"
+[ -n "${EVE_SUITE_GROUPS:-}" ] || rm -f "$OUT/results.jsonl" "$OUT/log.txt"
 T0=$(date +%s)
 TOTAL_S=${EVE_SUITE_TOTAL_S:-540}
 PY=${PYTHON:-python3}
@@ -53,8 +55,8 @@ cat >"$SUITE/1.txt" <<LIST
 cap-base       $A8 micro=24 dist=caption pack=true $BASE
 cap-all        $A8 micro=24 dist=caption pack=true $ALL
 sft-pad-base   $A8 micro=8  dist=sft $BASE
-sft-pack-base  $A8 micro=8  dist=sft pack=true $BASE
 sft-pack-all   $A8 micro=8  dist=sft pack=true $ALL
+sft-pack-base  $A8 micro=8  dist=sft pack=true $BASE
 sft-pad-all    $A8 micro=8  dist=sft $ALL
 LIST
 # group 2: each lever alone on packed caption batches (base with one thing changed)
@@ -86,7 +88,9 @@ if [ -n "${EVE_SUITE_CPU:-}" ]; then   # smoke: the same configurations' code pa
   TOTAL_S=${EVE_SUITE_TOTAL_S:-1800}  # no time budget to speak of: every line must run (a busy CPU is slow)
   BUDGETS=(1700 0 0)
 fi
-for i in 1 2 3; do
+# A configuration at 8 layers costs ~40-70 s (build ~30 s, compile warm-up, 6 steps), so one
+# 9-minute run reaches group 1 and part of group 2; EVE_SUITE_GROUPS="3 2" is the second run.
+for i in ${EVE_SUITE_GROUPS:-1 2 3}; do
   LEFT=$(( TOTAL_S - ($(date +%s) - T0) ))
   BUDGET=${BUDGETS[$((i-1))]}
   [ -s "$SUITE/$i.txt" ] || continue

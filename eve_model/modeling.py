@@ -135,8 +135,8 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         #: 0: full logits [B, T', V] (returned). N > 0: with labels, the LM head runs only on the
-        #: positions that have a target, N at a time, each chunk's logits recomputed in the
-        #: backward (no [B, T', V] float32 tensor is kept); ``logits`` is then None. Same loss.
+        #: positions that have a target, N at a time (no [B, T', V] float32 tensor is kept);
+        #: ``logits`` is then None. Same loss and gradients.
         self.loss_chunk_tokens = 0
         #: With loss_chunk_tokens > 0: True = fused linear + CE (gradients in the forward, no
         #: recompute); False = per-chunk activation checkpointing (recomputes each chunk's logits).

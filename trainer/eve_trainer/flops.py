@@ -9,6 +9,9 @@ work that a step needs, over the real (non-padding) positions, with what actuall
   only when the LLM trains. So 6 N_llm T, and 4 N_llm T in prealign (frozen LLM).
 - LM head (D V parameters) over the Y positions that have a target (text; image tokens and
   prompts have none): 6 D V Y (4 D V Y frozen). Logits of the other positions are not needed.
+  That is what the fused linear + cross-entropy (model.loss_chunk_tokens) spends; work that is
+  done twice (activation checkpointing, a recomputed loss chunk) is never counted: this is MFU,
+  not hardware FLOPs utilisation, so a lever that recomputes shows up as a lower MFU.
 - Attention scores and values (PaLM appendix B, no causal discount): 12 L H n^2 per sample of
   spliced length n, forward + backward; summed per sample, so packing does not count the
   masked cross-sample blocks and padding counts nothing.
