@@ -1,9 +1,9 @@
 """How long a checkpoint save stops the step loop: synchronous against asynchronous (CPU).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_checkpoint.py [--hidden 1024] [--layers 6] [--reps 3]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_checkpoint.py [--hidden 1024] [--layers 5] [--reps 3]
 
 One DeepSpeed ZeRO-2 engine (a widened tiny EVE, fp32, one optimizer step so the Adam moments
-exist: about 16 bytes per parameter; the default is ~1.3 GiB of state) is saved through
+exist: about 16 bytes per parameter; the default is 1.01 GiB of state) is saved through
 `CheckpointManager` to SeaweedFS on loopback, alternately
 
 - synchronously (`async_save=False`): DeepSpeed's save to a local temp dir, sha256 + parallel
@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--layers", type=int, default=5)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
 

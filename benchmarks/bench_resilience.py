@@ -179,6 +179,7 @@ def fault_schedule(server, work: Path, steps: int, fault_every: int, ckpt_every:
     print(f"fault schedule: {steps} steps, checkpoint every {ckpt_every}, a node lost every {fault_every} steps "
           f"({len(kills)} lost), step delay {delay_s} s, {len(parsed.stages[0].segments)} segments, load average "
           f"{os.getloadavg()[0]:.1f}")
+    print("  nodes lost: " + ", ".join(f"{pod} at step {at}" for at, pod in kills))
     print("  " + ", ".join(f"{p} {getattr(g, p):.1f} s" for p in PARTS))
     print(f"  goodput {100 * g.goodput:.1f} %, {g.redone_steps} steps redone, {g.restarts} restarts")
     gap = abs(g.parts_sum - wall) / wall

@@ -504,13 +504,14 @@ class _HostSnapshot:
     def __init__(self, inner: Any):
         self.inner = inner
         self.saves: list[tuple[str, Any]] = []
-        self._memo: dict[int, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     def save(self, state_dict: Any, path: str) -> None:
-        self.saves.append((path, _to_host(state_dict, self._memo)))
+        # one memo per file, as torch.save shares storage within one file only (a memo kept across
+        # files would also risk ids reused by tensors DeepSpeed made for the previous file and freed)
+        self.saves.append((path, _to_host(state_dict, {})))
 
     def preserves_storage_sharing(self) -> bool:
         return False  # we copy every tensor ourselves: DeepSpeed need not clone them first
@@ -523,12 +524,12 @@ class _HostSnapshot:
 
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
-        self._memo.clear()
 
 
 def _to_host(obj: Any, memo: dict[int, Any]) -> Any:
     """A copy of `obj` whose tensors are host copies (pinned, non-blocking from a GPU; a tensor
-    met twice is copied once) and whose other leaves are deep copies."""
+    met twice in `obj` is copied once) and whose other leaves are deep copies. `memo` keeps each
+    original alive beside its copy, so no id is reused while it is in use."""
     import torch
 
     if isinstance(obj, torch.Tensor):
@@ -540,8 +541,8 @@ def _to_host(obj: Any, memo: dict[int, Any]) -> Any:
                 host.copy_(t, non_blocking=True)
             else:
                 host = t.clone(memory_format=torch.contiguous_format)
-            memo[key] = host
-        return memo[key]
+            memo[key] = (obj, host)
+        return memo[key][1]
     if isinstance(obj, dict):
         out = copy.copy(obj)
         for k, v in obj.items():
