@@ -35,13 +35,16 @@ except ImportError:  # pragma: no cover - only while the data module is absent
 @config_app.command("keys")
 def config_keys_cmd() -> None:
     """Every key `submit` accepts: pipeline keys, then trainer keys."""
-    from eve_operator.cli.submit_args import PIPELINE_KEYS
+    from eve_operator.cli.submit_args import EVAL_KEYS, PIPELINE_KEYS
     from eve_trainer.config import config_keys
 
     print("# pipeline keys")
     for key, path in sorted(PIPELINE_KEYS.items()):
         print(f"{key:<20} -> spec.{path}")
     print("name                 pipeline name (default the preset's: eve-tiny, eve-7b, ...)")
+    print(f"{'eval.data.<bench>':<20} -> spec.eval.data (benchmark -> bench folder URL; docs/operator.md)")
+    for key in EVAL_KEYS:
+        print(f"{'eval.' + key:<20} -> spec.eval.{key}")
     print("\n# trainer keys (prefix with a stage to set it for one stage: sft.optim.lr=1e-5)")
     for key in config_keys():
         print(key)

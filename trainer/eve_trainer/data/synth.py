@@ -210,14 +210,14 @@ def yes_no_question(rng: random.Random, objs: list[tuple[str, str, str]], answer
 def _shapes_turn(rng: random.Random, objs: list[tuple[str, str, str]]) -> tuple[str, str]:
     """One question about the image and its answer."""
     what = rng.random()
-    if what < 0.5:
+    if what < 0.7:  # mostly yes/no: the one-word answer is a small share of the loss otherwise
         answer = rng.choice(["yes", "no"])
         return yes_no_question(rng, objs, answer, adversarial=rng.random() < 0.5) + POPE_SUFFIX, answer.capitalize()
-    if what < 0.7:
+    if what < 0.8:
         c, k, _ = rng.choice(objs)
         if sum(1 for o in objs if o[1] == k) == 1:
             return f"What color is the {k}?", f"{c.capitalize()}."
-    if what < 0.85:
+    if what < 0.9:
         c, k, side = rng.choice(objs)
         return f"What shape is on the {side}?", f"A {k}."
     return "Describe the image.", shapes_caption(objs)
