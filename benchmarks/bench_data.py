@@ -63,12 +63,12 @@ def photo_like(i: int, lo: int, hi: int, megapixels: tuple[float, float] | None 
 
 def write_dataset(root: Path, n: int, size: tuple[int, int],
                   megapixels: tuple[float, float] | None = None) -> tuple[int, float]:
+    import random
+
+    from eve_contract.storage import open_store
     from eve_trainer.data.index import DatasetIndex
     from eve_trainer.data.shards import ShardWriter
     from eve_trainer.data.synth import caption
-    from eve_contract.storage import open_store
-
-    import random
 
     store = open_store(str(root))
     writer = ShardWriter(store, shard_size=16 << 20)
@@ -162,8 +162,8 @@ def main() -> None:
         from eve_model.processing import EveImageProcessor
     from support.services import start_seaweedfs, stop
 
-    from eve_trainer.data import load_tokenizer
     from eve_contract.storage import open_store
+    from eve_trainer.data import load_tokenizer
 
     proc = EveImageProcessor.from_config(get_preset(args.preset))
     tok = load_tokenizer("builtin:tiny")

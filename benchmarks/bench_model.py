@@ -22,9 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-from eve_model import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveForCausalLM, EveImageProcessor,
-                       get_preset, set_trainable)
+from eve_model import IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveForCausalLM, EveImageProcessor, get_preset, set_trainable
 from eve_model.patch_embedding import VisionTokenizer
 
 ASPECTS = [(640, 480), (480, 640), (1920, 1080), (1080, 1920), (800, 800), (1000, 500), (500, 1000), (700, 400)]

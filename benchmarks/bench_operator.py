@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf.testing
     import kubernetes
-    from support.services import start_seaweedfs, stop
     from support.kube_emulator import Emulator
     from support.operator_harness import Cluster, base_spec, wait_for, write_export  # the tests' harness
+    from support.services import start_seaweedfs, stop
 
     from eve_operator import handlers, metrics
 

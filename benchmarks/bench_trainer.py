@@ -126,8 +126,8 @@ def bench_overhead(tmp: Path, steps: int, reps: int) -> dict:
 def build_engine(hidden: int, layers: int):
     import deepspeed
     import torch
-    from eve_model import EveForCausalLM, get_preset, set_trainable
 
+    from eve_model import EveForCausalLM, get_preset, set_trainable
     from eve_trainer.config import resolve
     from eve_trainer.distributed import DistInfo, init_process_group
     from eve_trainer.optim import build_optimizer, build_scheduler, deepspeed_config
@@ -150,8 +150,8 @@ def build_engine(hidden: int, layers: int):
 def bench_checkpoint(tmp: Path, hidden: int, layers: int, reps: int) -> dict:
     from support.services import start_seaweedfs, stop
 
-    from eve_trainer.checkpoint import DS_TAG, CheckpointManager
     from eve_contract.storage import S3Store
+    from eve_trainer.checkpoint import DS_TAG, CheckpointManager
 
     server = start_seaweedfs(tmp / "seaweedfs")
     try:
@@ -280,8 +280,9 @@ def bench_gpu(tmp: Path, micro: int = 8, seq: int = 2048, steps: int = 8, checkp
     """One configuration: build, one warm-up step per distinct batch, `steps` timed steps (alternating with the bare
     loop when `bare`). MFU = the trainer's step FLOPs (flops.py: real tokens, frozen parts priced as
     such) / step time / peak."""
-    import eve_model
     import torch
+
+    import eve_model
 
     original = eve_model.get_preset
     overrides = {**(WIDTH_7B if width == "7b" else {}), **({"num_hidden_layers": layers} if layers else {})}

@@ -378,7 +378,7 @@ class EveForCausalLM(_EveInitMixin, LlamaForCausalLM):
         return super().generate(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, **kwargs)
 
     # ------------------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "EveForCausalLM":
+    def train(self, mode: bool = True) -> EveForCausalLM:
         super().train(mode)
         if self.model.has_aligner:
             self.model.vision_clip.eval()  # frozen teacher: always eval

@@ -42,7 +42,7 @@ class ClipTeacher(nn.Module):
     def clip(self) -> CLIPVisionModel:
         return self.backbone if isinstance(self.backbone, CLIPVisionModel) else self.backbone.vision_model
 
-    def train(self, mode: bool = True) -> "ClipTeacher":
+    def train(self, mode: bool = True) -> ClipTeacher:
         # The teacher is always in eval mode, whatever the surrounding model does.
         return super().train(False)
 

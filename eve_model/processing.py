@@ -82,7 +82,7 @@ class EveImageProcessor:
         self._pool_pid: int | None = None
 
     @classmethod
-    def from_config(cls, config: EveConfig) -> "EveImageProcessor":
+    def from_config(cls, config: EveConfig) -> EveImageProcessor:
         config.validate_vision()
         return cls(config.image_size, config.image_size_clip, config.patch_stride, config.conv_stride,
                    config.patch_stride_clip, tuple(config.image_mean), tuple(config.image_std))

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-
 from support.services import MlflowServer, S3Server, start_mlflow, start_seaweedfs, stop
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core CI: no oversubscription

@@ -61,8 +61,13 @@ def classify(err: BaseException, url: str) -> BaseException:
     """A botocore/boto3 error as StorageAccessError (permanent), StorageUnavailable (transient)
     or FileNotFoundError (missing key); anything else is returned unchanged."""
     try:
-        from botocore.exceptions import (BotoCoreError, ClientError, NoCredentialsError,
-                                         ParamValidationError, PartialCredentialsError)
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            ParamValidationError,
+            PartialCredentialsError,
+        )
     except ImportError:  # pragma: no cover
         return err
     if isinstance(err, StorageError | FileNotFoundError):

@@ -23,11 +23,11 @@ from typing import Any
 
 import kopf
 
+from eve_contract.naming import LABEL_PIPELINE
 from eve_operator import metrics, tracking, trainjob
 from eve_operator.crd import GROUP, PLURAL, VERSION
 from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import PYTORCHJOB, TRAINJOB
-from eve_contract.naming import LABEL_PIPELINE
 from eve_operator.kube import Kube
 from eve_operator.loop import PipelineLoop
 from eve_operator.metrics import serve as serve_metrics  # prometheus-client's HTTP server

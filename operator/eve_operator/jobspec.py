@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
-
 from eve_contract.naming import job_labels
 from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec, PodTemplateSpec, ResourcesSpec, SchedulingSpec
+from eve_trainer.config import ConfigError, TrainConfig, check_key, resolve, set_dotted
 
 #: The node launcher (eve_trainer.launch): nodes x procs_per_node ranks, exit codes preserved.
 LAUNCHER = "eve-launch"

@@ -11,10 +11,10 @@ import copy
 import os
 from typing import Any
 
+from eve_contract.naming import LABEL_PIPELINE
 from eve_operator import metrics
 from eve_operator.crd import GROUP, PLURAL, VERSION
 from eve_operator.jobapi import PYTORCHJOB, JobApi
-from eve_contract.naming import LABEL_PIPELINE
 from eve_operator.spec import PipelineSpec
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from eve_trainer.config import ConfigError
-
+from eve_contract.errors import validation_message
+from eve_contract.naming import validate_pipeline_name
 from eve_operator import metrics, tracking
 from eve_operator.defaults import operator_defaults
 from eve_operator.jobapi import job_api_for
@@ -30,12 +30,21 @@ from eve_operator.jobspec import build_job_spec
 from eve_operator.kube import Kube, open_store
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
-    EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob, SubmitJob, decide,
-    initial_status, parent_run_params, parent_run_tags,
+    Emit,
+    EndStageRun,
+    Observation,
+    PipelineStatus,
+    SetSuspended,
+    StageComplete,
+    StopJob,
+    SubmitJob,
+    decide,
+    initial_status,
+    parent_run_params,
+    parent_run_tags,
 )
-from eve_contract.errors import validation_message
-from eve_contract.naming import validate_pipeline_name
 from eve_operator.spec import PipelineSpec
+from eve_trainer.config import ConfigError
 
 log = logging.getLogger("eve_operator")
 

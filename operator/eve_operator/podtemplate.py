@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from eve_operator.jobspec import JobSpec
 from eve_contract.dicts import deep_merge
+from eve_operator.jobspec import JobSpec
 from eve_operator.spec import SHM_PATH, SHM_VOLUME, merge_lists
 
 CONTAINER = "pytorch"  # training-operator reads exit codes from the container of this name

@@ -33,8 +33,7 @@ def build_pytorchjob(job: JobSpec, *, namespace: str, owner: dict[str, str] | No
     EvePipeline; the job gets a controller ownerReference so deleting the pipeline
     garbage-collects it.
     """
-    from kubeflow.training.models import (
-        KubeflowOrgV1PyTorchJob, KubeflowOrgV1PyTorchJobSpec, KubeflowOrgV1ReplicaSpec)
+    from kubeflow.training.models import KubeflowOrgV1PyTorchJob, KubeflowOrgV1PyTorchJobSpec, KubeflowOrgV1ReplicaSpec
     from kubernetes.client import ApiClient, V1ObjectMeta, V1OwnerReference
 
     gang = job.scheduling.gang_scheduler

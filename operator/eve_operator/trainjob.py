@@ -26,12 +26,11 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from eve_trainer.config import ConfigError
-
 from eve_operator.crd import API_VERSION, KIND
 from eve_operator.jobspec import JobSpec
 from eve_operator.podtemplate import build_pod_template
 from eve_operator.spec import PipelineSpec
+from eve_trainer.config import ConfigError
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 JOB_KIND = "TrainJob"

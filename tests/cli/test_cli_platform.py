@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eve_operator.cli import progress
-from eve_operator.cli.main import app, pipeline_exit_code
 from eve_contract import layout
 from eve_contract.storage import open_store
+from eve_operator.cli import progress
+from eve_operator.cli.main import app, pipeline_exit_code
 
 runner = CliRunner()
 

@@ -9,10 +9,10 @@ import pytest
 from support.data_helpers import data_cfg  # type: ignore[import-not-found]
 from test_resume import _check_resume, _take  # type: ignore[import-not-found]
 
+from eve_contract.storage import open_store
 from eve_trainer.data import DataError, DatasetIndex, build_loader
 from eve_trainer.data.shards import ShardReadError, ShardWriter, iter_tar
 from eve_trainer.data.synth import synth_sample
-from eve_contract.storage import open_store
 
 
 def _bad_dataset(root: Path) -> None:

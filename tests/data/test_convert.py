@@ -64,8 +64,8 @@ def test_convert_llava_to_s3_and_load(s3_env, bucket, tmp_path, tok, proc) -> No
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_convert_captions_local(tmp_path, fmt: str) -> None:  # noqa: ANN001
-    from eve_trainer.data.index import DatasetIndex
     from eve_contract.storage import open_store
+    from eve_trainer.data.index import DatasetIndex
 
     _images(tmp_path / "img")
     rows = [("a.jpg", "a red box"), ("b.png", "a green box"), ("corrupt.jpg", "broken"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from eve_trainer.data.shards import ShardWriter, iter_tar
 from eve_contract.storage import open_store
+from eve_trainer.data.shards import ShardWriter, iter_tar
 
 
 def test_broken_connection_resumes_mid_shard(s3_env, bucket, tmp_path) -> None:  # noqa: ANN001

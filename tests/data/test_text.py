@@ -7,8 +7,14 @@ import sys
 
 import pytest
 
-from eve_trainer.data.templates import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, SYSTEM_V1, SampleError, build_plain,
-                                        build_vicuna_v1)
+from eve_trainer.data.templates import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    SYSTEM_V1,
+    SampleError,
+    build_plain,
+    build_vicuna_v1,
+)
 
 _HASH = ("from eve_trainer.data import load_tokenizer; import hashlib; "
          "print(hashlib.sha256(load_tokenizer('builtin:tiny').backend_tokenizer.to_str().encode()).hexdigest())")
@@ -36,7 +42,8 @@ def test_tiny_tokenizer_same_in_every_process(tok) -> None:  # noqa: ANN001
 
 
 def test_constants_match_eve_model() -> None:
-    from eve_model.constants import IGNORE_INDEX as ign, IMAGE_TOKEN_INDEX as img
+    from eve_model.constants import IGNORE_INDEX as ign
+    from eve_model.constants import IMAGE_TOKEN_INDEX as img
 
     assert (IMAGE_TOKEN_INDEX, IGNORE_INDEX) == (img, ign) == (-200, -100)
 
@@ -82,8 +89,8 @@ def test_bad_conversations(tok, meta, has_image, reason) -> None:  # noqa: ANN00
 
 
 def test_tokenizer_from_folder_and_s3(s3_env, bucket, tok, tmp_path) -> None:  # noqa: ANN001
-    from eve_trainer.data import load_tokenizer
     from eve_contract.storage import open_store
+    from eve_trainer.data import load_tokenizer
 
     tok.save_pretrained(tmp_path / "tok")
     store = open_store(f"s3://{bucket}/tok")

@@ -7,10 +7,7 @@ be installed. Each test asks for the tool it runs and no other.
 
 from __future__ import annotations
 
-
 import pytest
-
-
 from support.deploy_support import Helm, tool
 
 

@@ -5,14 +5,25 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import tomllib
 import yaml
-from support.deploy_support import (CHART, CI_VALUES, K8S_VERSION, NAMESPACE, RELEASE, RENDER_CASES, ROOT, Helm,
-                            find, pod_specs, values_args)
+from support.deploy_support import (
+    CHART,
+    CI_VALUES,
+    K8S_VERSION,
+    NAMESPACE,
+    RELEASE,
+    RENDER_CASES,
+    ROOT,
+    Helm,
+    find,
+    pod_specs,
+    values_args,
+)
 
 from eve_operator import run
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import render_manifests
 import yaml
 from support.deploy_support import K8S_VERSION, NAMESPACE, ROOT, crd_file
 from support.schema_check import assert_structural, crd_schema, problems
 
-import render_manifests
 from eve_contract.naming import validate_pipeline_name
 from eve_operator.spec import PipelineSpec
 

@@ -4,17 +4,14 @@ onto the rendered runtime (as Trainer does) gives valid, restricted Kubernetes p
 
 from __future__ import annotations
 
-
 import kubernetes_validate
 import pytest
 from support.deploy_support import K8S_VERSION, NAMESPACE, RELEASE, ROOT, Helm, find
-
-
 from support.schema_check import load_crd_schema, validate
 from support.trainjob_emulator import node_pods
 
-from eve_operator.jobspec import build_job_spec
 from eve_contract.naming import job_name
+from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import build_trainjob

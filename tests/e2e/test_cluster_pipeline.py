@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-
 from support.cluster_emulator import JOB_NAME_LABEL, ClusterEmulator, conditions
 from support.kube_emulator import Emulator
 from support.operator_harness import running_operator, wait_for
@@ -40,7 +38,6 @@ from support.trainjob_emulator import JOBSET_NAME, TrainerCluster
 
 from eve_contract import layout
 from eve_contract.storage import open_store
-
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the shared chain runs in the first test
 NS = "ml"

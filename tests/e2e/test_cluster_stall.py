@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-
 from support.cluster_emulator import ClusterEmulator
 from support.kube_emulator import Emulator
 from support.operator_harness import running_operator, wait_for

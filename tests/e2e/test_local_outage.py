@@ -13,12 +13,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
-from eve_contract.topology import free_port
 from support.tcp_proxy import TcpForwarder
 
 from eve_contract import layout
 from eve_contract.storage import open_store
+from eve_contract.topology import free_port
 
 pytestmark = pytest.mark.slow
 OUTAGE_S = 20.0

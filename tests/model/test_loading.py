@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from support.eve_model_testutils import tiny_batch, tiny_config, tiny_model, tiny_proc  # noqa: F401 (fixtures)
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from support.eve_model_testutils import tiny_batch, tiny_config, tiny_model, tiny_proc  # noqa: F401 (fixtures)
-
-from eve_model import EveForCausalLM, from_llama_pretrained, load_clip_teacher, load_eve_checkpoint
+from eve_model import from_llama_pretrained, load_clip_teacher, load_eve_checkpoint
 from eve_model.loading import TEACHER_ALIAS, TEACHER_PREFIX
 
 

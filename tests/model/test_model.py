@@ -7,12 +7,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from support.eve_model_testutils import (  # noqa: F401 (fixtures are used by name)
-    make_batch, make_image, tiny_batch, tiny_config, tiny_model, tiny_proc)
+from support.eve_model_testutils import make_batch, make_image, tiny_batch, tiny_config, tiny_model, tiny_proc  # noqa: F401 (fixtures are used by name)
 
 from eve_contract.names import STAGES
-from eve_model import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveForCausalLM, EveImageProcessor, get_preset,
-                       set_trainable)
+from eve_model import IGNORE_INDEX, IMAGE_TOKEN_INDEX, EveForCausalLM, EveImageProcessor, get_preset, set_trainable
 
 
 def test_forward_splice_shapes(tiny_model, tiny_proc, tiny_batch):

@@ -11,12 +11,11 @@ from typing import Any
 
 import kubernetes
 import pytest
+from support.deploy_support import RELEASE, Helm, find, tool
 from support.operator_harness import Cluster, base_spec, running_operator, wait_for
 
 from eve_operator import defaults
 from eve_operator.defaults import BUILT_IN, OPERATOR, PIPELINE, OperatorDefaults
-
-from support.deploy_support import RELEASE, Helm, find, tool
 
 REGISTRY = "registry.local/eve"
 

@@ -18,10 +18,10 @@ from typing import Any
 from support.operator_harness import NS, Cluster, Operator, wait_for, write_export
 from typer.testing import CliRunner
 
-from eve_operator import tracking
-from eve_operator.cli.main import app
 from eve_contract import layout
 from eve_contract.storage import open_store
+from eve_operator import tracking
+from eve_operator.cli.main import app
 
 runner = CliRunner()
 

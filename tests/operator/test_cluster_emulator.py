@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 from support.cluster_emulator import (
-    FINALIZER, ClusterEmulator, conditions, injected_env, new_pod, reconcile, running_cluster, set_condition,
+    FINALIZER,
+    ClusterEmulator,
+    conditions,
+    injected_env,
+    new_pod,
+    reconcile,
+    running_cluster,
+    set_condition,
 )
 from support.kube_emulator import Emulator
 from support.operator_harness import NS, Cluster, wait_for

@@ -8,8 +8,7 @@ import pytest
 from support.operator_harness import NS, Cluster
 from support.schema_check import VENDORED_PYTORCHJOB, crd_schema, load_crd_schema, validate
 
-from eve_operator import crd
-from eve_operator import pytorchjob
+from eve_operator import crd, pytorchjob
 from eve_operator.backends import kubernetes as kb
 from eve_operator.spec import PipelineSpec
 

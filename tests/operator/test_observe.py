@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eve_contract.exit_codes import EXIT_USER
+from eve_contract.layout import Heartbeat
 from eve_operator.observe import JobReport, observe
 from eve_operator.pipeline import Beat, PipelineStatus, StageComplete, decide
 from eve_operator.spec import PipelineSpec
-from eve_contract.layout import Heartbeat
 
 
 @dataclass

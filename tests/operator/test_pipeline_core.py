@@ -7,8 +7,22 @@ from typing import Any
 import pytest
 
 from eve_operator.pipeline import (
-    COMPLETE_GRACE_S, STARTUP_GRACE_S, Beat, EndStageRun, Emit, Observation, PipelineStatus, SetSuspended, StageComplete, StopJob,
-    SubmitJob, decide, initial_status, job_name, parent_run_params, parent_run_tags,
+    COMPLETE_GRACE_S,
+    STARTUP_GRACE_S,
+    Beat,
+    Emit,
+    EndStageRun,
+    Observation,
+    PipelineStatus,
+    SetSuspended,
+    StageComplete,
+    StopJob,
+    SubmitJob,
+    decide,
+    initial_status,
+    job_name,
+    parent_run_params,
+    parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec
 

@@ -10,11 +10,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from support.pod_security import restricted_violations
 from pydantic import ValidationError
+from support.pod_security import restricted_violations
 
-from eve_operator.jobspec import build_job_spec
 from eve_contract.naming import job_name
+from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import SubmitJob
 from eve_operator.podtemplate import build_pod_template
 from eve_operator.pytorchjob import build_pytorchjob

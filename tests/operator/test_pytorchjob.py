@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from support.schema_check import VENDORED_PYTORCHJOB, load_crd_schema, strip_descriptions, validate
 
-from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
+from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE, job_name
 from eve_operator.jobspec import build_job_spec
-from eve_contract.naming import job_name
 from eve_operator.pipeline import SubmitJob
 from eve_operator.pytorchjob import build_pytorchjob, job_state
 from eve_operator.spec import PipelineSpec

@@ -13,9 +13,9 @@ import time
 from mlflow.tracking import MlflowClient
 from support.operator_harness import Cluster, Operator, base_spec, wait_for
 
-from eve_operator.tracking import END_REASON_TAG
 from eve_contract import layout
 from eve_contract.storage import open_store
+from eve_operator.tracking import END_REASON_TAG
 
 
 def beat(output: str, pipeline: str, stage: str, *, step: int, attempt: int, rank: int = 0) -> None:

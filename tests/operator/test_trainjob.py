@@ -12,20 +12,25 @@ import yaml
 from support.schema_check import load_crd_schema, strip_descriptions, validate
 from typer.testing import CliRunner
 
-from eve_trainer.config import ConfigError
-
+from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE, job_name
 from eve_operator.cli.main import app
 from eve_operator.crd import crd_manifest
-from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
 from eve_operator.jobspec import build_job_spec
-from eve_contract.naming import job_name
 from eve_operator.pipeline import SubmitJob
 from eve_operator.podtemplate import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import (
-    MAX_NAME, PATCH_MANAGER, PET_ENV, build_trainjob, job_api_of, job_state, pod_selector, runtime_of,
+    MAX_NAME,
+    PATCH_MANAGER,
+    PET_ENV,
+    build_trainjob,
+    job_api_of,
+    job_state,
+    pod_selector,
+    runtime_of,
     trainjob_name,
 )
+from eve_trainer.config import ConfigError
 
 DATA = Path(__file__).parent / "data"
 VENDORED_TRAINJOB = DATA / "trainjob-v2.3.0-schema.json"

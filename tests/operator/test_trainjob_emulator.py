@@ -16,11 +16,17 @@ import pytest
 from support.kube_emulator import Emulator
 from support.operator_harness import NS, Cluster, wait_for
 from support.trainjob_emulator import (
-    COMPLETION_INDEX, RESTART_ATTEMPT, TrainerCluster, TrainJobError, node_pods, reconcile, running_trainer_cluster,
+    COMPLETION_INDEX,
+    RESTART_ATTEMPT,
+    TrainerCluster,
+    TrainJobError,
+    node_pods,
+    reconcile,
+    running_trainer_cluster,
 )
 
-from eve_operator.jobspec import build_job_spec
 from eve_contract.naming import job_name
+from eve_operator.jobspec import build_job_spec
 from eve_operator.pipeline import SubmitJob
 from eve_operator.spec import PipelineSpec
 from eve_operator.trainjob import build_trainjob, job_state, pod_selector

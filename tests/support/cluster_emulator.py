@@ -53,9 +53,9 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from support.kube_emulator import Emulator, PodLog
 
 from eve_contract.topology import free_port
+from support.kube_emulator import Emulator, PodLog
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 # pkg/apis/kubeflow.org/v1/common_types.go and pytorch_types.go

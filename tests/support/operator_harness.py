@@ -17,11 +17,11 @@ from typing import Any
 import kopf.testing
 import kubernetes
 import pytest
-from support.kube_emulator import Emulator
 
-from eve_operator import handlers
 from eve_contract import layout
 from eve_contract.storage import open_store
+from eve_operator import handlers
+from support.kube_emulator import Emulator
 
 GROUP, VERSION, PLURAL = "eve-platform.io", "v1alpha1", "evepipelines"
 JOBS = ("kubeflow.org", "v1", "pytorchjobs")

@@ -33,8 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from support.cluster_emulator import (CONTAINER, ClusterEmulator, Kubelet, _ignore, _Loop, api_client,
-                              collect_orphans, now_iso, owned_pods)
+
+from support.cluster_emulator import (
+    CONTAINER,
+    ClusterEmulator,
+    Kubelet,
+    _ignore,
+    _Loop,
+    api_client,
+    collect_orphans,
+    now_iso,
+    owned_pods,
+)
 from support.kube_emulator import Emulator, PodLog
 
 JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"

@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
 from support.eve_trainer_harness import REPO, launch
 from support.services import S3Server, free_port, stop, weed_binary
 from support.tcp_proxy import TcpForwarder
@@ -206,8 +205,8 @@ def test_the_cli_refuses_a_file_tracking_uri_up_front(tmp_path):
 
 def test_heartbeats_never_block_or_fail_the_run(tmp_path):
     """A beat is written at once and on phase changes; a store that cannot be written only logs."""
-    from eve_trainer.heartbeat import HeartbeatWriter
     from eve_contract.storage import LocalStore
+    from eve_trainer.heartbeat import HeartbeatWriter
 
     store = LocalStore(tmp_path / "store")
     beat = HeartbeatWriter(store, pipeline="p", stage="sft", rank=3, every_s=60, attempt=2)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.services import free_port
 
 from eve_contract.exit_codes import exit_code

@@ -7,8 +7,8 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from support.eve_trainer_harness import Ranks, launch
+
 from eve_contract import layout
 from eve_contract.storage import open_store
 
@@ -65,10 +65,8 @@ def test_stage_end_to_end(baseline, s3_env, mlflow_server, e2e_bucket):
 
     # the export loads as an EVE model with the published names
     from eve_model import EveForCausalLM
-
-    from eve_trainer.model_init import fetch_dir
-
     from eve_trainer.config import resolve
+    from eve_trainer.model_init import fetch_dir
 
     folder = fetch_dir(f"s3://{e2e_bucket}/runs/base/pretrain/export", resolve("pretrain", "tiny"))
     model = EveForCausalLM.from_pretrained(folder)
@@ -183,7 +181,6 @@ def test_zero3_trains_checkpoints_and_exports_full_weights(zero3_run, s3_env, e2
                                                  "ds/zero_pp_rank_1_mp_rank_00_model_states.pt"}
     assert layout.stage_complete(store, "zero3", "pretrain") is not None
     from eve_model import EveForCausalLM, get_preset, load_eve_checkpoint
-
     from eve_trainer.config import resolve
     from eve_trainer.model_init import fetch_dir
 

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_prealign_from_a_llama_folder_keeps_the_frozen_llm(tmp_path):
-    from eve_model import get_preset, load_eve_checkpoint
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from eve_model import get_preset, load_eve_checkpoint
     from eve_trainer.data import write_synthetic_dataset
 
     tiny = get_preset("tiny")

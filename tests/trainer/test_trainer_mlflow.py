@@ -12,7 +12,6 @@ import time
 from urllib.parse import urlparse
 
 import pytest
-
 from support.services import free_port
 from support.tcp_proxy import TcpForwarder
 
@@ -73,11 +72,11 @@ def _rest(tracking_uri: str, path: str, body: dict | None = None, **query: str) 
 
 @pytest.fixture(scope="module")
 def two_stages(tmp_path_factory, s3_server, mlflow_server, e2e_bucket, dataset_url) -> dict:
-    from eve_operator.tracking import create_pipeline_run
+    from support.eve_trainer_harness import launch
 
     from eve_contract import layout
     from eve_contract.storage import open_store
-    from support.eve_trainer_harness import launch
+    from eve_operator.tracking import create_pipeline_run
 
     uri = mlflow_server.tracking_uri
     parent = create_pipeline_run(uri, "mlf-e2e", PIPELINE, {"eve.pipeline": PIPELINE})
@@ -233,9 +232,8 @@ def test_failed_attempt_logs_reach_the_stage_run(mlflow_server, tmp_path):
     """What the local runner does when an attempt fails: the rank logs go to the stage run."""
     from mlflow.tracking import MlflowClient
 
-    from eve_operator.tracking import create_pipeline_run
-
     from eve_operator.backends.local import upload_rank_logs
+    from eve_operator.tracking import create_pipeline_run
 
     uri = mlflow_server.tracking_uri
     parent = create_pipeline_run(uri, "mlf-logs", "p", {"eve.pipeline": "p"})
@@ -264,8 +262,8 @@ def test_local_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
     the current directory."""
     from mlflow.tracking import MlflowClient
 
-    from eve_trainer.metrics import get_or_create_experiment
     from eve_contract.tracking_names import artifact_location
+    from eve_trainer.metrics import get_or_create_experiment
 
     home, cwd = tmp_path / ".eve-platform", tmp_path / "cwd"
     home.mkdir()

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from eve_contract import layout
+from eve_contract.storage import LocalStore
 from eve_trainer.checkpoint import CheckpointManager, state_file
 from eve_trainer.config import ConfigError, resolve
 from eve_trainer.distributed import DistInfo
 from eve_trainer.metrics import BaseLogger, build_logger, flatten
 from eve_trainer.optim import deepspeed_config, lr_multiplier, param_groups, warmup_steps
-from eve_contract.storage import LocalStore
 
 # -- recipes (eve-v1.md section 5) ------------------------------------------------------------
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from eve_trainer import distributed as D
 from eve_contract import layout
 from eve_contract.layout import FileEntry, Manifest
 from eve_contract.storage import ObjectStore, join
+from eve_trainer import distributed as D
 
 log = logging.getLogger("eve_trainer.checkpoint")
 

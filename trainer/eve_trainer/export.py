@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from eve_trainer import distributed as D
 from eve_contract import layout
 from eve_contract.layout import Manifest
 from eve_contract.storage import ObjectStore, join
+from eve_trainer import distributed as D
 
 
 def export_stage(engine: Any, *, store: ObjectStore, pipeline: str, stage: str, step: int, rank: int,

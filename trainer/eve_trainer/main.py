@@ -24,12 +24,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from eve_contract.names import MODEL_PRESETS, STAGES
-from eve_trainer.config import (ConfigError, TrainConfig, check_key,
-                                parse_overrides, resolve)
 from eve_contract.dicts import deep_merge
 from eve_contract.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER
+from eve_contract.names import MODEL_PRESETS, STAGES
 from eve_contract.storage import StorageAccessError, StorageError, StorageUnavailable, open_store
+from eve_trainer.config import ConfigError, TrainConfig, check_key, parse_overrides, resolve
 
 log = logging.getLogger("eve_trainer")
 

@@ -75,8 +75,8 @@ class DatasetRef:
 def dataset_refs(urls: list[str], *, endpoint_url: str | None = None, region: str | None = None,
                  ) -> list[DatasetRef]:
     """One DatasetRef per dataset root, from its index.json (one small read each)."""
-    from eve_trainer.data.index import INDEX_FILE
     from eve_contract.storage import open_store
+    from eve_trainer.data.index import INDEX_FILE
 
     refs = []
     for url in urls:

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eve_trainer.config import ConfigError, TrainConfig
 from eve_contract.storage import StorageAccessError, open_store
+from eve_trainer.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
     import torch

@@ -20,21 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eve_trainer import distributed as D
 from eve_contract import layout
-from eve_trainer import flops, optim
 from eve_contract import tracking_names as N
+from eve_contract.exit_codes import EXIT_OK, EXIT_SIGTERM
+from eve_contract.storage import open_store
+from eve_trainer import distributed as D
+from eve_trainer import flops, optim
 from eve_trainer.checkpoint import CheckpointManager
 from eve_trainer.config import ConfigError, TrainConfig
 from eve_trainer.distributed import DistInfo
 from eve_trainer.export import export_stage
 from eve_trainer.heartbeat import HeartbeatWriter, attempt_from_env, hang_forever
 from eve_trainer.metrics import BaseLogger, build_logger, dataset_refs
-from eve_trainer.registry import ExportVersion
 from eve_trainer.model_init import build_model, check_init_source, fetch_dir
 from eve_trainer.progress import Progress
-from eve_contract.exit_codes import EXIT_OK, EXIT_SIGTERM
-from eve_contract.storage import open_store
+from eve_trainer.registry import ExportVersion
 
 log = logging.getLogger("eve_trainer")
 

@@ -30,12 +30,22 @@ from eve_contract.exit_codes import FailureClass, exit_code
 from eve_contract.storage import StorageAccessError, StorageUnavailable, open_store
 from eve_contract.topology import single_node
 from eve_contract.tracking_names import LOGS_ARTIFACT_DIR, TAG_PARENT_RUN, TAG_STAGE
-
 from eve_operator.jobspec import JobSpec, build_job_spec
 from eve_operator.observe import JobReport, StoreReads, error_line, observe
 from eve_operator.pipeline import (
-    Decision, EndStageRun, Emit, JobState, Observation, PipelineStatus, SetSuspended, StopJob, SubmitJob, decide,
-    initial_status, parent_run_params, parent_run_tags,
+    Decision,
+    Emit,
+    EndStageRun,
+    JobState,
+    Observation,
+    PipelineStatus,
+    SetSuspended,
+    StopJob,
+    SubmitJob,
+    decide,
+    initial_status,
+    parent_run_params,
+    parent_run_tags,
 )
 from eve_operator.spec import PipelineSpec
 from eve_operator.tracking import RunRecords

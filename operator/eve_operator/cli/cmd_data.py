@@ -70,8 +70,8 @@ def _require(verb: str, *modules: str) -> None:
 
 
 def _user_errors():  # noqa: ANN202
-    from eve_trainer.data.errors import DataError
     from eve_contract.storage import StorageError
+    from eve_trainer.data.errors import DataError
 
     return (DataError, StorageError, FileNotFoundError, PermissionError)
 
@@ -172,8 +172,8 @@ def info_cmd(
     out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
 ) -> None:
     """Show a dataset's index: shards, samples, bytes, converter skips."""
-    from eve_trainer.data.index import DatasetIndex
     from eve_contract.storage import open_store
+    from eve_trainer.data.index import DatasetIndex
 
     try:
         store = open_store(url, endpoint_url=endpoint_url)

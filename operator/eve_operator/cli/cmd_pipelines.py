@@ -12,11 +12,20 @@ import typer
 
 from eve_operator.cli import output
 from eve_operator.cli.common import (
-    BackendOpt, EXIT_FAILED, EXIT_NOT_FOUND, LocalOpt, NamespaceOpt, OutputOpt, _backend_call,
-    _kube, app, fail, info, pick_backend,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    BackendOpt,
+    LocalOpt,
+    NamespaceOpt,
+    OutputOpt,
+    _backend_call,
+    _kube,
+    app,
+    fail,
+    info,
+    pick_backend,
 )
 from eve_operator.cli.output import Format
-
 
 # -- status, list, describe --------------------------------------------------------------
 
@@ -131,7 +140,7 @@ def logs(name: str, stage: Optional[str] = typer.Option(None, "--stage", help="D
         path = lb.log_dir(name, stage, entry["attempt"]) / f"rank-{rank}.log"
         if not path.is_file():
             fail(f"no log at {path}", EXIT_NOT_FOUND)
-        _print_file(path, follow, lambda: bool((lb.load(name).runner_alive)))
+        _print_file(path, follow, lambda: bool(lb.load(name).runner_alive))
         return
     kube = _kube()
     pods = _backend_call(kube.stage_pods, name, namespace, stage)

@@ -12,14 +12,22 @@ import typer
 from eve_contract.exit_codes import cli_exit_code
 from eve_contract.naming import default_pipeline_name, job_name
 from eve_contract.topology import gpu_count
-
 from eve_operator.cli import output
 from eve_operator.cli.common import (
-    BackendOpt, EXIT_INTERRUPTED, EXIT_NOT_FOUND, LocalOpt, NamespaceOpt,
-    OutputOpt, _backend_call, _kube, app, fail, info, pick_backend,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    BackendOpt,
+    LocalOpt,
+    NamespaceOpt,
+    OutputOpt,
+    _backend_call,
+    _kube,
+    app,
+    fail,
+    info,
+    pick_backend,
 )
 from eve_operator.cli.output import Format
-
 
 # -- submit ----------------------------------------------------------------------------------
 
@@ -42,9 +50,8 @@ def submit(
     output_fmt: Format = OutputOpt,
 ) -> None:
     """Start a pipeline at a stage; the following stages chain automatically unless until=<stage>."""
-    from eve_trainer.config import ConfigError
-
     from eve_operator.cli.submit_args import parse_submit
+    from eve_trainer.config import ConfigError
 
     where = pick_backend(backend, local)
     defaults: dict[str, Any] = {}
@@ -203,11 +210,10 @@ class _Follower:
 
 
 def _submit_local(name: str, spec: Any, dry_run: bool, detach: bool, fmt: Format) -> None:
-    from eve_trainer.config import ConfigError
-
     from eve_operator.backends import local as lb
     from eve_operator.jobspec import build_job_spec
     from eve_operator.pipeline import SubmitJob
+    from eve_trainer.config import ConfigError
 
     existing = lb.load(name)
     if existing is not None and existing.runner_alive:
@@ -246,10 +252,8 @@ def _submit_local(name: str, spec: Any, dry_run: bool, detach: bool, fmt: Format
 def _run_foreground(record: Any) -> Any:
     import signal
 
-    from eve_operator.backends import local as lb
-
     from eve_contract.layout import read_heartbeats
-
+    from eve_operator.backends import local as lb
     from eve_operator.cli import progress
 
     tty = sys.stderr.isatty()
@@ -306,7 +310,6 @@ def _mlflow_ui_hint(uri: str, experiment: str) -> str:
     """How to open this pipeline's runs: a link to the model-training view (MLflow 3's UI opens
     on GenAI traces otherwise), after `mlflow ui` for a local store."""
     from eve_contract.tracking_names import ui_runs_url
-
     from eve_operator.tracking import experiment_id
 
     local = not uri.startswith("http")

@@ -10,7 +10,6 @@ from typing import Any
 import typer
 
 from eve_contract.exit_codes import EXIT_BACKEND, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USER
-
 from eve_operator.cli import output
 from eve_operator.cli.output import Format
 

@@ -15,9 +15,9 @@ from eve_operator.cli import cmd_submit  # noqa: F401 - registers submit first (
 from eve_operator.cli import cmd_pipelines  # noqa: F401 - list, status, describe, logs, cancel
 # isort: on
 from eve_operator.cli import output
+from eve_operator.cli.cmd_submit import pipeline_exit_code, submit
 from eve_operator.cli.common import app, config_app, fail, info
 from eve_operator.cli.output import Format
-from eve_operator.cli.cmd_submit import pipeline_exit_code, submit
 
 try:  # the data verbs (convert, synth) live beside the data pipeline
     from eve_operator.cli.cmd_data import data_app
@@ -33,9 +33,8 @@ except ImportError:  # pragma: no cover - only while the data module is absent
 @config_app.command("keys")
 def config_keys_cmd() -> None:
     """Every key `submit` accepts: pipeline keys, then trainer keys."""
-    from eve_trainer.config import config_keys
-
     from eve_operator.cli.submit_args import PIPELINE_KEYS
+    from eve_trainer.config import config_keys
 
     print("# pipeline keys")
     for key, path in sorted(PIPELINE_KEYS.items()):

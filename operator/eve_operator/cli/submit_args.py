@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from eve_contract.errors import validation_message
 from eve_contract.names import STAGES
 from eve_contract.naming import validate_pipeline_name
-from eve_trainer.config import ConfigError, check_key, config_keys, set_dotted
 from eve_operator.spec import PipelineSpec
+from eve_trainer.config import ConfigError, check_key, config_keys, set_dotted
 
 #: Pipeline keys -> the PipelineSpec path they set.
 PIPELINE_KEYS: dict[str, str] = {

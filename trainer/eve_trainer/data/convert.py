@@ -18,9 +18,10 @@ import logging
 import multiprocessing as mp
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from eve_trainer.data.errors import DataError
 from eve_trainer.data.index import DatasetIndex, ShardInfo
@@ -147,8 +148,8 @@ def make_parts(record: dict[str, Any], image_root: Path, kind: str) -> dict[str,
 
 def _convert_slice(args: tuple) -> tuple[list[ShardInfo], dict[str, int], list[str]]:
     (worker, records, first, image_root, kind, out_url, endpoint_url, shard_size, queue) = args
-    from eve_trainer.data.shards import ShardWriter
     from eve_contract.storage import open_store
+    from eve_trainer.data.shards import ShardWriter
 
     store = open_store(out_url, endpoint_url=endpoint_url)
     writer = ShardWriter(store, pattern=f"shard-{worker:03d}-{{:05d}}.tar", shard_size=shard_size)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass

@@ -184,9 +184,9 @@ def write_synthetic_dataset(url: str, num_samples: int = 300, kind: str = "capti
                             *, samples_per_shard: int = 50, shard_size: int = 256 << 20,
                             text_only_every: int = 10, profile: str = "demo") -> DatasetIndex:
     """Write `num_samples` synthetic samples as shards + index.json under `url`."""
+    from eve_contract.storage import open_store
     from eve_trainer.data.errors import DataError
     from eve_trainer.data.shards import ShardWriter
-    from eve_contract.storage import open_store
 
     if kind not in ("caption", "conversation"):
         raise DataError(f"kind={kind!r}: choose caption or conversation")

@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eve_trainer.data.errors import DataError
-from eve_trainer.data.plan import (EpochLayout, Intervals, ShardRef, group_by_length, plan_size, slot_range,
-                                   window_permutation)
+from eve_trainer.data.plan import (
+    EpochLayout,
+    Intervals,
+    ShardRef,
+    group_by_length,
+    plan_size,
+    slot_range,
+    window_permutation,
+)
 from eve_trainer.data.reader import Entry, Stores, iter_entries
 from eve_trainer.data.samples import Prepared, SampleBuilder, collate
 from eve_trainer.data.templates import SampleError
