@@ -43,13 +43,13 @@ SUITE=$(mktemp -d)
 # (loss_chunk=4096 fused=false), compiled layers. The levers: attn=varlen (FlashAttention varlen)
 # or attn=flex (FlexAttention BlockMask), fused=true (fused linear + CE), compile,
 # selective activation checkpointing (model.checkpoint_every / model.checkpoint_part), and
-# "all" = attn=auto (varlen on bf16 CUDA) + fused + compile. Profiles: EVE caption lengths
+# "all" = attn=varlen (the FlashAttention varlen kernel on bf16 CUDA) + fused + compile. Profiles: EVE caption lengths
 # packed, EVE SFT lengths padded vs packed; 8 layers of EVE-7B width; 32 layers with ZeRO-3 and
 # the optimizer offloaded to the CPU. Groups run in priority order, each in its own process.
 A8="width=7b layers=8 seq=2048 steps=6 bare=false"
 A32="width=7b layers=32 seq=2048 steps=4 bare=false zero=3 deepspeed.offload_optimizer=true checkpointing=true"
 BASE="attn=sdpa loss_chunk=4096 fused=false compile=true"
-ALL="attn=auto loss_chunk=4096 fused=true compile=true"
+ALL="attn=varlen loss_chunk=4096 fused=true compile=true"
 # group 1: the issue's two "done when" comparisons (caption >= 45 % MFU; SFT packed faster than padded)
 cat >"$SUITE/1.txt" <<LIST
 cap-base       $A8 micro=24 dist=caption pack=true $BASE

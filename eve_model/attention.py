@@ -17,9 +17,10 @@ attention function then runs one of:
 - ``sdpa``: transformers' SDPA with the dense [B, 1, T, T] boolean mask (today's path).
 
 ``resolve_attention`` turns the user's choice (``auto|sdpa|flex|varlen``) into one of those
-for a device and dtype and says why, once (auto: varlen on CUDA bf16/fp16, flex on other CUDA,
-and on CPU the per-segment path for packed rows, which measured about 2x faster than the dense
-mask there, with masked SDPA for one-sample-per-row batches). The model registers one transformers attention
+for a device and dtype and says why, once (auto: on CPU the per-segment path for packed rows,
+which measured about 2x faster than the dense mask there, with masked SDPA for one-sample-per-row
+batches; on CUDA masked SDPA, the path measured on the H200, until benchmarks/gpu_suite.sh has
+measured varlen and flex there: both are opt-in on GPU). The model registers one transformers attention
 implementation, ``"eve"``, whose mask function is SDPA's: everything that is not a training
 forward of EveForCausalLM (generation with a KV cache, plain Llama calls) sees exactly sdpa.
 """
@@ -80,18 +81,16 @@ def resolve_attention(requested: str, device: torch.device | str, dtype: torch.d
     device = torch.device(device)
     kernel = varlen_kernel_available(device, dtype)
     if requested == "auto":
-        if kernel:
-            choice = AttentionChoice("varlen", f"auto: FlashAttention varlen kernel on {device.type} "
-                                               f"{str(dtype).removeprefix('torch.')}")
-        elif device.type == "cuda" and flex_available():
-            choice = AttentionChoice("flex", f"auto: FlexAttention (no varlen kernel for "
-                                             f"{str(dtype).removeprefix('torch.')} on this GPU)")
-        elif device.type == "cpu":
+        if device.type == "cpu":
             choice = AttentionChoice("varlen", "auto: packed rows: per-segment causal SDPA (about 2x faster than "
                                                "the dense document mask on CPU, docs/benchmarks.md); one sample "
                                                "per row: SDPA with its padding mask", packed_only=True)
         else:
-            choice = AttentionChoice("sdpa", f"auto: masked SDPA on {device.type}")
+            # The varlen kernel and compiled FlexAttention have not yet run on a GPU of ours
+            # (benchmarks/gpu_suite.sh measures them): until they have, auto keeps the measured path
+            # there, and `model.attention=varlen|flex` opts in.
+            choice = AttentionChoice("sdpa", f"auto: masked SDPA on {device.type} (the path measured on GPU; "
+                                             "model.attention=varlen or flex opts into the new kernels)")
     elif requested == "varlen":
         choice = AttentionChoice("varlen", "varlen: FlashAttention varlen kernel" if kernel else
                                  f"varlen: per-segment causal SDPA (no varlen kernel on {device.type} "
