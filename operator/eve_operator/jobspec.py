@@ -95,6 +95,22 @@ def resolve_stage_config(name: str, spec: PipelineSpec, submit: SubmitJob, *,
     return resolve(submit.stage, spec.preset, _nest(flat))
 
 
+def store_and_tracking_env(spec: PipelineSpec) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """The env every pod of a pipeline's jobs (stages and evaluations) gets for S3 and MLflow, and
+    the credentials it references from the pipeline's Secret: env var -> (Secret, key), never copied."""
+    env: dict[str, str] = {}
+    if spec.s3.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = spec.s3.endpoint_url
+    if spec.s3.region:
+        env["AWS_REGION"] = spec.s3.region
+    if spec.mlflow.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = spec.mlflow.tracking_uri
+    secret_env: dict[str, tuple[str, str]] = {}
+    if spec.s3.credentials_secret:
+        secret_env = {k: (spec.s3.credentials_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    return env, secret_env
+
+
 def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
                    parent_run_id: str | None = None, check_model: bool = True) -> JobSpec:
     """The job of one stage attempt. `check_model=False` (`config show` only) renders a stage that
@@ -114,15 +130,8 @@ def build_job_spec(name: str, spec: PipelineSpec, submit: SubmitJob, *,
            "PYTHONUNBUFFERED": "1",
            # the whole resolved config, as JSON: every value reaches the ranks as validated here
            resolved_config.ENV_VAR: resolved_config.dumps(submit.stage, cfg.model_dump(mode="json"))}
-    if spec.s3.endpoint_url:
-        env["AWS_ENDPOINT_URL"] = spec.s3.endpoint_url
-    if spec.s3.region:
-        env["AWS_REGION"] = spec.s3.region
-    if spec.mlflow.tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = spec.mlflow.tracking_uri
-    secret_env = {}
-    if spec.s3.credentials_secret:
-        secret_env = {k: (spec.s3.credentials_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    wiring, secret_env = store_and_tracking_env(spec)
+    env.update(wiring)
     return JobSpec(
         name=submit.job_name, pipeline=name, stage=submit.stage, attempt=submit.attempt,
         image=spec.image,
@@ -165,15 +174,8 @@ def build_eval_job_spec(name: str, spec: PipelineSpec, submit: SubmitEval) -> Jo
     resources = spec.eval.resources or spec.resources_for(submit.stage)
     env = {"EVE_PIPELINE": name, "EVE_STAGE": submit.stage, "EVE_ATTEMPT": str(submit.attempt),
            "PYTHONUNBUFFERED": "1"}
-    if spec.s3.endpoint_url:
-        env["AWS_ENDPOINT_URL"] = spec.s3.endpoint_url
-    if spec.s3.region:
-        env["AWS_REGION"] = spec.s3.region
-    if spec.mlflow.tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = spec.mlflow.tracking_uri
-    secret_env = {}
-    if spec.s3.credentials_secret:
-        secret_env = {k: (spec.s3.credentials_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    wiring, secret_env = store_and_tracking_env(spec)
+    env.update(wiring)
     return JobSpec(
         name=submit.job_name, pipeline=name, stage=submit.stage, attempt=submit.attempt, image=spec.image,
         command=[EVALUATOR, *eval_args(spec, submit)], env=env, secret_env=secret_env,

@@ -158,7 +158,7 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
     `submit`'s own parser, and `eve-eval ...` as the rank command."""
     from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
     from eve_operator.cli.submit_args import parse_submit
-    from eve_operator.jobspec import EVALUATOR, JobSpec
+    from eve_operator.jobspec import EVALUATOR, JobSpec, store_and_tracking_env
 
     values = dict(w.split("=", 1) for w in eval_words)
     words = ["stage=sft", f"output={output_url}", *(f"{k}={v}" for k, v in job_keys.items() if k != "name")]
@@ -166,16 +166,8 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
         if key in values:
             words.append(f"{key}={values[key]}")
     _, spec = parse_submit(words)
-    env = {"PYTHONUNBUFFERED": "1", "EVE_EVAL": name}
-    if spec.s3.endpoint_url:
-        env["AWS_ENDPOINT_URL"] = spec.s3.endpoint_url
-    if spec.s3.region:
-        env["AWS_REGION"] = spec.s3.region
-    if spec.mlflow.tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = spec.mlflow.tracking_uri
-    secret_env = {}
-    if spec.s3.credentials_secret:
-        secret_env = {k: (spec.s3.credentials_secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    wiring, secret_env = store_and_tracking_env(spec)
+    env = {"PYTHONUNBUFFERED": "1", "EVE_EVAL": name, **wiring}
     resources = spec.resources
     return spec, JobSpec(
         name=name, pipeline=name, stage="eval", attempt=1, image=spec.image,
