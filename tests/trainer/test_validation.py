@@ -140,3 +140,7 @@ def test_validation_changes_nothing_in_training_and_reaches_mlflow(
         assert [m.step for m in history] == [2, 4], name
     last = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/loss")}
     assert last[4] == pytest.approx(events[-1]["val_loss"])
+    # goodput's eval part: rank 0's last heartbeat carries the validation passes' time
+    spent = sum(m.value for m in client.get_metric_history(run.info.run_id, "val/time_s"))
+    beat = layout.read_heartbeats(store, "val-on", "prealign")[0]
+    assert beat.rank == 0 and beat.timers["eval"] == pytest.approx(spent, rel=1e-3, abs=1e-3)

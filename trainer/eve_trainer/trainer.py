@@ -273,6 +273,7 @@ class Trainer:
                                     device=self.device)
         self.heartbeat.update(phase="train")
         self.eval_time_s += result.seconds
+        self.heartbeat.add_time("eval", result.seconds)  # goodput's eval part
         self.logger.log_metrics(result.metrics(), step=self.offsets["global_step"] + self.step)
         if self.progress is not None:
             self.progress.validation(self.step, result.short())
