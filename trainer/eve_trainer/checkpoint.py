@@ -108,6 +108,7 @@ class CheckpointManager:
         self.last_blocking_s = 0.0
         self.last_save_s = 0.0
         self._inflight: _Inflight | None = None
+        self._collected: list[Manifest] = []  # committed, collected by a save's wait, not yet returned
         #: the background thread's collectives: a gloo group of their own (every rank creates it
         #: here, in the same order), so they never interleave with the training collectives
         self._group: Any = _side_group() if self.async_save and world_size > 1 else None
@@ -147,28 +148,31 @@ class CheckpointManager:
     @property
     def pending(self) -> bool:
         """An asynchronous save is in flight, or finished but not yet collected by `poll` / `wait`."""
-        return self._inflight is not None
+        return self._inflight is not None or bool(self._collected)
 
     def poll(self) -> list[Manifest]:
         """The manifests (rank 0) of asynchronous saves committed since the last call; never
         blocks. A failed background save raises here, on the training thread."""
         if self._inflight is None or self._inflight.thread.is_alive():
-            return []
+            out, self._collected = self._collected, []
+            return out
         return self.wait()
 
     def wait(self, timeout_s: float | None = None) -> list[Manifest]:
-        """Block until the save in flight has committed (or failed: raises)."""
+        """Block until the save in flight has committed (or failed: raises); the manifests
+        committed since the last `poll` / `wait`."""
+        collected, self._collected = self._collected, []
         inflight, self._inflight = self._inflight, None
         if inflight is None:
-            return []
+            return collected
         inflight.thread.join(timeout_s)
         if inflight.thread.is_alive():
-            self._inflight = inflight
+            self._inflight, self._collected = inflight, collected
             raise TimeoutError(f"checkpoint {self.url(inflight.step)} still uploading after {timeout_s:.0f} s")
         if inflight.error is not None:
             raise RuntimeError(f"asynchronous checkpoint {self.url(inflight.step)} failed: {inflight.error}")
         self.last_save_s = inflight.seconds
-        return [inflight.manifest] if inflight.manifest is not None else []
+        return collected + ([inflight.manifest] if inflight.manifest is not None else [])
 
     def load(self, engine: Engine) -> Restored | None:
         """Restore the newest complete checkpoint into `engine`; None when there is none."""
@@ -216,7 +220,7 @@ class CheckpointManager:
         """Blocking part of an asynchronous save: copy the state off the device, start the rest."""
         import torch
 
-        self.wait()  # at most one in flight
+        self._collected = self.wait()  # at most one in flight; its manifest goes to the next poll
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f"eve-ckpt-r{self.rank}-"))
         try:
