@@ -1,7 +1,7 @@
 """`eve-platform demo` (`make demo`): the tiny EVE chain learns something you can see, on this machine.
 
-1. Synthetic data that can be learnt (`data synth --profile shapes`): one or two coloured shapes per
-   image; captions say what and where ("A red circle on the left and a blue square on the right.");
+1. Synthetic data that can be learnt (`data synth --profile shapes`): a coloured shape per image;
+   captions say what and where ("A red circle on the left.");
    the SFT conversations ask about them ("Is there a red circle in the image?" yes/no, "What color is
    the square?"). Held-out samples of the same kind for the validation loss of every stage, and a
    held-out yes/no benchmark in POPE's format (`write_shapes_pope`: unseen images, half yes, half no).
@@ -33,10 +33,10 @@ from eve_operator.cli.common import fail, info
 DEMO_OVERRIDES = [
     "global_batch_size=16", "data.max_length=160", "optim.lr=3e-3", "optim.warmup_ratio=0.03",
     "checkpoint.every_steps=1000", "mlflow.log_every=25",
-    "prealign.max_steps=20", "pretrain.max_steps=250", "sft.max_steps=250",
+    "prealign.max_steps=20", "pretrain.max_steps=120", "sft.max_steps=300",
 ]
 #: The benchmark's generation: answers are one word, so a few tokens suffice (eve-eval's default is 128).
-EVAL_WORDS = ["max_new_tokens=8", "batch_size=50"]
+EVAL_WORDS = ["max_new_tokens=16", "batch_size=50"]
 IMAGE_SIZE = (64, 128)
 BENCH_IMAGES, BENCH_SEED = 50, 1000  # 200 questions: 2 categories x (1 yes + 1 no) per image
 
@@ -87,7 +87,30 @@ def run_demo(name: str, samples: int, nproc: int) -> None:
         fail("the pipeline ended without scores for the sft export", 1)
     trained = evals[-1]
     pipeline_eval_s = (trained.finished_at or 0) - (trained.started_at or 0)
-    _print_comparison(initial_scores, trained.scores.get("pope", {}), initial_s, pipeline_eval_s)
+    seen = {"initial": colour_named(initial / "eval" / "pope" / "answers.jsonl", bench),
+            "trained": colour_named(root / name / "sft" / "eval" / "pope" / "answers.jsonl", bench)}
+    _print_comparison(initial_scores, trained.scores.get("pope", {}), initial_s, pipeline_eval_s, seen)
+
+
+def colour_named(answers: Path, bench: Path) -> float:
+    """The share of answers that name the colour of the shape in their image (the word after the
+    first "A"/"a": the trained model describes the image before it says yes or no)."""
+    from eve_trainer.data.synth import SHAPE_COLORS
+
+    truth: dict[str, str] = {}
+    for path in sorted((bench / "annotations").glob("*.json")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row["label"] == "yes":  # "Is there a <color> <shape> in the image?"
+                truth[row["image"]] = row["text"].split()[3]
+    image_of = {q["question_id"]: q["image"] for q in map(json.loads, (bench / "questions.jsonl").read_text().splitlines())}
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    right = 0
+    for row in rows:
+        words = [w.strip(".,").lower() for w in row["text"].split()]
+        named = next((w for w in words if w in SHAPE_COLORS), None)
+        right += named == truth.get(image_of[row["question_id"]])
+    return right / max(len(rows), 1)
 
 
 def _score_initial(folder: Path, bench: Path) -> dict[str, Any]:
@@ -106,7 +129,7 @@ def _score_initial(folder: Path, bench: Path) -> dict[str, Any]:
 
 
 def _print_comparison(before: dict[str, Any], after: dict[str, Any], initial_s: float, pipeline_eval_s: float,
-                      ) -> None:
+                      seen: dict[str, float]) -> None:
     def row(label: str, s: dict[str, Any]) -> str:
         return (f"  {label:<34} {100 * s.get('accuracy', 0):5.1f} %   {100 * s.get('f1', 0):5.1f} %   "
                 f"{s.get('yes_ratio', 0):.2f}")
@@ -118,6 +141,8 @@ def _print_comparison(before: dict[str, Any], after: dict[str, Any], initial_s: 
     print(f"  {'chance':<34}  50.0 %    -         -")
     print(row("initial (random initialisation)", before))
     print(row("trained (prealign->pretrain->sft)", after))
+    print(f"answers that name the colour of the shape in the image: initial {100 * seen['initial']:.0f} %, "
+          f"trained {100 * seen['trained']:.0f} % (chance 25 %)")
     print(f"evaluation added {initial_s + pipeline_eval_s:.0f} s: the initial model {initial_s:.0f} s "
           f"(export + eve-eval), the sft export {pipeline_eval_s:.0f} s (the pipeline's eval job)")
 

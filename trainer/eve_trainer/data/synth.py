@@ -10,9 +10,9 @@ ratios (mostly 4:3, 3:2, 16:9, 1:1, their portrait forms, a few panoramas), so a
 gives 126-601 visual tokens; captions of 10-60 words (stages 1-2) and conversations of 1-8
 turns, about 50-1500 words (SFT). The tiny tokenizer turns most synthetic words into one token.
 
-`profile="shapes"` is learnable: one or two coloured shapes (circle, square, triangle in red,
-green, blue or yellow) on a plain background, on the left or the right; the caption says exactly
-that ("A red circle on the left and a blue square on the right."), and the conversations ask
+`profile="shapes"` is learnable: a coloured shape (circle, square, triangle in red, green, blue or
+yellow) on a plain background, on the left or the right; the caption says exactly that
+("A red circle on the left."), and the conversations ask
 what a model can only answer by looking ("Is there a red circle in the image?" yes/no, balanced;
 "What color is the square?"; "What shape is on the left?"). `write_shapes_pope` writes a held-out
 benchmark of the same images in POPE's format (docs/data.md). `make demo` trains on it.
@@ -143,9 +143,12 @@ _RGB = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "ye
 # -- the learnable profile: coloured shapes --------------------------------------------------------
 
 
-def shape_objects(rng: random.Random) -> list[tuple[str, str, str]]:
-    """One or two (color, shape, side) objects; two are on different sides and differ in color or shape."""
-    if rng.random() < 0.5:
+def shape_objects(rng: random.Random, two: float = 0.0) -> list[tuple[str, str, str]]:
+    """One (color, shape, side) object, or with probability `two` two on different sides that differ
+    in color or shape. The demo draws one: a question then compares the image's one object with the
+    one asked about, which the tiny model learns within minutes on a CPU; two objects (which to
+    compare?) take it far longer."""
+    if rng.random() >= two:
         return [(rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS), rng.choice(SHAPE_SIDES))]
     first = (rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS))
     second = first
@@ -212,7 +215,10 @@ def _shapes_turn(rng: random.Random, objs: list[tuple[str, str, str]]) -> tuple[
     what = rng.random()
     if what < 0.7:  # mostly yes/no: the one-word answer is a small share of the loss otherwise
         answer = rng.choice(["yes", "no"])
-        return yes_no_question(rng, objs, answer, adversarial=rng.random() < 0.5) + POPE_SUFFIX, answer.capitalize()
+        # the answer says what is there first, then yes or no (POPE's scorer reads the words before the
+        # first '.'): the tiny model grounds the description in pretraining and only compares it here
+        return (yes_no_question(rng, objs, answer, adversarial=rng.random() < 0.5) + POPE_SUFFIX,
+                f"{shapes_caption(objs)[:-1]}, so {answer}.")
     if what < 0.8:
         c, k, _ = rng.choice(objs)
         if sum(1 for o in objs if o[1] == k) == 1:
@@ -226,8 +232,11 @@ def _shapes_turn(rng: random.Random, objs: list[tuple[str, str, str]]) -> tuple[
 def _shapes_sample(rng: random.Random, kind: str, image_size: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
     objs = shape_objects(rng)
     img = make_shapes_image(rng, objs, image_size)
-    if kind == "caption":
-        return img, {"caption": shapes_caption(objs)}
+    if kind == "caption":  # the description, then two questions about it answered from it
+        qa = []
+        for answer in rng.sample(["yes", "no"], 2):
+            qa.append(f"{yes_no_question(rng, objs, answer, adversarial=rng.random() < 0.5)} {answer.capitalize()}.")
+        return img, {"caption": " ".join([shapes_caption(objs), *qa])}
     turns = []
     for t in range(rng.randint(1, 3)):
         q, a = _shapes_turn(rng, objs)
