@@ -19,7 +19,7 @@ from support.services import S3Server, free_port, stop, weed_binary
 from support.tcp_proxy import TcpForwarder
 
 from eve_contract import layout
-from eve_contract.storage import S3Store, open_store, s3_client
+from eve_contract.storage import S3Store, s3_client
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_s3_down_at_start_up_is_waited_for_then_the_stage_trains(tmp_path, s3_se
     finally:
         ranks.kill()
         proxy.stop()
-    store = open_store(f"s3://{e2e_bucket}/outage", endpoint_url=s3_server.endpoint_url)
+    store = s3_server.open_store(f"s3://{e2e_bucket}/outage")
     (beat,) = layout.read_heartbeats(store, "p", "pretrain")
     assert (beat.rank, beat.step, beat.total_steps, beat.attempt, beat.phase) == (0, 2, 2, 3, "done")
     assert beat.loss is not None and beat.tokens_per_s and abs(beat.time - time.time()) < 120
@@ -144,7 +144,7 @@ def test_black_holed_read_costs_one_read_timeout_then_resumes(s3_server, bucket)
     """A connection that stops answering mid-read: the stream gives up on it after the read
     timeout and resumes at the byte it reached on a new connection. Same bytes, one reconnect."""
     blob = os.urandom(8 << 20)
-    store = open_store(f"s3://{bucket}/bh", endpoint_url=s3_server.endpoint_url)
+    store = s3_server.open_store(f"s3://{bucket}/bh")
     store.put_bytes("obj", blob)
     target = urlparse(s3_server.endpoint_url)
     proxy = TcpForwarder(free_port(), (target.hostname, target.port))
@@ -173,7 +173,7 @@ def test_a_hung_rank_dumps_its_stacks_on_sigusr1_and_its_peer_times_out(tmp_path
             "checkpoint.export=false", "data.num_workers=0", "progress=json", "heartbeat.every_s=1",
             "debug.hang_at_step=1", "debug.hang_rank=1", "distributed.timeout_s=15"]
     ranks = launch(args, world=2, log_dir=tmp_path, env=s3_server.env())
-    store = open_store(f"s3://{e2e_bucket}/hang", endpoint_url=s3_server.endpoint_url)
+    store = s3_server.open_store(f"s3://{e2e_bucket}/hang")
     try:
         deadline = time.monotonic() + 180
         while "blocks forever" not in ranks.output(1):

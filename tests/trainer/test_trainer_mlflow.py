@@ -75,12 +75,11 @@ def two_stages(tmp_path_factory, s3_server, mlflow_server, e2e_bucket, dataset_u
     from support.eve_trainer_harness import launch
 
     from eve_contract import layout
-    from eve_contract.storage import open_store
     from eve_operator.tracking import create_pipeline_run
 
     uri = mlflow_server.tracking_uri
     parent = create_pipeline_run(uri, "mlf-e2e", PIPELINE, {"eve.pipeline": PIPELINE})
-    store = open_store(f"s3://{e2e_bucket}/runs", endpoint_url=s3_server.endpoint_url)
+    store = s3_server.open_store(f"s3://{e2e_bucket}/runs")
     common = [f"data.urls=[{dataset_url}]", f"output=s3://{e2e_bucket}/runs", f"pipeline={PIPELINE}",
               f"max_steps={STAGE_STEPS}", "progress=json", "data.num_workers=1", "global_batch_size=4",
               f"mlflow.tracking_uri={uri}", "mlflow.experiment=mlf-e2e", f"mlflow.parent_run_id={parent}",
@@ -155,11 +154,10 @@ def test_dataset_inputs_and_config_artifact(two_stages, mlflow_server, s3_server
     from pathlib import Path
     from urllib.parse import urlparse
 
-    from eve_contract.storage import open_store
 
     run = _rest(mlflow_server.tracking_uri, "runs/get", run_id=two_stages["runs"]["pretrain"])["run"]
     (inp,) = run["inputs"]["dataset_inputs"]
-    index = open_store(dataset_url, endpoint_url=s3_server.endpoint_url).get_bytes("index.json")
+    index = s3_server.open_store(dataset_url).get_bytes("index.json")
     assert inp["dataset"]["digest"] == hashlib.sha256(index).hexdigest()[:32]
     assert json.loads(inp["dataset"]["source"]) == {"uri": dataset_url}
     assert json.loads(inp["dataset"]["profile"])["num_samples"] == 64

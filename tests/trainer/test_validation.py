@@ -93,7 +93,6 @@ def test_validation_changes_nothing_in_training_and_reaches_mlflow(
     from support.eve_trainer_harness import launch
 
     from eve_contract import layout
-    from eve_contract.storage import open_store
     from eve_trainer.data import write_synthetic_dataset
 
     val_url = f"s3://{e2e_bucket}/data/held-out"
@@ -116,7 +115,7 @@ def test_validation_changes_nothing_in_training_and_reaches_mlflow(
     assert plain.wait(300) == [0, 0], plain.tail()
     assert with_val.wait(300) == [0, 0], with_val.tail()
 
-    store = open_store(f"s3://{e2e_bucket}/runs", endpoint_url=s3_server.endpoint_url)
+    store = s3_server.open_store(f"s3://{e2e_bucket}/runs")
 
     def export_files(pipeline: str) -> dict[str, str]:
         manifest = layout.Manifest.from_json(store.get_bytes(f"{layout.export_prefix(pipeline, 'prealign')}/"
