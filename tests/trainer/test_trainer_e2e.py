@@ -218,10 +218,11 @@ def test_zero2_checkpoint_of_2_ranks_resumes_on_1(baseline, tmp_path, s3_server,
     assert layout.stage_complete(store, "ws2", "pretrain") is not None
 
 
-def test_zero3_checkpoint_of_2_ranks_resumes_on_1_with_the_same_weights(zero3_run, tmp_path, s3_server, e2e_bucket,
+def test_zero3_checkpoint_of_2_ranks_resumes_on_1_with_the_same_weights(zero3_run, tmp_path, s3_env, e2e_bucket,
                                                                        dataset_url):
     """ZeRO-3 (parameters partitioned too): the step-3 checkpoint of 2 ranks, resumed on 1 rank
     at its last step, exports bit-identical weights to the 2-rank run's export."""
+    s3_server = s3_env  # the exports are read in this process, with the server's credentials
     import torch
     from safetensors.torch import load_file
 
