@@ -167,3 +167,14 @@ def destroy_process_group() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shutdown_quietly() -> None:
+    """On a process's way out (eve-train, eve-eval): destroy the process group if torch was ever
+    loaded, ignoring errors (exiting anyway); never imports torch for a process that did not."""
+    if "torch.distributed" not in sys.modules:
+        return
+    try:
+        destroy_process_group()
+    except Exception:  # noqa: BLE001 - exiting anyway
+        pass

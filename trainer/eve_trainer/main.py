@@ -218,14 +218,9 @@ def _is_user_error(err: BaseException) -> bool:
 
 
 def _shutdown() -> None:
-    if "torch.distributed" not in sys.modules:
-        return
-    from eve_trainer.distributed import destroy_process_group
+    from eve_trainer.distributed import shutdown_quietly
 
-    try:
-        destroy_process_group()
-    except Exception:  # noqa: BLE001 - exiting anyway
-        pass
+    shutdown_quietly()
 
 
 if __name__ == "__main__":

@@ -39,13 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:
-        if "torch.distributed" in sys.modules:
-            from eve_trainer.distributed import destroy_process_group
+        from eve_trainer.distributed import shutdown_quietly
 
-            try:
-                destroy_process_group()
-            except Exception:  # noqa: BLE001 - exiting anyway
-                pass
+        shutdown_quietly()
 
 
 if __name__ == "__main__":
