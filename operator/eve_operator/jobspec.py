@@ -166,21 +166,31 @@ def eval_args(spec: PipelineSpec, submit: SubmitEval) -> list[str]:
     return words
 
 
+def evaluator_job(spec: PipelineSpec, *, name: str, pipeline: str, stage: str, attempt: int, words: list[str],
+                  env: dict[str, str], labels: dict[str, str], resources: ResourcesSpec,
+                  pod_template: PodTemplateSpec) -> JobSpec:
+    """A job whose ranks run `eve-eval <words>` (a pipeline's spec.eval, `eve-platform eval`): the pipeline's
+    image, S3 and MLflow wiring, scheduling and limits, with the caller's env, labels, resources and pods."""
+    wiring, secret_env = store_and_tracking_env(spec)
+    return JobSpec(
+        name=name, pipeline=pipeline, stage=stage, attempt=attempt, image=spec.image,
+        command=[EVALUATOR, *words], env={**env, "PYTHONUNBUFFERED": "1", **wiring}, secret_env=secret_env,
+        nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
+        scheduling=spec.scheduling, backoff_limit=spec.backoff_limit, active_deadline_s=spec.active_deadline_s,
+        labels=labels, pod_template=pod_template,
+    )
+
+
 def build_eval_job_spec(name: str, spec: PipelineSpec, submit: SubmitEval) -> JobSpec:
     """The job that scores a stage's export: the same machinery as a stage (pod template, S3 and MLflow
     wiring, gang scheduling), with eve-eval as the command and spec.eval.resources (else the stage's)."""
     if spec.eval is None:
         raise ConfigError("an evaluation job needs spec.eval")
-    resources = spec.eval.resources or spec.resources_for(submit.stage)
-    env = {"EVE_PIPELINE": name, "EVE_STAGE": submit.stage, "EVE_ATTEMPT": str(submit.attempt),
-           "PYTHONUNBUFFERED": "1"}
-    wiring, secret_env = store_and_tracking_env(spec)
-    env.update(wiring)
-    return JobSpec(
-        name=submit.job_name, pipeline=name, stage=submit.stage, attempt=submit.attempt, image=spec.image,
-        command=[EVALUATOR, *eval_args(spec, submit)], env=env, secret_env=secret_env,
-        nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
-        scheduling=spec.scheduling, backoff_limit=spec.backoff_limit, active_deadline_s=spec.active_deadline_s,
+    return evaluator_job(
+        spec, name=submit.job_name, pipeline=name, stage=submit.stage, attempt=submit.attempt,
+        words=eval_args(spec, submit),
+        env={"EVE_PIPELINE": name, "EVE_STAGE": submit.stage, "EVE_ATTEMPT": str(submit.attempt)},
         labels=job_labels(name, f"eval-{submit.stage}", submit.attempt),
+        resources=spec.eval.resources or spec.resources_for(submit.stage),
         pod_template=spec.pod_template_for(submit.stage),
     )

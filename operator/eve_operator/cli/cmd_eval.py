@@ -158,7 +158,7 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
     `submit`'s own parser, and `eve-eval ...` as the rank command."""
     from eve_contract.naming import LABEL_PIPELINE, LABEL_STAGE
     from eve_operator.cli.submit_args import parse_submit
-    from eve_operator.jobspec import EVALUATOR, JobSpec, store_and_tracking_env
+    from eve_operator.jobspec import evaluator_job
 
     values = dict(w.split("=", 1) for w in eval_words)
     words = ["stage=sft", f"output={output_url}", *(f"{k}={v}" for k, v in job_keys.items() if k != "name")]
@@ -166,15 +166,10 @@ def eval_job_spec(name: str, model: str, eval_words: list[str], job_keys: dict[s
         if key in values:
             words.append(f"{key}={values[key]}")
     _, spec = parse_submit(words)
-    wiring, secret_env = store_and_tracking_env(spec)
-    env = {"PYTHONUNBUFFERED": "1", "EVE_EVAL": name, **wiring}
-    resources = spec.resources
-    return spec, JobSpec(
-        name=name, pipeline=name, stage="eval", attempt=1, image=spec.image,
-        command=[EVALUATOR, model, *eval_words], env=env, secret_env=secret_env,
-        nodes=resources.nodes, procs_per_node=resources.procs_per_node, resources=resources,
-        scheduling=spec.scheduling, backoff_limit=spec.backoff_limit, active_deadline_s=spec.active_deadline_s,
-        labels={LABEL_PIPELINE: name, LABEL_STAGE: "eval", LABEL_EVAL: name}, pod_template=spec.pod_template)
+    return spec, evaluator_job(
+        spec, name=name, pipeline=name, stage="eval", attempt=1, words=[model, *eval_words],
+        env={"EVE_EVAL": name}, labels={LABEL_PIPELINE: name, LABEL_STAGE: "eval", LABEL_EVAL: name},
+        resources=spec.resources, pod_template=spec.pod_template)
 
 
 def _job_api(spec: Any) -> Any:
