@@ -557,6 +557,18 @@ def collect_orphans(core: Any, owned: dict[str, list[dict[str, Any]]], live_uids
                     _ignore(404, core.delete_namespaced_pod, pod["metadata"]["name"], pod["metadata"]["namespace"])
 
 
+
+def reconcile_each_job(custom: Any, core: Any, group: str, version: str, plural: str, kind: str,
+                       each: Callable[[dict[str, Any], list[dict[str, Any]]], None]) -> None:
+    """One pass of a job controller: list the jobs of the kind and the pods they own, call `each(job,
+    its pods)` for every job not being deleted, then collect the pods whose job is gone."""
+    jobs = custom.list_cluster_custom_object(group, version, plural)["items"]
+    owned = owned_pods(core, kind)
+    for job in jobs:
+        if not job["metadata"].get("deletionTimestamp"):
+            each(job, owned.get(job["metadata"].get("uid"), []))
+    collect_orphans(core, owned, {job["metadata"].get("uid") for job in jobs})
+
 class TrainingOperator:
     """The PyTorchJob controller: list jobs and pods, `reconcile` each job, apply the plan.
 
@@ -571,17 +583,8 @@ class TrainingOperator:
         self._events: set[tuple[str, str, str]] = set()
 
     def tick(self) -> None:
-        jobs = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-        owned = owned_pods(self.core, KIND)
-        uids = set()
-        for job in jobs:
-            meta = job["metadata"]
-            uids.add(meta.get("uid"))
-            if meta.get("deletionTimestamp"):
-                continue
-            plan = reconcile(job, owned.get(meta.get("uid"), []), time.time())
-            self.apply(job, plan)
-        collect_orphans(self.core, owned, uids)
+        reconcile_each_job(self.custom, self.core, GROUP, VERSION, PLURAL, KIND,
+                           lambda job, pods: self.apply(job, reconcile(job, pods, time.time())))
 
     def apply(self, job: dict[str, Any], plan: Plan) -> None:
         meta = job["metadata"]

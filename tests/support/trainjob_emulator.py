@@ -41,9 +41,8 @@ from support.cluster_emulator import (
     _ignore,
     _Loop,
     api_client,
-    collect_orphans,
     now_iso,
-    owned_pods,
+    reconcile_each_job,
 )
 from support.kube_emulator import Emulator, PodLog
 
@@ -273,26 +272,20 @@ class TrainerV2:
         self.loop = _Loop("trainer-v2", self.tick, interval_s)
 
     def tick(self) -> None:
-        jobs = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
-        owned = owned_pods(self.core, KIND)
-        uids = set()
-        for job in jobs:
-            meta = job["metadata"]
-            uids.add(meta.get("uid"))
-            if meta.get("deletionTimestamp"):
-                continue
-            runtime = self.runtimes[job["spec"]["runtimeRef"]["name"]]
-            plan = reconcile(job, owned.get(meta.get("uid"), []), runtime, self.restarts.get(meta["uid"], 0),
-                             now_iso(time.time()))
-            self.restarts[meta["uid"]] = plan.restarts
-            for pod in plan.create:
-                _ignore(409, self.core.create_namespaced_pod, meta["namespace"], pod)
-            for name in plan.delete:
-                _ignore(404, self.core.delete_namespaced_pod, name, meta["namespace"])
-            if plan.status != (job.get("status") or {}):
-                _ignore(404, self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, meta["namespace"],
-                        PLURAL, meta["name"], {"status": plan.status})
-        collect_orphans(self.core, owned, uids)
+        reconcile_each_job(self.custom, self.core, GROUP, VERSION, PLURAL, KIND, self.reconcile_job)
+
+    def reconcile_job(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
+        meta = job["metadata"]
+        runtime = self.runtimes[job["spec"]["runtimeRef"]["name"]]
+        plan = reconcile(job, pods, runtime, self.restarts.get(meta["uid"], 0), now_iso(time.time()))
+        self.restarts[meta["uid"]] = plan.restarts
+        for pod in plan.create:
+            _ignore(409, self.core.create_namespaced_pod, meta["namespace"], pod)
+        for name in plan.delete:
+            _ignore(404, self.core.delete_namespaced_pod, name, meta["namespace"])
+        if plan.status != (job.get("status") or {}):
+            _ignore(404, self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, meta["namespace"],
+                    PLURAL, meta["name"], {"status": plan.status})
 
 
 _ANNOTATION_FIELD = re.compile(r"metadata\.annotations\['(.+)'\]")
