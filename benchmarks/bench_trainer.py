@@ -131,7 +131,9 @@ def build_engine(hidden: int, layers: int):
     from eve_trainer.config import resolve
     from eve_trainer.distributed import DistInfo, init_process_group
     from eve_trainer.optim import build_optimizer, build_scheduler, deepspeed_config
+    from eve_trainer.trainer import skip_shm_comm_build
 
+    skip_shm_comm_build()  # a CPU engine, as the trainer builds it
     init_process_group(DistInfo())
     torch.manual_seed(0)
     model = EveForCausalLM(get_preset("tiny", hidden_size=hidden, intermediate_size=hidden * 11 // 4,

@@ -474,13 +474,7 @@ class Trainer:
         import deepspeed
 
         if not self.cuda:
-            # On CPU, DeepSpeed would JIT-compile its shared-memory all-reduce at start-up: a C++
-            # build of a minute under a file lock in ~/.cache/torch_extensions, which a rank killed
-            # mid-build (a lost node, a cancel) leaves behind, so every later start hangs on it.
-            # The CPU runs (tests, the demo) use gloo's collectives instead.
-            import deepspeed.ops
-
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+            skip_shm_comm_build()
         optimizer = optim.build_optimizer(self.model, self.cfg.optim,
                                           fused=self.cuda and not self.cfg.deepspeed.offload_optimizer)
         scheduler = optim.build_scheduler(optimizer, self.cfg.optim, self.total_steps)
@@ -592,6 +586,16 @@ class Trainer:
             self.progress.event(name, message, **fields)
         elif self.dist.is_main:
             log.info(message)
+
+
+def skip_shm_comm_build() -> None:
+    """Before a CPU engine: turn off DeepSpeed's shared-memory all-reduce op, which it would otherwise
+    JIT-compile at start-up: a C++ build of a minute under a file lock in ~/.cache/torch_extensions,
+    which a rank killed mid-build (a lost node, a cancel) leaves behind, so every later start hangs on
+    it. The CPU runs (tests, the demo, the benchmarks) use gloo's collectives instead."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _detached(value: Any, default: Any) -> Any:
