@@ -14,7 +14,9 @@ Three pipelines are shared by the tests (module fixtures, a few minutes each on 
 - `trainjob_chain`: the same pipeline with jobApi=TrainJob in its own namespace: Kubeflow
   Trainer v2 (tests/support/trainjob_emulator.py, on the chart's ClusterTrainingRuntime) runs
   one pod per node with the torch plugin's PET_* env.
-All their exports must be bit-identical. Two short pipelines check cancel and a permanent failure.
+All their exports must be bit-identical. Each chain ends with its own evaluation (spec.eval: an
+eve-eval job after sft, on 2 pods x 2 ranks on the cluster, 4 ranks locally) on a small POPE bench
+in S3: the answers must be identical too. Two short pipelines check cancel and a permanent failure.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ NODES, NPROC = 2, 2
 STAGES = ["prealign", "pretrain", "sft"]
 #: world 4 = 2 pods x 2 processes: 8 samples a step = 2 per rank, no accumulation
 TRAIN = ["micro_batch_size=2", "global_batch_size=8"]
+#: each chain scores its sft export (spec.eval, mode before: the pipeline ends when the scores are in)
+EVAL = ["eval.max_new_tokens=4", "eval.batch_size=2"]
 #: pretrain's pods sleep this long after each step, so the test can kill a pod mid-stage
 STEP_DELAY_S = "1.5"
 GRACE_S = 60.0  # the PyTorchJobs ask 300 s between SIGTERM and SIGKILL; a final checkpoint needs seconds
@@ -58,6 +62,7 @@ class World:
     endpoint: str
     tracking_uri: str
     data: dict[str, str]
+    bench: str
     env: dict[str, str]
     home: Path
     timings: dict[str, float] = field(default_factory=dict)
@@ -105,12 +110,17 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3_server: Any, mlflow_serve
 
 
 def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch) -> Iterator[World]:
+    from support.eval_helpers import make_pope_bench, upload_folder
+
     from eve_trainer.data import write_synthetic_dataset
 
     bucket = s3_server.make_bucket("cluster-e2e")
     data = {"caption": f"s3://{bucket}/datasets/captions", "conversation": f"s3://{bucket}/datasets/llava"}
     for kind, url in data.items():
         write_synthetic_dataset(url, num_samples=48, kind=kind, seed=0, endpoint_url=s3_server.endpoint_url)
+    make_pope_bench(tmp / "pope")
+    bench = f"s3://{bucket}/bench/pope"
+    upload_folder(tmp / "pope", bench, s3_server.endpoint_url)
 
     def step_delay(pod: dict[str, Any]) -> dict[str, str]:
         job = (pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL, "")
@@ -132,7 +142,8 @@ def _world(tmp: Path, s3_server: Any, mlflow_server: Any, mp: pytest.MonkeyPatch
     try:
         cluster.start()
         with running_operator(resync_s=1.0):
-            yield World(cluster, bucket, s3_server.endpoint_url, mlflow_server.tracking_uri, data, env, tmp / "home")
+            yield World(cluster, bucket, s3_server.endpoint_url, mlflow_server.tracking_uri, data, bench, env,
+                        tmp / "home")
     finally:
         cluster.stop()
         emulator.stop()
@@ -185,7 +196,7 @@ class ChainRun:
 @pytest.fixture(scope="module")
 def cluster_chain(world: World) -> ChainRun:
     t0 = time.monotonic()
-    world.submit_cluster("chain")
+    world.submit_cluster("chain", f"eval.data.pope={world.bench}", *EVAL)
     store = world.store("cluster")
     # node loss: once pretrain has a complete checkpoint, its Worker pod dies (SIGKILL to the group)
     step, _ = wait_for(lambda: layout.latest_complete_checkpoint(store, "chain", "pretrain"), timeout=900,
@@ -214,7 +225,7 @@ def local_chain(world: World) -> dict[str, dict[str, str]]:
                        f"data={world.data['caption']}", f"sft.data={world.data['conversation']}",
                        f"endpoint_url={world.endpoint}", f"tracking_uri={world.tracking_uri}",
                        "experiment=local-e2e", "nodes=1", f"nproc_per_node={NODES * NPROC}", *TRAIN,
-                       "--local")  # the local backend runs one node: world 4 as 1 x 4
+                       f"eval.data.pope={world.bench}", *EVAL, "--local")  # the local backend runs one node: world 4 as 1 x 4
     world.timings["local chain"] = time.monotonic() - t0
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     return export_digests(world.store("local"), "chain")
@@ -226,7 +237,8 @@ def trainjob_chain(world: World) -> dict[str, Any]:
     if not world.cluster.trainer.runtimes:
         pytest.skip("helm is not available to render the chart's ClusterTrainingRuntime")
     t0 = time.monotonic()
-    world.submit_cluster("chain", "jobApi=TrainJob", "-n", TJ_NS, prefix="trainjob")
+    world.submit_cluster("chain", "jobApi=TrainJob", f"eval.data.pope={world.bench}", *EVAL, "-n", TJ_NS,
+                         prefix="trainjob")
 
     def finished() -> dict[str, Any] | None:
         obj = world.cluster.custom.get_namespaced_custom_object("eve-platform.io", "v1alpha1", TJ_NS,
@@ -271,6 +283,28 @@ def test_cluster_export_is_bit_identical_to_local_world_4(world: World, cluster_
     print(f"\n[cluster-e2e] {json.dumps(figures)}", file=sys.__stdout__, flush=True)
     for stage in STAGES:
         assert cluster[stage] == local[stage], f"{stage}: the cluster export differs from the local one"
+
+
+def answers(world: World, prefix: str) -> list[dict[str, Any]]:
+    """The sft export's merged POPE answers, where the pipeline's eval job wrote them (beside the export)."""
+    raw = world.store(prefix).get_bytes("chain/sft/eval/pope/answers.jsonl").decode()
+    return [json.loads(line) for line in raw.splitlines()]
+
+
+def test_the_chain_scores_its_export_on_two_pods_and_answers_as_the_local_chain(
+        world: World, cluster_chain: ChainRun, local_chain: dict[str, dict[str, str]]) -> None:
+    (ev,) = cluster_chain.status["evals"]
+    assert ev["stage"] == "sft" and ev["state"] == "Succeeded" and ev["jobName"] == "chain-eval-sft", ev
+    assert ev["scores"]["pope"]["n"] == 6, ev
+    # a PyTorchJob of its own, whose two pods each ran eve-eval's ranks through the launcher
+    job = world.cluster.job("chain-eval-sft", NS)
+    assert conditions(job)["Succeeded"] == "True"
+    exits = {pod: code for _, pod, code in world.cluster.kubelet.exits if pod.startswith("chain-eval-sft-")}
+    assert exits.get("chain-eval-sft-master-0") == 0 and "chain-eval-sft-worker-0" in exits, exits
+    assert "[eve-eval]" in world.cluster.log("chain-eval-sft-master-0", NS)
+    cluster, local = answers(world, "cluster"), answers(world, "local")
+    assert [a["question_id"] for a in cluster] == list(range(100, 106))
+    assert [(a["question_id"], a["text"]) for a in cluster] == [(a["question_id"], a["text"]) for a in local]
 
 
 def test_node_loss_restarts_and_resumes_from_the_last_complete_checkpoint(world: World,
@@ -359,3 +393,6 @@ def test_trainjob_chain_export_is_bit_identical_to_pytorchjob_and_local(
     for stage in STAGES:
         assert trainjob_chain["digests"][stage] == local_chain[stage], f"{stage}: the TrainJob export differs"
         assert trainjob_chain["digests"][stage] == cluster_chain.digests[stage]
+    (ev,) = status["evals"]  # its evaluation ran as a TrainJob too, with the same answers
+    assert ev["state"] == "Succeeded" and world.cluster.trainjob_pods(TJ_NS, "chain-eval-sft"), ev
+    assert [a["text"] for a in answers(world, "trainjob")] == [a["text"] for a in answers(world, "cluster")]

@@ -14,11 +14,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from support.eval_helpers import PIPELINE, STAGE, make_pope_bench, make_tiny_export
+from support.eval_helpers import PIPELINE, STAGE, make_pope_bench, make_tiny_export, upload_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TOKENS = "max_new_tokens=4"
@@ -28,15 +27,6 @@ MODEL = "eve-evaltest"
 def cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "eve_operator.cli.main", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def _upload(folder: Path, url: str, endpoint: str) -> None:
-    from eve_contract.storage import open_store
-
-    store = open_store(url, endpoint_url=endpoint)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            store.upload_file(path, str(path.relative_to(folder)))
 
 
 def _read(url: str, key: str, endpoint: str) -> bytes:
@@ -70,8 +60,8 @@ def _material(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any, s3_s
     questions = make_pope_bench(tmp / "pope")
     bucket = s3_server.make_bucket("eval-e2e")
     export_url = f"s3://{bucket}/eve/{PIPELINE}/{STAGE}/export"
-    _upload(export, export_url, s3_server.endpoint_url)
-    _upload(tmp / "pope", f"s3://{bucket}/bench/pope", s3_server.endpoint_url)
+    upload_folder(export, export_url, s3_server.endpoint_url)
+    upload_folder(tmp / "pope", f"s3://{bucket}/bench/pope", s3_server.endpoint_url)
     blob = (export / layout.STAGE_COMPLETE).read_bytes()
     register_export(client, ExportVersion(MODEL, STAGE, PIPELINE, export_url, hashlib.sha256(blob).hexdigest(), 7),
                     run_id=run_id)

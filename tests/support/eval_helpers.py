@@ -61,3 +61,14 @@ def make_pope_bench(root: Path, n: int = 6, *, inline_labels: bool = False) -> l
             (root / "annotations" / f"coco_pope_{category}.json").write_text(
                 "".join(json.dumps(r) + "\n" for r in rows))
     return questions
+
+
+def upload_folder(folder: Path, url: str, endpoint: str) -> None:
+    """A bench folder or an export on this machine, copied to an S3 prefix (the server's credentials
+    in this process's env)."""
+    from eve_contract.storage import open_store
+
+    store = open_store(url, endpoint_url=endpoint)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            store.upload_file(path, str(path.relative_to(folder)))

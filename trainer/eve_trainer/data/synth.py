@@ -14,8 +14,9 @@ turns, about 50-1500 words (SFT). The tiny tokenizer turns most synthetic words 
 yellow) on a plain background, on the left or the right; the caption says exactly that
 ("A red circle on the left."), and the conversations ask
 what a model can only answer by looking ("Is there a red circle in the image?" yes/no, balanced;
-"What color is the square?"; "What shape is on the left?"). `write_shapes_pope` writes a held-out
-benchmark of the same images in POPE's format (docs/data.md). `make demo` trains on it.
+"What color is the square?"; "What shape is on the left?"). `write_shapes_pope` and
+`write_shapes_gqa` write held-out benchmarks of such images in POPE's and GQA's formats
+(docs/data.md). `make demo` trains on the profile and scores on both.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ TEXT_QUESTIONS = ["Tell me a fact about the {o}.", "What is a {a} {o}?", "Write 
 SHAPE_COLORS = ["red", "green", "blue", "yellow"]
 SHAPE_KINDS = ["circle", "square", "triangle"]
 SHAPE_SIDES = ["left", "right"]
-#: POPE's own instruction, appended to every yes/no question (as LLaVA's POPE question file has it)
-POPE_SUFFIX = "\nAnswer the question using a single word or phrase."
+#: LLaVA's instruction for one-word answers, appended to every yes/no and colour question (as LLaVA's
+#: POPE and GQA question files have it)
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -63,7 +65,7 @@ def corpus() -> list[str]:
         objs = shape_objects(rng)
         lines.append(shapes_caption(objs))
         c, k = rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS)
-        lines.append(f"Is there a {c} {k} in the image?{POPE_SUFFIX} {rng.choice(['Yes', 'No'])}")
+        lines.append(f"Is there a {c} {k} in the image?{SHORT_ANSWER} {rng.choice(['Yes', 'No'])}")
         lines.append(f"What color is the {k}? {c.capitalize()}. What shape is on the {rng.choice(SHAPE_SIDES)}? "
                      f"A {k}.")
     for i in range(3000):
@@ -145,9 +147,8 @@ _RGB = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "ye
 
 def shape_objects(rng: random.Random, two: float = 0.0) -> list[tuple[str, str, str]]:
     """One (color, shape, side) object, or with probability `two` two on different sides that differ
-    in color or shape. The demo draws one: a question then compares the image's one object with the
-    one asked about, which the tiny model learns within minutes on a CPU; two objects (which to
-    compare?) take it far longer."""
+    in color or shape. The demo draws one: within its CPU minutes the tiny model learns to name the
+    colour of the one object (docs/benchmarks.md); two objects take it far longer."""
     if rng.random() >= two:
         return [(rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS), rng.choice(SHAPE_SIDES))]
     first = (rng.choice(SHAPE_COLORS), rng.choice(SHAPE_KINDS))
@@ -217,12 +218,12 @@ def _shapes_turn(rng: random.Random, objs: list[tuple[str, str, str]]) -> tuple[
         answer = rng.choice(["yes", "no"])
         # the answer says what is there first, then yes or no (POPE's scorer reads the words before the
         # first '.'): the tiny model grounds the description in pretraining and only compares it here
-        return (yes_no_question(rng, objs, answer, adversarial=rng.random() < 0.5) + POPE_SUFFIX,
+        return (yes_no_question(rng, objs, answer, adversarial=rng.random() < 0.5) + SHORT_ANSWER,
                 f"{shapes_caption(objs)[:-1]}, so {answer}.")
     if what < 0.8:
         c, k, _ = rng.choice(objs)
         if sum(1 for o in objs if o[1] == k) == 1:
-            return f"What color is the {k}?", f"{c.capitalize()}."
+            return f"What color is the {k}?{SHORT_ANSWER}", f"{c.capitalize()}."
     if what < 0.9:
         c, k, side = rng.choice(objs)
         return f"What shape is on the {side}?", f"A {k}."
@@ -244,6 +245,28 @@ def _shapes_sample(rng: random.Random, kind: str, image_size: tuple[int, int]) -
     return img, {"conversations": turns}
 
 
+def _bench_images(folder: str, bench: str, num_images: int, seed: int, image_size: tuple[int, int],
+                  ) -> tuple[Any, random.Random, list[tuple[str, list[tuple[str, str, str]]]]]:
+    """A bench folder's `images/` (unseen shapes images) and the rng that goes on to draw its questions."""
+    from pathlib import Path
+
+    root = Path(folder)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    rng = random.Random(f"{bench}/{seed}")
+    images = []
+    for i in range(num_images):
+        objs = shape_objects(rng)
+        name = f"shapes_{seed}_{i:05d}.png"
+        make_shapes_image(rng, objs, image_size).save(root / "images" / name)
+        images.append((name, objs))
+    return root, rng, images
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def write_shapes_pope(folder: str, num_images: int = 60, seed: int = 1000, image_size: tuple[int, int] = (64, 128),
                       categories: tuple[str, ...] = ("random", "adversarial")) -> dict[str, Any]:
     """A held-out yes/no benchmark of shapes images in POPE's format, as a bench folder
@@ -257,18 +280,7 @@ def write_shapes_pope(folder: str, num_images: int = 60, seed: int = 1000, image
     50 %), in question-file order; `random` asks about any absent object, `adversarial` about one
     that shares the color or the shape of an object in the image. Use a seed the training data
     does not (the demo trains on seeds 0 and 1)."""
-    from pathlib import Path
-
-    root = Path(folder)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "annotations").mkdir(exist_ok=True)
-    rng = random.Random(f"pope/{seed}")
-    images = []
-    for i in range(num_images):
-        objs = shape_objects(rng)
-        name = f"shapes_{seed}_{i:05d}.png"
-        make_shapes_image(rng, objs, image_size).save(root / "images" / name)
-        images.append((name, objs))
+    root, rng, images = _bench_images(folder, "pope", num_images, seed, image_size)
     questions, labels = [], {c: [] for c in categories}
     qid = 0
     for category in categories:
@@ -276,14 +288,37 @@ def write_shapes_pope(folder: str, num_images: int = 60, seed: int = 1000, image
             order = ["yes", "no"] if rng.random() < 0.5 else ["no", "yes"]
             for answer in order:
                 text = yes_no_question(rng, objs, answer, adversarial=category == "adversarial")
-                q = {"question_id": qid, "image": name, "text": text + POPE_SUFFIX, "category": category}
+                q = {"question_id": qid, "image": name, "text": text + SHORT_ANSWER, "category": category}
                 questions.append(q)
                 labels[category].append({"question_id": qid, "image": name, "text": text, "label": answer})
                 qid += 1
-    (root / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    (root / "questions.jsonl").write_text(_jsonl(questions))
     for category, rows in labels.items():
-        (root / "annotations" / f"coco_pope_{category}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / "annotations" / f"coco_pope_{category}.json").write_text(_jsonl(rows))
     return {"folder": str(root), "images": num_images, "questions": len(questions), "categories": list(categories)}
+
+
+def write_shapes_gqa(folder: str, num_images: int = 60, seed: int = 2000, image_size: tuple[int, int] = (64, 128),
+                     ) -> dict[str, Any]:
+    """A held-out short-answer benchmark of shapes images in GQA's format (scored by exact match,
+    docs/eval.md), one question per image: "What color is the circle?" + the instruction LLaVA's GQA
+    question file appends; the answer is the colour (4 colours: chance is 25 %).
+
+        <folder>/questions.jsonl                                {"question_id", "image", "text"} per line
+        <folder>/annotations/testdev_balanced_questions.json    {question_id: {"question", "answer"}}
+        <folder>/images/<image>.png
+
+    Use a seed the training data does not (the demo trains on seeds 0 and 1)."""
+    root, _, images = _bench_images(folder, "gqa", num_images, seed, image_size)
+    questions, gold = [], {}
+    for qid, (name, objs) in enumerate(images):
+        color, kind, _ = objs[0]
+        text = f"What color is the {kind}?"
+        questions.append({"question_id": str(qid), "image": name, "text": text + SHORT_ANSWER})
+        gold[str(qid)] = {"question": text, "answer": color, "imageId": name}
+    (root / "questions.jsonl").write_text(_jsonl(questions))
+    (root / "annotations" / "testdev_balanced_questions.json").write_text(json.dumps(gold))
+    return {"folder": str(root), "images": num_images, "questions": len(questions)}
 
 
 def encode_image(img: Any, fmt: str) -> bytes:
