@@ -17,10 +17,10 @@ from typing import Any
 import typer
 
 from eve_contract.exit_codes import EXIT_USER
+from eve_operator.cli.common import info
 
 data_app = typer.Typer(help="Datasets: convert to WebDataset shards on S3 or disk, synthesise demo data.",
                        no_args_is_help=True)
-
 
 
 class Out(str, Enum):
@@ -189,3 +189,38 @@ def info_cmd(
         data = {"url": index.url, "kind": index.kind, "samples": index.num_samples, "shards": len(index.shards),
                 "bytes": index.total_bytes, "skipped": index.skipped}
     _emit(data, out, f"dataset {index.url}")
+
+
+# -- data convert-bench ----------------------------------------------------------------------------------
+
+@data_app.command("convert-bench")
+def convert_bench_cmd(
+    question_file: Path = typer.Argument(..., help="The reference's question file: .jsonl (question_id, image, "
+                                                   "text), ScienceQA's .json or MMBench's .tsv."),
+    output: str = typer.Argument(..., help="Bench folder to write: s3://bucket/prefix, file:///dir or a path."),
+    images: Path = typer.Option(None, "--images", help="Image folder the questions' paths are relative to "
+                                                       "(default: the question file's folder)."),
+    annotations: Path = typer.Option(None, "--annotations", help="Folder of the scorer's files (docs/eval.md), "
+                                                                 "copied to <output>/annotations/."),
+    shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB."),
+    endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT",
+                                     help="S3 endpoint (SeaweedFS/MinIO); default AWS."),
+    out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
+) -> None:
+    """A benchmark's question file and images -> a bench folder with shards, for `eve-platform eval`."""
+    _require("convert-bench", "PIL", "webdataset")
+    from eve_contract.storage import StorageError
+    from eve_trainer.data.errors import DataError
+    from eve_trainer.evaluation.convert import convert_bench
+    from eve_trainer.evaluation.questions import BenchDataError
+
+    def say(done: int, total: int) -> None:
+        if done == total or done % 500 == 0:
+            info(f"converting: {done}/{total} images")
+
+    try:
+        report = convert_bench(question_file, output, images=images, annotations=annotations,
+                               shard_size=_size(shard_size), endpoint_url=endpoint_url, progress=say)
+    except (BenchDataError, DataError, StorageError, FileNotFoundError, PermissionError) as err:
+        _fail(str(err))
+    _emit(report.to_json(), out, f"bench {question_file} -> {report.output}")

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import typer
 
+from eve_contract.topology import free_port
 from eve_operator.cli import output
 from eve_operator.cli.common import (
     EXIT_FAILED,
@@ -131,7 +132,7 @@ def _run_local(model: str, eval_words: list[str], args: Any, nproc: int) -> int:
         env.pop(var, None)
     if nproc > 1:
         env.update(PET_NNODES="1", PET_NODE_RANK="0", PET_NPROC_PER_NODE=str(nproc), PET_MASTER_ADDR="127.0.0.1",
-                   PET_MASTER_PORT=str(_free_port()))
+                   PET_MASTER_PORT=str(free_port()))
         command = [sys.executable, "-m", "eve_trainer.launch", "--", *command]
     proc = subprocess.Popen(command, env=env)
     try:
@@ -140,14 +141,6 @@ def _run_local(model: str, eval_words: list[str], args: Any, nproc: int) -> int:
         proc.terminate()
         proc.wait()
         return EXIT_INTERRUPTED
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- on the cluster ----------------------------------------------------------------------------------
@@ -365,43 +358,3 @@ def pipeline_eval_rows(obj: dict[str, Any]) -> list[list[Any]]:
 
 
 EVAL_HEADERS = ["STAGE", "BENCH", "METRIC", "VALUE", "N"]
-
-
-# -- data convert-bench ----------------------------------------------------------------------------------
-
-from pathlib import Path  # noqa: E402
-
-from eve_operator.cli.cmd_data import Out, _emit, _fail, _require, _size, data_app  # noqa: E402
-
-
-@data_app.command("convert-bench")
-def convert_bench_cmd(
-    question_file: Path = typer.Argument(..., help="The reference's question file: .jsonl (question_id, image, "
-                                                   "text), ScienceQA's .json or MMBench's .tsv."),
-    output: str = typer.Argument(..., help="Bench folder to write: s3://bucket/prefix, file:///dir or a path."),
-    images: Path = typer.Option(None, "--images", help="Image folder the questions' paths are relative to "
-                                                       "(default: the question file's folder)."),
-    annotations: Path = typer.Option(None, "--annotations", help="Folder of the scorer's files (docs/eval.md), "
-                                                                 "copied to <output>/annotations/."),
-    shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB."),
-    endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT",
-                                     help="S3 endpoint (SeaweedFS/MinIO); default AWS."),
-    out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
-) -> None:
-    """A benchmark's question file and images -> a bench folder with shards, for `eve-platform eval`."""
-    _require("convert-bench", "PIL", "webdataset")
-    from eve_contract.storage import StorageError
-    from eve_trainer.data.errors import DataError
-    from eve_trainer.evaluation.convert import convert_bench
-    from eve_trainer.evaluation.questions import BenchDataError
-
-    def say(done: int, total: int) -> None:
-        if done == total or done % 500 == 0:
-            info(f"converting: {done}/{total} images")
-
-    try:
-        report = convert_bench(question_file, output, images=images, annotations=annotations,
-                               shard_size=_size(shard_size), endpoint_url=endpoint_url, progress=say)
-    except (BenchDataError, DataError, StorageError, FileNotFoundError, PermissionError) as err:
-        _fail(str(err))
-    _emit(report.to_json(), out, f"bench {question_file} -> {report.output}")

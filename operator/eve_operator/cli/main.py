@@ -14,14 +14,14 @@ import typer
 # isort: off
 from eve_operator.cli import cmd_submit  # noqa: F401 - registers submit first (the --help order)
 from eve_operator.cli import cmd_pipelines  # noqa: F401 - list, status, describe, logs, cancel
-from eve_operator.cli import cmd_eval  # noqa: F401 - eval, data convert-bench
+from eve_operator.cli import cmd_eval  # noqa: F401 - eval
 # isort: on
 from eve_operator.cli import output
 from eve_operator.cli.cmd_submit import pipeline_exit_code, submit
 from eve_operator.cli.common import BackendOpt, LocalOpt, app, config_app, fail, info, pick_backend
 from eve_operator.cli.output import Format
 
-try:  # the data verbs (convert, synth) live beside the data pipeline
+try:  # the data verbs (convert, convert-bench, synth, info) live beside the data pipeline
     from eve_operator.cli.cmd_data import data_app
 
     app.add_typer(data_app, name="data")
