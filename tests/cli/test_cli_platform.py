@@ -18,6 +18,7 @@ from eve_contract import layout
 from eve_contract.storage import open_store
 from eve_operator.cli import output, progress
 from eve_operator.cli.main import app, pipeline_exit_code
+from eve_operator.pipeline import PipelineStatus
 
 runner = CliRunner()
 
@@ -112,6 +113,13 @@ def test_the_validation_loss_travels_with_the_heartbeat_to_the_progress_line(tmp
         output.describe(obj, {"sft": {"progress": now}})
     assert "Progress:    sft: step 146/300, loss 0.2331, validation loss 0.2415 at step 100, 10.9k tokens/s" \
         in out.getvalue()
+
+    # the end-of-run table of `submit --local`: a VAL LOSS column once any stage had validation
+    status = PipelineStatus.model_validate(obj["status"])
+    headers, rows = output.summary_table(status.stages)
+    assert headers[-1] == "VAL LOSS" and [r[-1] for r in rows] == ["0.5123 at step 40", "-", "-"]
+    status.stages[0].val_loss = None
+    assert output.summary_table(status.stages)[0] == ["STAGE", "STATE", "ATTEMPT", "CHECKPOINT"]
 
 
 def test_exit_codes_of_a_finished_pipeline_come_from_the_failure_class_not_the_message() -> None:

@@ -377,14 +377,7 @@ def _print_summary(name: str, spec: Any, status: Any) -> None:
     from eve_operator.backends import local as lb
 
     print()
-    from eve_operator.pipeline import val_text
-
-    val = {s.name: val_text(s.val_loss, s.val_step) for s in status.stages if s.val_loss is not None}
-    headers, rows = ["STAGE", "STATE", "ATTEMPT", "CHECKPOINT"], [[s.name, s.state, s.attempt, s.checkpoint]
-                                                                    for s in status.stages]
-    if val:  # the held-out loss each stage ended with (validation.data)
-        headers, rows = [*headers, "VAL LOSS"], [[*row, val.get(row[0], "-")] for row in rows]
-    output.table(headers, rows, "no stages")
+    output.table(*output.summary_table(status.stages), "no stages")
     print(f"\npipeline {name}: {status.phase}" + (f" - {status.message}" if status.message else ""))
     uri = spec.mlflow.tracking_uri
     if uri:

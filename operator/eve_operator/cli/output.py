@@ -82,6 +82,20 @@ def stage_rows(obj: dict[str, Any], live: dict[str, dict[str, Any]] | None = Non
     return rows
 
 
+def summary_table(stages: list[Any]) -> tuple[list[str], list[list[Any]]]:
+    """The end-of-run table of `submit --local` (pipeline.StageStatus rows), with a VAL LOSS column
+    (the held-out loss each stage ended with, validation.data) when any stage had one."""
+    from eve_operator.pipeline import val_text
+
+    headers, rows = ["STAGE", "STATE", "ATTEMPT", "CHECKPOINT"], [[s.name, s.state, s.attempt, s.checkpoint]
+                                                                    for s in stages]
+    if any(s.val_loss is not None for s in stages):
+        headers = [*headers, "VAL LOSS"]
+        rows = [[*row, "-" if s.val_loss is None else val_text(s.val_loss, s.val_step)]
+                for row, s in zip(rows, stages, strict=True)]
+    return headers, rows
+
+
 def goodput_lines(status: dict[str, Any], *, stages: bool = False, now: float | None = None) -> list[str]:
     """'Goodput:     goodput 71% of 1h02m: queued 3m, ... (2 steps redone, 1 restart)' for the
     pipeline, then (stages=True) one line per stage that ran. Empty before any stage ran."""
