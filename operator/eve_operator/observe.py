@@ -18,6 +18,7 @@ grace for "Succeeded without a manifest", stalls, retries) is decided in pipelin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -165,8 +166,8 @@ class StoreReads:
 def _validation(extra: dict[str, Any]) -> tuple[float | None, int | None]:
     """(val loss, its step) from a stage-complete manifest's extra; (None, None) without (older ones)."""
     loss, step = extra.get(N.MANIFEST_VAL_LOSS), extra.get(N.MANIFEST_VAL_STEP)
-    if not isinstance(loss, int | float) or isinstance(loss, bool):
-        return None, None
+    if not isinstance(loss, int | float) or isinstance(loss, bool) or not math.isfinite(loss):
+        return None, None  # a NaN would make the status JSON the API server refuses
     return float(loss), int(step) if isinstance(step, int) and not isinstance(step, bool) else None
 
 

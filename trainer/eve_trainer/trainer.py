@@ -392,6 +392,9 @@ class Trainer:
         state = restored.trainer_state
         self.step = restored.step
         self.tokens_seen = float(state.get("tokens_seen", 0.0))
+        if (val := state.get("last_validation")) is not None:  # the beat and the export keep showing it
+            self.last_validation = (int(val["step"]), float(val["loss"]))
+            self.heartbeat.validated(step=self.last_validation[0], loss=self.last_validation[1])
         if restored.all_states is not None:  # written by another world size: re-split what is left
             facts = self.loader.load_resharded([s["loader"] for s in restored.all_states])
             self._event("resharded", f"checkpoint of {restored.written_by} ranks resumed on {self.dist.world_size}: "
@@ -557,7 +560,9 @@ class Trainer:
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "loader": self.loader.state_dict(), "rng": _rng_state(),
                 "global_batch_size": self.cfg.global_batch_size,
-                "mlflow_run_id": self.logger.run_id, "tokens_seen": self.tokens_seen}
+                "mlflow_run_id": self.logger.run_id, "tokens_seen": self.tokens_seen,
+                "last_validation": None if self.last_validation is None else
+                {"step": self.last_validation[0], "loss": self.last_validation[1]}}
 
     def _seed_everything(self, seed: int) -> None:
         import numpy as np
