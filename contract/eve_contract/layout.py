@@ -164,7 +164,11 @@ class Heartbeat:
     loss: float | None = None
     tokens_per_s: float | None = None
     eta_s: float | None = None
-    phase: str = "train"  # "startup" | "train" | "checkpoint" | "done"
+    phase: str = "train"  # "startup" | "train" | "validation" | "checkpoint" | "done"
+    # the newest validation pass (eve_trainer.validation): its loss and the step it was taken at
+    # (the same on every rank); None before the first pass or without validation.data
+    val_loss: float | None = None
+    val_step: int | None = None
     # goodput (eve_contract.goodput): this process's start, the step loop's start and first step,
     # and cumulative seconds since then in "step" (compute of steps), "data" (waiting for
     # batches), "checkpoint" (the loop blocked by saves, the final upload wait, the export), "eval"

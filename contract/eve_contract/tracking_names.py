@@ -66,6 +66,9 @@ PROGRESS_FRACTION = "progress/fraction"
 MANIFEST_GLOBAL_STEP = "global_step"
 MANIFEST_TOKENS_SEEN = "tokens_seen"
 MANIFEST_SAMPLES_SEEN = "samples_seen"
+#: ... and the stage's last validation loss and its step (absent without validation.data)
+MANIFEST_VAL_LOSS = "val_loss"
+MANIFEST_VAL_STEP = "val_step"
 
 # -- artifacts -----------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config/resolved-config.json"

@@ -18,11 +18,13 @@ grace for "Succeeded without a manifest", stalls, retries) is decided in pipelin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eve_contract import layout
+from eve_contract import tracking_names as N
 from eve_contract.exit_codes import deciding_exit_code, is_permanent
 from eve_operator.pipeline import Beat, EvalObservation, JobState, Observation, PipelineStatus, StageComplete
 from eve_operator.spec import PipelineSpec
@@ -137,7 +139,7 @@ class StoreReads:
         if manifest is None:
             return None
         url = f"{self.output.rstrip('/')}/{layout.export_prefix(self.pipeline, stage)}"
-        self.verified[stage] = StageComplete(url, manifest.mlflow_run_id)
+        self.verified[stage] = StageComplete(url, manifest.mlflow_run_id, *_validation(manifest.extra))
         return self.verified[stage]
 
     def heartbeats(self, stage: str) -> list[Any]:
@@ -159,6 +161,14 @@ class StoreReads:
             out[bench] = {k: float(v) for k, v in (doc.get("scores") or {}).items()
                           if isinstance(v, int | float) and not isinstance(v, bool)}
         return out
+
+
+def _validation(extra: dict[str, Any]) -> tuple[float | None, int | None]:
+    """(val loss, its step) from a stage-complete manifest's extra; (None, None) without (older ones)."""
+    loss, step = extra.get(N.MANIFEST_VAL_LOSS), extra.get(N.MANIFEST_VAL_STEP)
+    if not isinstance(loss, int | float) or isinstance(loss, bool) or not math.isfinite(loss):
+        return None, None  # a NaN would make the status JSON the API server refuses
+    return float(loss), int(step) if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 #: eve-eval's default output beside an export (<pipeline>/<stage>/eval/<bench>/scores.json; docs/eval.md)

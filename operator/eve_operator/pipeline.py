@@ -85,6 +85,11 @@ class StageStatus(BaseModel):
     """When `step` or `trainerPhase` last changed, or the job was first seen running (stall clock)."""
     segments: list[SegmentStatus] = Field(default_factory=list)
     """Goodput's timeline: one entry per attempt (and per in-place pod restart); see `goodput`."""
+    val_loss: float | None = Field(None, alias="valLoss")
+    """The finished stage's last validation loss on held-out samples (the trainer's validation.data),
+    from its stage-complete manifest; None without validation."""
+    val_step: int | None = Field(None, alias="valStep")
+    """The stage step that validation loss was measured at."""
 
     model_config = {"populate_by_name": True}
 
@@ -161,6 +166,9 @@ class StageComplete:
 
     export_url: str
     mlflow_run_id: str | None = None
+    val_loss: float | None = None
+    """The stage's last validation loss (validation.data) and its step, as the trainer recorded them."""
+    val_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -503,8 +511,11 @@ def _finish_stage(name: str, spec: PipelineSpec, status: PipelineStatus, current
     current.state, current.finished_at = "Succeeded", now
     _end_segment(current, now)
     current.checkpoint, current.mlflow_run_id = complete.export_url, complete.mlflow_run_id
+    current.val_loss, current.val_step = complete.val_loss, complete.val_step
     current.message = "stage-complete manifest verified"
-    d.actions.append(Emit("StageSucceeded", f"stage {current.name} complete: {complete.export_url}"))
+    d.actions.append(Emit("StageSucceeded", f"stage {current.name} complete: {complete.export_url}"
+                          + (f" (validation loss {val_text(complete.val_loss, complete.val_step)})"
+                             if complete.val_loss is not None else "")))
     if current.name in spec.eval_after():
         _submit_eval(name, status, EvalStatus(stage=current.name, model=complete.export_url, started_at=now), 1, d)
         if spec.eval is not None and spec.eval.mode == "before":
@@ -514,6 +525,11 @@ def _finish_stage(name: str, spec: PipelineSpec, status: PipelineStatus, current
                               + (f" before {following[0]} starts" if following else ""))
             return
     _start_next(name, spec, status, complete.export_url, now, d)
+
+
+def val_text(loss: float, step: int | None) -> str:
+    """'0.2410 at step 300': a validation loss as the transition lines and summaries show it."""
+    return f"{loss:.4f}" + (f" at step {step}" if step is not None else "")
 
 
 def _start_next(name: str, spec: PipelineSpec, status: PipelineStatus, export_url: str, now: float,

@@ -4,6 +4,8 @@ verbs on a plain install say which extra to install."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -14,8 +16,9 @@ from typer.testing import CliRunner
 
 from eve_contract import layout
 from eve_contract.storage import open_store
-from eve_operator.cli import progress
+from eve_operator.cli import output, progress
 from eve_operator.cli.main import app, pipeline_exit_code
+from eve_operator.pipeline import PipelineStatus
 
 runner = CliRunner()
 
@@ -77,6 +80,46 @@ def test_progress_from_the_heartbeat_contract(tmp_path: Path) -> None:
     live = progress.live(obj)
     assert list(live) == ["pretrain"] and live["pretrain"]["progress"] == now
     assert progress.summarize([], None) is None
+
+
+def test_the_validation_loss_travels_with_the_heartbeat_to_the_progress_line(tmp_path: Path) -> None:
+    beat = layout.Heartbeat(rank=0, step=147, total_steps=300, loss=0.2331, tokens_per_s=10900.0, eta_s=31.0,
+                            val_loss=0.24149, val_step=100)
+    assert layout.Heartbeat.from_json(beat.to_json()) == beat
+    old = json.loads(beat.to_json())  # a beat from a trainer before validation reached the heartbeat
+    del old["val_loss"], old["val_step"]
+    parsed = layout.Heartbeat.from_json(json.dumps(old).encode())
+    assert (parsed.val_loss, parsed.val_step, parsed.loss) == (None, None, 0.2331)
+
+    other = layout.Heartbeat(rank=1, step=146, total_steps=300, val_loss=9.9, val_step=100)  # rank 0's counts
+    now = progress.summarize([other, beat])
+    assert now is not None and (now.val_loss, now.val_step) == (0.24149, 100)
+    assert now.to_json()["valLoss"] == 0.24149 and now.to_json()["valStep"] == 100
+    assert progress.short(now) == "146/300 (49%) loss 0.233 val 0.241@100 10.9k tok/s ETA 31s"
+    assert "val" not in progress.short(progress.summarize([parsed]))  # none yet: nothing shown
+    validating = progress.summarize([layout.Heartbeat(rank=0, step=200, total_steps=300, phase="validation",
+                                                      val_loss=0.24149, val_step=100)])
+    assert progress.short(validating) == "200/300 (67%) val 0.241@100 validating"
+
+    # `describe`'s Progress line and the stage table (a finished stage: its last validation loss)
+    obj = {"metadata": {"name": "p"}, "spec": {"output": f"file://{tmp_path}/out"},
+           "status": {"phase": "Running", "stages": [
+               {"name": "prealign", "state": "Succeeded", "valLoss": 0.5123, "valStep": 40},
+               {"name": "pretrain", "state": "Succeeded"},
+               {"name": "sft", "state": "Running", "attempt": 1}]}}
+    rows = output.stage_rows(obj, {"sft": {"progress": now}})
+    assert [r[6] for r in rows] == ["val 0.512@40", "", progress.short(now)]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        output.describe(obj, {"sft": {"progress": now}})
+    assert "Progress:    sft: step 146/300, loss 0.2331, validation loss 0.2415 at step 100, 10.9k tokens/s" \
+        in out.getvalue()
+
+    # the end-of-run table of `submit --local`: a VAL LOSS column once any stage had validation
+    status = PipelineStatus.model_validate(obj["status"])
+    headers, rows = output.summary_table(status.stages)
+    assert headers[-1] == "VAL LOSS" and [r[-1] for r in rows] == ["0.5123 at step 40", "-", "-"]
+    status.stages[0].val_loss = None
+    assert output.summary_table(status.stages)[0] == ["STAGE", "STATE", "ATTEMPT", "CHECKPOINT"]
 
 
 def test_exit_codes_of_a_finished_pipeline_come_from_the_failure_class_not_the_message() -> None:

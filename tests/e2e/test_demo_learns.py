@@ -33,6 +33,9 @@ def test_the_demo_runs_end_to_end_and_the_trained_model_sees_colours(tmp_path: P
     status = json.loads(subprocess.run([sys.executable, "-m", "eve_operator.cli.main", "status", "learns", "-o",
                                         "json"], env=env, capture_output=True, text=True, timeout=120).stdout)
     assert status["phase"] == "Succeeded"
+    # every stage ran validation.data: its held-out loss is in the status, its StageSucceeded line and the table
+    assert all(isinstance(s.get("valLoss"), float) and s.get("valStep") for s in status["stages"]), status["stages"]
+    assert run.stderr.count("(validation loss ") == 3 and "VAL LOSS" in run.stdout
     (ev,) = status["evals"]  # the pipeline scored the sft export itself (spec.eval), on both benchmarks
     trained = ev["scores"]
     initial_dir = home / "store" / "datasets" / "initial-model" / "eval"

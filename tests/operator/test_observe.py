@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eve_contract import layout
 from eve_contract.exit_codes import EXIT_USER
 from eve_contract.layout import Heartbeat
-from eve_operator.observe import JobReport, observe
+from eve_contract.storage import LocalStore
+from eve_operator.observe import JobReport, StoreReads, observe
 from eve_operator.pipeline import Beat, PipelineStatus, StageComplete, decide
 from eve_operator.spec import PipelineSpec
 
@@ -128,3 +130,17 @@ def test_a_permanent_failure_names_the_trainers_own_error_line() -> None:
     assert obs.job_exit_code == 2
     assert obs.job_message.endswith("(the trainer exited with 2: eve-train: error: data.tokenizer: unknown builtin "
                                     "tokenizer 'builtin:nope')")
+
+
+def test_the_stage_complete_manifest_carries_the_stage_end_validation_loss(tmp_path) -> None:  # noqa: ANN001
+    store = LocalStore(tmp_path)
+    for stage, extra in (("prealign", {"val_loss": 0.5123, "val_step": 40}), ("pretrain", {}),
+                         ("sft", {"val_loss": float("nan"), "val_step": 40})):
+        manifest = layout.Manifest(kind="stage-complete", pipeline="p", stage=stage, step=40, files=[],
+                                   extra={"global_step": 40, **extra})
+        store.put_bytes(f"{layout.export_prefix('p', stage)}/{layout.STAGE_COMPLETE}", manifest.to_json())
+    reads = StoreReads("p", f"file://{tmp_path}", lambda: store)
+    got = {s: reads.complete(s) for s in ("prealign", "pretrain", "sft")}
+    assert (got["prealign"].val_loss, got["prealign"].val_step) == (0.5123, 40)
+    assert (got["pretrain"].val_loss, got["pretrain"].val_step) == (None, None)  # no validation, or an older trainer
+    assert got["sft"].val_loss is None  # NaN: not a value a status (JSON) can hold

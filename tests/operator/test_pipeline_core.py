@@ -114,6 +114,19 @@ def test_verified_manifest_finishes_the_stage_and_submits_the_next() -> None:
     assert status.current_stage == "pretrain" and reasons(actions) == ["StageSucceeded", "StageSubmitted"]
 
 
+def test_the_stage_end_validation_loss_reaches_the_status_and_the_transition_line() -> None:
+    with_val = StageComplete(EXPORT.format("prealign"), "run-1", val_loss=0.51234, val_step=40)
+    status, actions = step(spec(), started(), Observation(job="Succeeded", complete=with_val))
+    first = status.stages[0]
+    assert (first.val_loss, first.val_step) == (0.51234, 40)
+    assert status.model_dump(by_alias=True)["stages"][0]["valLoss"] == 0.51234
+    (line,) = [a.message for a in actions if isinstance(a, Emit) and a.reason == "StageSucceeded"]
+    assert line == f"stage prealign complete: {EXPORT.format('prealign')} (validation loss 0.5123 at step 40)"
+    status, actions = step(spec(), started(), Observation(job="Succeeded", complete=done("prealign")))
+    assert status.stages[0].val_loss is None and "validation" not in " ".join(a.message for a in actions
+                                                                             if isinstance(a, Emit))
+
+
 def test_manifest_counts_even_if_the_job_is_gone() -> None:
     status, actions = step(spec(), started(), Observation(job="Absent", complete=done("prealign")))
     assert status.stages[0].state == "Succeeded" and submits(actions)[0].stage == "pretrain"

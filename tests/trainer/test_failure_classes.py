@@ -214,6 +214,7 @@ def test_heartbeats_never_block_or_fail_the_run(tmp_path):
     beat.loop_started(0)
     beat.update(step=0, total_steps=10, phase="train")
     beat.update(step=4, loss=1.5, tokens_per_s=100.0)
+    beat.validated(step=4, loss=1.75)
     for part, seconds in (("step", 0.5), ("data", 0.25), ("step", 0.5), ("checkpoint", 2.0)):
         beat.add_time(part, seconds)
     beat.close("done")
@@ -223,6 +224,7 @@ def test_heartbeats_never_block_or_fail_the_run(tmp_path):
     assert got.started_at is not None and got.started_at <= got.loop_at <= got.time and got.start_step == 0
     assert got.timers == {"step": 1.0, "data": 0.25, "checkpoint": 2.0}
     assert got.eta_s is not None and beat.writes >= 2
+    assert (got.val_loss, got.val_step) == (1.75, 4)  # the newest validation pass rides in the beat
 
     class Stuck(LocalStore):  # a store whose writes hang (a black-holed S3)
         release = __import__("threading").Event()

@@ -4,7 +4,8 @@
 - In process, on the tiny model: the weighted means do not depend on the world size, and a
   pass leaves the RNG streams and the train/eval mode as they were.
 - Through the trainer (2 ranks, real S3 and MLflow): the export is bit-identical with and
-  without validation, and val/* reach the stage's MLflow run, its progress lines and events."""
+  without validation, and val/* reach the stage's MLflow run, its progress lines and events,
+  every rank's heartbeat and the export's manifest (what status and the pipeline read)."""
 
 from __future__ import annotations
 
@@ -143,3 +144,18 @@ def test_validation_changes_nothing_in_training_and_reaches_mlflow(
     spent = sum(m.value for m in client.get_metric_history(run.info.run_id, "val/time_s"))
     beat = layout.read_heartbeats(store, "val-on", "prealign")[0]
     assert beat.rank == 0 and beat.timers["eval"] == pytest.approx(spent, rel=1e-3, abs=1e-3)
+
+    # what the platform shows: every rank's beat carries the newest pass (status/describe/--local
+    # progress lines), and the export's manifest the stage's last one (the StageSucceeded line, the summary)
+    from eve_operator.cli.progress import short, summarize
+    from eve_operator.observe import StoreReads
+
+    beats = layout.read_heartbeats(store, "val-on", "prealign")
+    assert [(b.val_step, round(b.val_loss, 6)) for b in beats] == [(4, round(events[-1]["val_loss"], 6))] * 2
+    assert f"val {events[-1]['val_loss']:.3f}@4" in short(summarize(beats))
+    assert all(b.val_loss is None for b in layout.read_heartbeats(store, "val-off", "prealign"))
+    complete = StoreReads("val-on", f"s3://{e2e_bucket}/runs", lambda: store, deep=False).complete("prealign")
+    assert complete is not None and complete.val_step == 4
+    assert complete.val_loss == pytest.approx(events[-1]["val_loss"])
+    plain_complete = StoreReads("val-off", f"s3://{e2e_bucket}/runs", lambda: store, deep=False).complete("prealign")
+    assert plain_complete is not None and plain_complete.val_loss is None and plain_complete.val_step is None

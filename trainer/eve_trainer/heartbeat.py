@@ -5,6 +5,7 @@
     beat.update(step=5, total_steps=100, loss=2.1, tokens_per_s=9e3, phase="train")
     beat.loop_started(step=0)          # goodput: the step loop begins (resumed at `step`)
     beat.add_time("step", 0.8)         # goodput: cumulative timers ("step", "data", "checkpoint", "eval")
+    beat.validated(step=50, loss=2.3)  # the newest validation pass: val_loss/val_step in every later beat
     beat.close("done")                 # the last beat, written before the process ends
 
 The beat (layout.Heartbeat at layout.heartbeat_key) is written by a daemon thread from the
@@ -97,6 +98,12 @@ class HeartbeatWriter:
             if phase is not None and phase != b.phase:
                 b.phase = phase
                 self._wake.set()
+
+    def validated(self, *, step: int, loss: float) -> None:
+        """A validation pass finished at `step`: its loss rides in this and every later beat (written at once)."""
+        with self._lock:
+            self.beat.val_loss, self.beat.val_step = float(loss), step
+        self._wake.set()
 
     def loop_started(self, step: int) -> None:
         """The step loop begins at `step` (0, or the step resumed from): goodput's timers start."""

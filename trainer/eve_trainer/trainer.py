@@ -134,6 +134,7 @@ class Trainer:
         self.validator = Validator(cfg, rank=dist.rank, world_size=dist.world_size, tokenizer=self.tokenizer,
                                    processor=self.processor)
         self.eval_time_s = 0.0  # wall time spent in validation passes this process (not training time)
+        self.last_validation: tuple[int, float] | None = None  # (step, val loss) of the newest pass
         if self.validator.enabled:
             self.validator.prepare()  # a bad validation.data URL fails here, before the first step
         self.checkpointer = CheckpointManager(
@@ -274,6 +275,8 @@ class Trainer:
         self.heartbeat.update(phase="train")
         self.eval_time_s += result.seconds
         self.heartbeat.add_time("eval", result.seconds)  # goodput's eval part
+        self.heartbeat.validated(step=self.step, loss=result.loss)  # status/describe/--local show it
+        self.last_validation = (self.step, result.loss)  # the export's manifest carries the stage's last
         self.logger.log_metrics(result.metrics(), step=self.offsets["global_step"] + self.step)
         if self.progress is not None:
             self.progress.validation(self.step, result.short())
@@ -356,6 +359,8 @@ class Trainer:
         counters = {N.MANIFEST_GLOBAL_STEP: self.offsets["global_step"] + self.step,
                     N.MANIFEST_TOKENS_SEEN: self.offsets["tokens_seen"] + self.tokens_seen,
                     N.MANIFEST_SAMPLES_SEEN: self.offsets["samples_seen"] + self.step * self.cfg.global_batch_size}
+        if self.last_validation is not None:  # the pipeline's StageSucceeded line and summary show it
+            counters[N.MANIFEST_VAL_STEP], counters[N.MANIFEST_VAL_LOSS] = self.last_validation
         manifest = export_stage(
             self.engine, store=self.store, pipeline=self.cfg.pipeline, stage=self.cfg.stage, step=self.step,
             rank=self.dist.rank, zero_stage=self.cfg.deepspeed.zero_stage, config_hash=self.cfg.fingerprint(),
@@ -387,6 +392,9 @@ class Trainer:
         state = restored.trainer_state
         self.step = restored.step
         self.tokens_seen = float(state.get("tokens_seen", 0.0))
+        if (val := state.get("last_validation")) is not None:  # the beat and the export keep showing it
+            self.last_validation = (int(val["step"]), float(val["loss"]))
+            self.heartbeat.validated(step=self.last_validation[0], loss=self.last_validation[1])
         if restored.all_states is not None:  # written by another world size: re-split what is left
             facts = self.loader.load_resharded([s["loader"] for s in restored.all_states])
             self._event("resharded", f"checkpoint of {restored.written_by} ranks resumed on {self.dist.world_size}: "
@@ -552,7 +560,9 @@ class Trainer:
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "loader": self.loader.state_dict(), "rng": _rng_state(),
                 "global_batch_size": self.cfg.global_batch_size,
-                "mlflow_run_id": self.logger.run_id, "tokens_seen": self.tokens_seen}
+                "mlflow_run_id": self.logger.run_id, "tokens_seen": self.tokens_seen,
+                "last_validation": None if self.last_validation is None else
+                {"step": self.last_validation[0], "loss": self.last_validation[1]}}
 
     def _seed_everything(self, seed: int) -> None:
         import numpy as np

@@ -377,8 +377,7 @@ def _print_summary(name: str, spec: Any, status: Any) -> None:
     from eve_operator.backends import local as lb
 
     print()
-    output.table(["STAGE", "STATE", "ATTEMPT", "CHECKPOINT"],
-                 [[s.name, s.state, s.attempt, s.checkpoint] for s in status.stages], "no stages")
+    output.table(*output.summary_table(status.stages), "no stages")
     print(f"\npipeline {name}: {status.phase}" + (f" - {status.message}" if status.message else ""))
     uri = spec.mlflow.tracking_uri
     if uri:

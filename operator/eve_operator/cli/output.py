@@ -67,16 +67,33 @@ STAGE_HEADERS = ["STAGE", "STATE", "ATTEMPT", "JOB", "CHECKPOINT", "MLFLOW RUN",
 
 
 def stage_rows(obj: dict[str, Any], live: dict[str, dict[str, Any]] | None = None) -> list[list[Any]]:
-    """One row per stage; `live` (cli.progress.live) adds a running stage's progress and run id."""
-    from eve_operator.cli.progress import short
+    """One row per stage; `live` (cli.progress.live) adds a running stage's progress and run id;
+    a finished stage's PROGRESS is its last validation loss ('val 0.241@300'), when it had one."""
+    from eve_operator.cli.progress import short, val_short
 
     rows = []
     for s in (obj.get("status") or {}).get("stages") or []:
         now = (live or {}).get(s["name"]) or {}
+        shown = short(now.get("progress"))
+        if not shown and isinstance(s.get("valLoss"), int | float):
+            shown = val_short(s["valLoss"], s.get("valStep"))
         rows.append([s["name"], s.get("state"), s.get("attempt") or "-", s.get("jobName"), s.get("checkpoint"),
-                     s.get("mlflowRunId") or now.get("mlflowRunId"), short(now.get("progress")),
-                     (s.get("message") or "")[:80]])
+                     s.get("mlflowRunId") or now.get("mlflowRunId"), shown, (s.get("message") or "")[:80]])
     return rows
+
+
+def summary_table(stages: list[Any]) -> tuple[list[str], list[list[Any]]]:
+    """The end-of-run table of `submit --local` (pipeline.StageStatus rows), with a VAL LOSS column
+    (the held-out loss each stage ended with, validation.data) when any stage had one."""
+    from eve_operator.pipeline import val_text
+
+    headers, rows = ["STAGE", "STATE", "ATTEMPT", "CHECKPOINT"], [[s.name, s.state, s.attempt, s.checkpoint]
+                                                                    for s in stages]
+    if any(s.val_loss is not None for s in stages):
+        headers = [*headers, "VAL LOSS"]
+        rows = [[*row, "-" if s.val_loss is None else val_text(s.val_loss, s.val_step)]
+                for row, s in zip(rows, stages, strict=True)]
+    return headers, rows
 
 
 def goodput_lines(status: dict[str, Any], *, stages: bool = False, now: float | None = None) -> list[str]:
@@ -115,12 +132,14 @@ def describe(obj: dict[str, Any], live: dict[str, dict[str, Any]] | None = None)
     if status.get("message"):
         print(f"Message:     {status['message']}")
     from eve_operator.cli.progress import duration, rate
+    from eve_operator.pipeline import val_text
 
     for stage, now in (live or {}).items():
         p = now.get("progress")
         if p is not None:
+            val = "" if p.val_loss is None else f", validation loss {val_text(p.val_loss, p.val_step)}"
             print(f"Progress:    {stage}: step {p.step}/{p.total_steps}, loss "
-                  f"{'-' if p.loss is None else f'{p.loss:.4f}'}, {rate(p.tokens_per_s)} tokens/s, "
+                  f"{'-' if p.loss is None else f'{p.loss:.4f}'}{val}, {rate(p.tokens_per_s)} tokens/s, "
                   f"ETA {duration(p.eta_s)} ({p.ranks} rank(s) reporting, {p.phase})")
         if now.get("mlflowRunId"):
             print(f"Stage run:   {stage}: MLflow run {now['mlflowRunId']}")

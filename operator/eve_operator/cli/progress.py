@@ -2,8 +2,8 @@
 
 Where it comes from: each rank's heartbeat (eve_contract.layout.read_heartbeats:
 <output>/<pipeline>/<stage>/heartbeat/rank-<r>.json with step, total_steps, loss,
-tokens_per_s, eta_s), read from the pipeline's store with the caller's own credentials;
-the stage's MLflow run from the tracking server (runs tagged eve.stage under the pipeline's
+tokens_per_s, eta_s, and val_loss/val_step once a validation pass ran), read from the
+pipeline's store with the caller's own credentials; the stage's MLflow run from the tracking server (runs tagged eve.stage under the pipeline's
 parent run). Both are best effort with short timeouts: when the store or the server cannot be
 reached from this machine, the status alone is shown.
 """
@@ -25,16 +25,20 @@ class Progress:
     eta_s: float | None
     ranks: int
     phase: str
+    val_loss: float | None = None
+    """The newest validation loss (held-out samples, validation.data) and the step it was measured at."""
+    val_step: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "totalSteps": self.total_steps, "loss": self.loss,
                 "tokensPerSecond": self.tokens_per_s, "etaSeconds": self.eta_s, "ranks": self.ranks,
-                "phase": self.phase}
+                "phase": self.phase, "valLoss": self.val_loss, "valStep": self.val_step}
 
 
 def summarize(beats: list[Heartbeat], attempt: int | None = None) -> Progress | None:
-    """One stage's progress from its ranks' beats: the slowest rank's step, rank 0's loss and
-    throughput (the trainer reports the global tokens/s), the largest ETA."""
+    """One stage's progress from its ranks' beats: the slowest rank's step, rank 0's loss,
+    validation loss and throughput (the trainer reports the global tokens/s and every rank the
+    same all-reduced validation loss), the largest ETA."""
     if attempt:
         beats = [b for b in beats if b.attempt == attempt]  # a restarted stage: not the old attempt's
     if not beats:
@@ -43,7 +47,7 @@ def summarize(beats: list[Heartbeat], attempt: int | None = None) -> Progress | 
     etas = [b.eta_s for b in beats if b.eta_s is not None]
     return Progress(step=min(b.step for b in beats), total_steps=max(b.total_steps for b in beats),
                     loss=first.loss, tokens_per_s=first.tokens_per_s, eta_s=max(etas) if etas else None,
-                    ranks=len(beats), phase=first.phase)
+                    ranks=len(beats), phase=first.phase, val_loss=first.val_loss, val_step=first.val_step)
 
 
 def duration(seconds: float | None) -> str:
@@ -67,7 +71,7 @@ def rate(value: float | None) -> str:
 
 
 def short(p: Progress | None) -> str:
-    """'120/1000 (12%) loss 2.314 12.3k tok/s ETA 14m05s' (status tables)."""
+    """'120/1000 (12%) loss 2.314 val 2.401@100 12.3k tok/s ETA 14m05s' (status tables, --local lines)."""
     if p is None:
         return ""
     if p.phase == "startup" or not p.total_steps:
@@ -76,13 +80,22 @@ def short(p: Progress | None) -> str:
     parts = [f"{p.step}/{p.total_steps} ({pct:.0f}%)"]
     if p.loss is not None:
         parts.append(f"loss {p.loss:.3f}")
+    if p.val_loss is not None:
+        parts.append(val_short(p.val_loss, p.val_step))
     if p.tokens_per_s is not None:
         parts.append(f"{rate(p.tokens_per_s)} tok/s")
     if p.eta_s is not None and p.step < p.total_steps:
         parts.append(f"ETA {duration(p.eta_s)}")
     if p.phase == "checkpoint":
         parts.append("checkpointing")
+    elif p.phase == "validation":
+        parts.append("validating")
     return " ".join(parts)
+
+
+def val_short(loss: float, step: int | None) -> str:
+    """'val 2.401@100': a validation loss and its step, in a progress line or a table cell."""
+    return f"val {loss:.3f}" + (f"@{step}" if step is not None else "")
 
 
 # -- reading (I/O, best effort) ---------------------------------------------------------------
@@ -149,4 +162,4 @@ def live(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-__all__ = ["Progress", "summarize", "short", "live", "stage_progress", "stage_run_id", "duration"]
+__all__ = ["Progress", "summarize", "short", "val_short", "live", "stage_progress", "stage_run_id", "duration"]
