@@ -12,7 +12,7 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -26,6 +26,13 @@ data_app = typer.Typer(help="Datasets: convert to WebDataset shards on S3 or dis
 class Out(str, Enum):
     table = "table"
     json = "json"
+
+
+#: The options every data verb shares, declared once.
+EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint-url", envvar="EVE_S3_ENDPOINT",
+                                                    help="S3 endpoint (SeaweedFS/MinIO); default AWS.")]
+OutOpt = Annotated[Out, typer.Option("-o", "--output-format", help="table | json")]
+ShardSizeOpt = Annotated[str, typer.Option("--shard-size", help="Target shard size, e.g. 256MB, 1GiB.")]
 
 
 class Profile(str, Enum):
@@ -103,11 +110,10 @@ def convert_cmd(
                                                        "(default: the source file's folder)."),
     kind: Kind = typer.Option(None, "--kind", help="Input kind; default from the file: .json -> "
                                                    "conversation, .jsonl/.csv -> caption."),
-    shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB."),
+    shard_size: ShardSizeOpt = "256MB",
     workers: int = typer.Option(4, "--workers", min=1, help="Parallel converter processes."),
-    endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT",
-                                     help="S3 endpoint (SeaweedFS/MinIO); default AWS."),
-    out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
+    endpoint_url: EndpointOpt = None,
+    out: OutOpt = Out.table,
 ) -> None:
     """Convert a dataset into WebDataset shards + index.json, skipping (and counting) bad records."""
     _require("convert", "PIL", "webdataset")
@@ -135,10 +141,10 @@ def synth_cmd(
     kind: Kind = typer.Option(Kind.caption, "--kind", help="caption (stages 1-2) or conversation (sft)."),
     seed: int = typer.Option(0, "--seed"),
     image_size: str = typer.Option("64,256", "--image-size", help="min,max of the longest image side in px."),
-    shard_size: str = typer.Option("256MB", "--shard-size"),
+    shard_size: ShardSizeOpt = "256MB",
     samples_per_shard: int = typer.Option(50, "--samples-per-shard", min=1),
-    endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT"),
-    out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
+    endpoint_url: EndpointOpt = None,
+    out: OutOpt = Out.table,
     profile: Profile = typer.Option(Profile.demo, "--profile",
                                     help="demo (compact), eve (EVE-like aspect ratios and text lengths) or shapes "
                                          "(learnable: coloured shapes, captions and questions about them)."),
@@ -170,8 +176,8 @@ def synth_cmd(
 @data_app.command("info")
 def info_cmd(
     url: str = typer.Argument(..., help="Dataset root holding index.json."),
-    endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT"),
-    out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
+    endpoint_url: EndpointOpt = None,
+    out: OutOpt = Out.table,
 ) -> None:
     """Show a dataset's index: shards, samples, bytes, converter skips."""
     from eve_contract.storage import open_store
@@ -202,10 +208,9 @@ def convert_bench_cmd(
                                                        "(default: the question file's folder)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of the scorer's files (docs/eval.md), "
                                                                  "copied to <output>/annotations/."),
-    shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB."),
-    endpoint_url: str = typer.Option(None, "--endpoint-url", envvar="EVE_S3_ENDPOINT",
-                                     help="S3 endpoint (SeaweedFS/MinIO); default AWS."),
-    out: Out = typer.Option(Out.table, "-o", "--output-format", help="table | json"),
+    shard_size: ShardSizeOpt = "256MB",
+    endpoint_url: EndpointOpt = None,
+    out: OutOpt = Out.table,
 ) -> None:
     """A benchmark's question file and images -> a bench folder with shards, for `eve-platform eval`."""
     _require("convert-bench", "PIL", "webdataset")
